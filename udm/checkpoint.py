@@ -1,0 +1,84 @@
+"""Reading udm checkpoints safely and rebuilding process + net from them.
+
+A udm checkpoint is a Lightning checkpoint whose "udm" entry holds the recipe: the
+resolved process and net configs and the data shape. It is read with
+torch.load(weights_only=True), which never runs code stored in the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from udm.errors import UdmError
+from udm.lit import CHECKPOINT_KEY
+from udm.processes import ForwardProcess
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A .ckpt file as given, or a run folder's checkpoints/last.ckpt."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise UdmError(f"no checkpoint in folder {path} (looked for checkpoints/last.ckpt and last.ckpt)")
+    if not path.is_file():
+        raise UdmError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = find_checkpoint(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0]
+        raise UdmError(f"{path} holds objects a safe load refuses ({reason[:200]}); it is not a udm checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UdmError(f"{path} is not a readable checkpoint (truncated or not a torch file: {reason[:200]})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UdmError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    if not isinstance(checkpoint.get(CHECKPOINT_KEY), dict) or "process" not in checkpoint[CHECKPOINT_KEY]:
+        raise UdmError(f"{path} is not a udm checkpoint: it has no '{CHECKPOINT_KEY}' recipe of process and net")
+    return checkpoint
+
+
+def recipe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The dotted keys where two recipes differ (process, net and data shape)."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+
+    a, b = flat({k: saved.get(k) for k in ("process", "net", "shape")}), flat({k: current.get(k) for k in ("process", "net", "shape")})
+    return [f"{k}: checkpoint has {a.get(k)!r}, config has {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_compatible(path: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    diffs = recipe_mismatch(saved, current)
+    if diffs:
+        raise UdmError(f"checkpoint {path} was trained with a different process/net/data:\n  " + "\n  ".join(diffs))
+
+
+def build_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[ForwardProcess, nn.Module]:
+    """The process and the net (with the checkpoint's weights, EMA ones where EMA was on), in eval mode."""
+    recipe = checkpoint[CHECKPOINT_KEY]
+    process, net = instantiate(recipe["process"]), instantiate(recipe["net"])
+    weights = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UdmError(f"the checkpoint's weights do not fit its net config: {str(e).splitlines()[0]}") from None
+    return process, net.eval()

@@ -1,0 +1,41 @@
+"""Console scripts: thin @hydra.main wrappers around the importable jobs in udm.jobs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+from udm.errors import UdmError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def report_errors(job, cfg: DictConfig):
+    """Run a job; input problems end in one message on stderr and exit code 2, not a traceback."""
+    try:
+        return job(cfg)
+    except UdmError as e:
+        print(f"error: {e}", file=sys.stderr)
+    except InstantiationException as e:
+        print(f"error: {e}", file=sys.stderr)
+    except ValueError as e:  # argument checks of processes, nets and samplers
+        print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def train_main(cfg: DictConfig) -> None:
+    from udm.jobs.train import train
+
+    report_errors(train, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
+def sample_main(cfg: DictConfig) -> None:
+    from udm.jobs.sample import sample_images
+
+    report_errors(sample_images, cfg)

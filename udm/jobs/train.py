@@ -1,0 +1,78 @@
+"""train(cfg): config -> data module + process + net -> DiffusionModule -> Lightning Trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from udm.checkpoint import check_compatible, find_checkpoint, load_checkpoint
+from udm.errors import UdmError
+from udm.grid import save_grid
+from udm.lit import CHECKPOINT_KEY, DiffusionModule
+
+
+def resume_path(resume: str | None, runs_root: Path) -> Path | None:
+    """resume=PATH (a .ckpt or a run folder) or resume=last (newest run under runs_root with a last.ckpt)."""
+    if not resume:
+        return None
+    if resume == "last":
+        found = sorted(runs_root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UdmError(f"resume=last: no run under {runs_root} has checkpoints/last.ckpt")
+        return found[-1]
+    return find_checkpoint(resume)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one model; returns the run folder, the last checkpoint and the final sample grid."""
+    out = Path(cfg.out_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    process, net = instantiate(cfg.process), instantiate(cfg.net)
+    recipe = {
+        "process": OmegaConf.to_container(cfg.process, resolve=True),
+        "net": OmegaConf.to_container(cfg.net, resolve=True),
+        "shape": list(datamodule.shape),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+    }
+    ckpt_path = resume_path(cfg.get("resume"), out.parent)
+    if ckpt_path is not None:
+        check_compatible(ckpt_path, load_checkpoint(ckpt_path)[CHECKPOINT_KEY], recipe)
+        print(f"resuming from {ckpt_path}")
+
+    module = DiffusionModule(
+        process,
+        net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        sampler=instantiate(cfg.sampler),
+        val_samples=cfg.val_samples,
+        sample_seed=cfg.seed,
+        recipe=recipe,
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
+    print(f"udm-train: {process.describe()}, {type(net).__name__} with "
+          f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, {len(datamodule.train)} training images "
+          f"of shape {list(datamodule.shape)}; writing to {out}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+
+    result: dict[str, Any] = {"out_dir": str(out)}
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.last_model_path:
+        result["checkpoint"] = trainer.checkpoint_callback.last_model_path
+    if trainer.is_global_zero and cfg.get("final_samples", 0):
+        # after fit the EMA callback has copied the averaged weights into the module
+        module.to(trainer.strategy.root_device)
+        reference = datamodule.test[: cfg.final_samples].to(module.device)
+        grid = save_grid(module.generate(reference), out / "samples.png", nrow=8)
+        result["samples"] = str(grid)
+        print(f"udm-train: samples written to {grid}")
+    if "checkpoint" in result:
+        print(f"udm-train: checkpoint at {result['checkpoint']}")
+    return result

@@ -1,0 +1,5 @@
+"""x0-predictor backbones. They map (x_t, t) to a raw tensor; processes give it meaning."""
+
+from udm.nets.unet import UNet
+
+__all__ = ["UNet"]

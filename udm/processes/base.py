@@ -1,0 +1,88 @@
+"""The forward process of the unified model (DESIGN.md section 1).
+
+    x_t = F_t(x0, eps),   eps ~ q(eps),   t = 0..T,   x_0 = x0
+
+A process supplies F_t, its inverse in eps where one exists, q(eps), the prior
+x_T, how the network's raw output becomes x0_hat, and the training loss. The
+one reverse loop in `udm.sampling` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor, nn
+
+
+class ForwardProcess(nn.Module, abc.ABC):
+    """Abstract x_t = F_t(x0, eps). Time t is a LongTensor [B] with 0 = data, T = prior.
+
+    Subclasses set `T` and implement `forward` (F_t), `sample_noise` (q), `x0_hat`
+    and `loss`; invertible ones also implement `inverse`. Processes whose q is the
+    standard normal set `noise_is_normal = True`, which enables the mixed step.
+    Schedules live in non-persistent buffers so they follow the model's device
+    but never enter checkpoints: they are rebuilt from the config.
+    """
+
+    T: int
+    noise_is_normal: bool = False
+
+    @abc.abstractmethod
+    def forward(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """F_t(x0, eps): the corrupted x_t, shaped like x0."""
+
+    def inverse(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """F_t^{-1}(x0, x_t): the eps with F_t(x0, eps) = x_t."""
+        raise NotImplementedError(f"{type(self).__name__} has no inverse in eps; use method='baseline'")
+
+    @property
+    def invertible(self) -> bool:
+        return type(self).inverse is not ForwardProcess.inverse
+
+    @abc.abstractmethod
+    def sample_noise(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """eps ~ q(eps), for a batch shaped like x0."""
+
+    def prior(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x_T ~ p(x_T) for a batch shaped like the reference data x0.
+
+        Default: F_T(x0, eps) with fresh eps, which is right for processes whose
+        x_T still depends on the data (e.g. blur); processes with a data-free
+        prior override it.
+        """
+        t = torch.full((x0.shape[0],), self.T, dtype=torch.long, device=x0.device)
+        return self(x0, t, self.sample_noise(x0, generator))
+
+    @abc.abstractmethod
+    def x0_hat(self, out: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The prediction of x0 from the network's raw output `out` at (x_t, t)."""
+
+    @abc.abstractmethod
+    def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """Scalar training loss of the raw output `out` for the pair (x0, x_t = F_t(x0, eps))."""
+
+    def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "ddim") -> tuple[Tensor, Tensor]:
+        """(sqrt(1 - r^2), r) of the mixed step x_s = F_s(x0_hat, sqrt(1 - r^2) eps_hat + r z).
+
+        The generic choice is r = eta: eta = 0 is the inverse step, eta = 1 the
+        baseline. Gaussian processes override it with the DDPM/DDIM variances.
+        """
+        if variance != "ddim":
+            raise ValueError(f"{type(self).__name__} supports only variance='ddim', got {variance!r}")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1] for {type(self).__name__}, got {eta}")
+        r = torch.full(t.shape, float(eta), device=t.device)
+        return (1 - r**2).sqrt(), r
+
+    def sample_t(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+        """Training times, uniform on 1..T."""
+        return torch.randint(1, self.T + 1, (n,), device=device, generator=generator)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(T={self.T})"
+
+
+def expand_as(coef: Tensor, x: Tensor) -> Tensor:
+    """A per-sample coefficient [B] broadcast against x [B, ...], in x's dtype."""
+    return coef.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
