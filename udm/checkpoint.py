@@ -51,8 +51,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def recipe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The dotted keys where two recipes differ (process, net and data shape)."""
+def recipe_mismatch(saved: dict[str, Any], current: dict[str, Any], partial: bool = False) -> list[str]:
+    """The dotted keys where two recipes differ (process, net and data shape).
+
+    partial=True compares only the keys `current` sets (a user naming a few settings).
+    """
 
     def flat(d: Any, prefix: str = "") -> dict[str, Any]:
         if not isinstance(d, dict):
@@ -63,11 +66,12 @@ def recipe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]
         return out
 
     a, b = flat({k: saved.get(k) for k in ("process", "net", "shape")}), flat({k: current.get(k) for k in ("process", "net", "shape")})
-    return [f"{k}: checkpoint has {a.get(k)!r}, config has {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    keys = {k for k, v in b.items() if v is not None} if partial else set(a) | set(b)
+    return [f"{k}: checkpoint has {a.get(k)!r}, config has {b.get(k)!r}" for k in sorted(keys) if a.get(k) != b.get(k)]
 
 
-def check_compatible(path: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    diffs = recipe_mismatch(saved, current)
+def check_compatible(path: str | Path, saved: dict[str, Any], current: dict[str, Any], partial: bool = False) -> None:
+    diffs = recipe_mismatch(saved, current, partial)
     if diffs:
         raise UdmError(f"checkpoint {path} was trained with a different process/net/data:\n  " + "\n  ".join(diffs))
 

@@ -49,7 +49,7 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
     recipe = checkpoint[CHECKPOINT_KEY]
     asked = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("process", "net") if cfg.get(k)}
     if asked:
-        check_compatible(ckpt_path, {k: recipe[k] for k in asked}, asked)
+        check_compatible(ckpt_path, recipe, asked, partial=True)
     process, net = build_from_checkpoint(checkpoint)
     device = pick_device(cfg.device)
     process.to(device), net.to(device)
