@@ -96,6 +96,7 @@ def sample(
     method: str = "auto",
     generator: torch.Generator | None = None,
     progress: bool = False,
+    t_start: int | None = None,
 ) -> Tensor:
     """Run the reverse process from x_T to x_0 with `model(x_t, t)` giving the raw network output.
 

@@ -152,9 +152,9 @@ class ImageFolder(ImageData):
 
     name = "image_folder"
 
-    def __init__(self, path: str, image_size: int = 32, channels: int = 3, **kwargs):
+    def __init__(self, path: str, image_size: int = 32, channels: int = 3, resize: bool = True, **kwargs):
         super().__init__(image_size=image_size, channels=channels, **kwargs)
-        self.path = Path(path).expanduser()
+        self.path, self.resize = Path(path).expanduser(), resize
 
     def load(self) -> Tensor:
         from PIL import Image, UnidentifiedImageError
@@ -171,6 +171,8 @@ class ImageFolder(ImageData):
         for f in files:
             try:
                 with Image.open(f) as im:
+                    if not self.resize and im.size != size:
+                        raise UdmError(f"image {f} is {im.size[0]}x{im.size[1]}, expected {size[0]}x{size[1]}")
                     arrays.append(np.asarray(im.convert(mode).resize(size, Image.BICUBIC), dtype=np.uint8))
             except (UnidentifiedImageError, OSError) as e:
                 raise UdmError(f"cannot read image {f}: {e}") from None

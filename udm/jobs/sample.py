@@ -41,6 +41,21 @@ def reference_batch(recipe: dict[str, Any], n: int, needs_data: bool) -> torch.T
     return data.test[idx]
 
 
+def load_input(path: str, shape: list[int]) -> torch.Tensor:
+    """The user's images to restore, [N, C, H, W] in [-1, 1], of exactly the checkpoint's shape."""
+    from udm.data import ArrayFile, ImageFolder
+
+    c, h, w = shape
+    source = Path(path).expanduser()
+    data = ImageFolder(str(source), image_size=h, channels=c, resize=False) if source.is_dir() else ArrayFile(str(source), image_size=h, channels=c)
+    images = data.load()
+    if images.dim() != 4 or list(images.shape[1:]) != shape:
+        raise UdmError(f"input {source} holds images of shape {list(images.shape[1:])}; this checkpoint needs {shape}")
+    if images.min() < -1 - 1e-6 or images.max() > 1 + 1e-6:
+        raise UdmError(f"input {source} must lie in [-1, 1] (or be uint8 pixels); got [{images.min():.3g}, {images.max():.3g}]")
+    return images
+
+
 def sample_images(cfg: DictConfig) -> dict[str, Any]:
     if cfg.n < 1:
         raise UdmError(f"n must be a positive number of samples, got {cfg.n}")
@@ -56,22 +71,31 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
     sampler = instantiate(cfg.sampler)
 
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    reference = reference_batch(recipe, cfg.n, getattr(process, "prior_needs_data", False)).to(device)
+    t_start = cfg.get("input_t") or process.T
+    if cfg.get("input"):  # restoration: start from the user's (degraded) images at t_start
+        starts = load_input(cfg.input, recipe["shape"]).to(device)
+        if cfg.degrade_input:
+            t = torch.full((len(starts),), t_start, dtype=torch.long, device=device)
+            starts = process(starts, t, process.sample_noise(starts, generator))
+    else:
+        reference = reference_batch(recipe, cfg.n, getattr(process, "prior_needs_data", False)).to(device)
+        starts = torch.cat([process.prior(batch, generator) for batch in reference.split(cfg.batch_size)])
     chunks, start = [], time.perf_counter()
-    for batch in reference.split(cfg.batch_size):
-        x_T = process.prior(batch, generator)
-        chunks.append(sampler(process, net, x_T, generator=generator, progress=cfg.progress).cpu())
+    for x_T in starts.split(cfg.batch_size):
+        chunks.append(sampler(process, net, x_T, generator=generator, progress=cfg.progress, t_start=t_start).cpu())
     seconds = time.perf_counter() - start
     samples = torch.cat(chunks)
+    n = len(samples)
 
     folder = Path(cfg.out_dir) if cfg.get("out_dir") else ckpt_path.parent.parent / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    steps = cfg.sampler.get("steps") or process.T
-    stem = f"{cfg.sampler_name}-{steps}steps-n{cfg.n}-seed{cfg.seed}"
-    png = save_grid(samples, fresh_path(folder, stem, ".png"))
+    steps = cfg.sampler.get("steps") or t_start
+    stem = f"{cfg.sampler_name}-{steps}steps-n{n}-seed{cfg.seed}" + (f"-restored-t{t_start}" if cfg.get("input") else "")
+    grid = torch.cat([starts.cpu(), samples]) if cfg.get("input") else samples  # inputs above, restorations below
+    png = save_grid(grid, fresh_path(folder, stem, ".png"), nrow=min(n, 16) if cfg.get("input") else None)
     tensor_path = fresh_path(folder, stem, ".pt")
     torch.save(samples, tensor_path)
-    print(f"udm-sample: {cfg.n} samples in {seconds:.1f}s ({cfg.n / seconds:.1f}/s) with {cfg.sampler_name}, {steps} steps")
+    print(f"udm-sample: {n} samples in {seconds:.1f}s ({n / seconds:.1f}/s) with {cfg.sampler_name}, {steps} steps")
     print(f"udm-sample: grid written to {png}")
     print(f"udm-sample: tensor [{', '.join(map(str, samples.shape))}] in [-1, 1] written to {tensor_path}")
     return {"png": str(png), "tensor": str(tensor_path), "seconds": seconds}

@@ -1,6 +1,7 @@
 """Forward processes x_t = F_t(x0, eps): one abstract base, one small subclass per corruption."""
 
 from udm.processes.base import ForwardProcess
+from udm.processes.cold import Blur, Cold, Inpaint, Pixelate
 from udm.processes.gaussian import Gaussian
 
-__all__ = ["ForwardProcess", "Gaussian"]
+__all__ = ["Blur", "Cold", "ForwardProcess", "Gaussian", "Inpaint", "Pixelate"]

@@ -1,0 +1,161 @@
+"""Cold diffusion (Bansal et al. 2022; seed 001, "冷之扩散"): x_t = D_t(x0) + e.
+
+D_t is a deterministic degradation with D_0 = identity; e ~ N(0, sigma^2 I) is the noise
+(sigma may be 0). Writing the noise as e = sigma * eps keeps the inverse defined at sigma = 0:
+
+    e_hat = F_t^{-1}(x0_hat, x_t) = x_t - D_t(x0_hat)
+    inverse step  x_s = D_s(x0_hat) + e_hat = x_t + D_s(x0_hat) - D_t(x0_hat)   (improved sampling)
+    baseline step x_s = D_s(x0_hat) + fresh e                                 (naive sampling)
+
+A new corruption is a subclass that implements `degrade(x0, t)` alone.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from udm.processes.base import ForwardProcess, expand_as
+
+
+class Cold(ForwardProcess):
+    """F_t(x0, e) = D_t(x0) + e with e ~ N(0, sigma^2 I); the net predicts x0 directly (L1 loss).
+
+    The prior is D_T of a random held-out image plus `prior_noise` Gaussian noise: a fully
+    degraded image keeps almost nothing, so generation needs that fresh randomness (seed 001).
+    """
+
+    prior_needs_data = True
+
+    def __init__(self, T: int = 50, sigma: float = 0.0, prior_noise: float = 0.1):
+        super().__init__()
+        if T < 1 or sigma < 0 or prior_noise < 0:
+            raise ValueError(f"need T >= 1, sigma >= 0, prior_noise >= 0; got T={T}, sigma={sigma}, prior_noise={prior_noise}")
+        self.T, self.sigma, self.prior_noise = T, sigma, prior_noise
+
+    @property
+    def noise_is_normal(self) -> bool:  # the mixed step needs Gaussian e; sigma = 0 has none
+        return self.sigma > 0
+
+    @abc.abstractmethod
+    def degrade(self, x0: Tensor, t: Tensor) -> Tensor:
+        """D_t(x0) for times t [B]; D_0 must be the identity."""
+
+    def forward(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        return self.degrade(x0, t) + eps
+
+    def inverse(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        return x_t - self.degrade(x0, t)
+
+    def sample_noise(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if self.sigma == 0:
+            return torch.zeros_like(x0)
+        return self.sigma * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+
+    def prior(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        t = torch.full((x0.shape[0],), self.T, dtype=torch.long, device=x0.device)
+        z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return self.degrade(x0, t) + self.prior_noise * z
+
+    def x0_hat(self, out: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return out.clamp(-1, 1)
+
+    def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        return F.l1_loss(out, x0)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(T={self.T}, sigma={self.sigma})"
+
+
+def geometric(start: float, end: float, T: int) -> Tensor:
+    """[0, start, ..., end]: T values spaced evenly in log between start and end, after a 0 for t = 0."""
+    values = torch.exp(torch.linspace(math.log(start), math.log(end), T, dtype=torch.float64))
+    return torch.cat([torch.zeros(1, dtype=torch.float64), values])
+
+
+class Blur(Cold):
+    """Gaussian blur of width std_t growing geometrically from std_min to std_max pixels.
+
+    Computed in the Fourier domain of the mirror-extended image (reflecting borders), so
+    D_t is exactly linear, keeps every constant image fixed and tends to the per-channel
+    mean as std grows: at std_max = the image side, x_T is the mean to within ~1e-3.
+    """
+
+    def __init__(self, T: int = 50, std_min: float = 0.3, std_max: float = 28.0, **kwargs):
+        super().__init__(T=T, **kwargs)
+        self.register_buffer("std", geometric(std_min, std_max, T), persistent=False)
+
+    def degrade(self, x0: Tensor, t: Tensor) -> Tensor:
+        H, W = x0.shape[-2:]
+        ext = torch.cat([x0, x0.flip(-2)], -2)
+        ext = torch.cat([ext, ext.flip(-1)], -1)  # period 2H x 2W, symmetric
+        fy = torch.fft.fftfreq(2 * H, device=x0.device, dtype=torch.float64)[:, None]
+        fx = torch.fft.rfftfreq(2 * W, device=x0.device, dtype=torch.float64)[None, :]
+        var = expand_as(self.std[t] ** 2, x0).double()
+        gain = torch.exp(-2 * math.pi**2 * var * (fy**2 + fx**2))
+        out = torch.fft.irfft2(torch.fft.rfft2(ext.double()) * gain, s=(2 * H, 2 * W))
+        return out[..., :H, :W].to(x0.dtype)
+
+
+class Inpaint(Cold):
+    """A growing masked region filled with `fill`: k(t) = round(t/T * H*W) pixels by the time t.
+
+    order='centre' masks pixels by distance from the centre (a growing disc); 'random' by a
+    fixed random order of the pixels drawn once from `seed`. At t = T every pixel is masked,
+    so x_T is `fill` plus the prior's noise: the noise alone makes the samples differ.
+    """
+
+    def __init__(self, T: int = 50, image_size: int = 28, order: str = "centre", fill: float = 0.0, seed: int = 0, **kwargs):
+        super().__init__(T=T, **kwargs)
+        if order not in ("centre", "random"):
+            raise ValueError(f"unknown mask order {order!r}; choose 'centre' or 'random'")
+        n = image_size * image_size
+        if order == "centre":
+            y, x = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
+            c = (image_size - 1) / 2
+            dist = ((y - c) ** 2 + (x - c) ** 2).flatten().double()
+            order_of_pixels = torch.argsort(dist + 1e-6 * torch.arange(n), stable=True)  # ties by raster order
+        else:
+            order_of_pixels = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        rank = torch.empty(n, dtype=torch.long)
+        rank[order_of_pixels] = torch.arange(n)
+        self.image_size, self.order, self.fill = image_size, order, fill
+        self.register_buffer("rank", rank.view(image_size, image_size), persistent=False)
+        self.register_buffer("k", torch.round(torch.arange(T + 1, dtype=torch.float64) / T * n).long(), persistent=False)
+
+    def mask(self, t: Tensor) -> Tensor:
+        """m_t [B, 1, H, W]: 1 where masked at time t."""
+        return (self.rank[None] < self.k[t].view(-1, 1, 1)).unsqueeze(1)
+
+    def degrade(self, x0: Tensor, t: Tensor) -> Tensor:
+        if x0.shape[-1] != self.image_size or x0.shape[-2] != self.image_size:
+            raise ValueError(f"Inpaint was built for {self.image_size}x{self.image_size} images, got {list(x0.shape[-2:])}")
+        return torch.where(self.mask(t), torch.as_tensor(self.fill, dtype=x0.dtype, device=x0.device), x0)
+
+
+class Pixelate(Cold):
+    """Average-pool to an n_t x n_t grid and upsample back (nearest): super-resolution in reverse.
+
+    n_t falls geometrically from the image side (t = 0, the identity) to 1 (t = T, the
+    per-channel mean).
+    """
+
+    def __init__(self, T: int = 20, image_size: int = 28, **kwargs):
+        super().__init__(T=T, **kwargs)
+        sides = torch.exp(torch.linspace(math.log(image_size), 0.0, T + 1)).round().long()
+        self.image_size = image_size
+        self.register_buffer("side", sides, persistent=False)
+
+    def degrade(self, x0: Tensor, t: Tensor) -> Tensor:
+        H, W = x0.shape[-2:]
+        out = torch.empty_like(x0)
+        sides = self.side[t]
+        for n in sides.unique().tolist():  # one pooling per distinct resolution in the batch
+            rows = sides == n
+            pooled = F.adaptive_avg_pool2d(x0[rows], n)
+            out[rows] = F.interpolate(pooled, size=(H, W), mode="nearest") if n < H else x0[rows]
+        return out
