@@ -132,3 +132,15 @@ def test_cold_restoration_from_given_images(trained, tmp_path):
     np.save(wrong, np.zeros((3, 1, 9, 9), dtype=np.float32))
     bad = run_cli("udm-sample", f"ckpt={run}", f"input={wrong}", cwd=tmp_path, check=False)
     assert bad.returncode != 0 and "this checkpoint needs [1, 8, 8]" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_multirun_over_processes(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli("udm-train", "-m", *SMOKE, "process=gaussian,blur,inpaint,pixelate", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "final_samples=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    done = sorted(p.parent.parent.name for p in sweep.glob("*/checkpoints/last.ckpt"))
+    assert len(done) == 4
+    assert [d.split("_")[0] for d in done] == ["0", "1", "2", "3"]
+    assert all(f"process={p}" in d for d, p in zip(done, ["gaussian", "blur", "inpaint", "pixelate"]))
+    targets = [torch.load(sweep / d / "checkpoints" / "last.ckpt", weights_only=True)["udm"]["process"]["_target_"] for d in done]
+    assert targets == ["udm.processes.Gaussian", "udm.processes.Blur", "udm.processes.Inpaint", "udm.processes.Pixelate"]

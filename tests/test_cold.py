@@ -15,6 +15,7 @@ def processes():
         "inpaint-centre": Inpaint(T=20, image_size=S),
         "inpaint-random": Inpaint(T=20, image_size=S, order="random"),
         "pixelate": Pixelate(T=10, image_size=S),
+        "pixelate-long": Pixelate(T=40, image_size=S),
     }
 
 
@@ -32,7 +33,7 @@ def test_D0_is_identity_and_DT_is_uninformative(name, x0):
     p = processes()[name]
     torch.testing.assert_close(p.degrade(x0, full(0)), x0, rtol=0, atol=1e-12)
     xT = p.degrade(x0, full(p.T))
-    if name == "blur" or name == "pixelate":  # the per-channel mean
+    if name in ("blur", "pixelate", "pixelate-long"):  # the per-channel mean
         torch.testing.assert_close(xT, x0.mean((-2, -1), keepdim=True).expand_as(x0), rtol=0, atol=2e-3)
     else:  # everything masked
         assert torch.all(xT == p.fill)
@@ -97,3 +98,16 @@ def test_prior_is_degraded_data_plus_noise(x0):
     assert not torch.equal(a, b)
     mean = x0.mean((-2, -1), keepdim=True)
     assert (a - mean).std().item() == pytest.approx(0.1, rel=0.15)
+
+
+def test_pixelate_matrices_are_average_pooling_and_nearest_upsampling(x0):
+    import torch.nn.functional as F
+
+    p = Pixelate(T=10, image_size=S)
+    for side in (1, 3, 5, 8, S):
+        M = p.pool_matrix(side)
+        expected = F.interpolate(F.adaptive_avg_pool2d(x0, side), size=(S, S), mode="nearest")
+        torch.testing.assert_close(M @ x0 @ M.T, expected, rtol=0, atol=1e-12)
+    # every step degrades further: each D_t differs from D_{t-1}
+    outs = [p.degrade(x0, full(t)) for t in range(11)]
+    assert all(not torch.allclose(a, b) for a, b in zip(outs, outs[1:]))

@@ -140,22 +140,30 @@ class Inpaint(Cold):
 class Pixelate(Cold):
     """Average-pool to an n_t x n_t grid and upsample back (nearest): super-resolution in reverse.
 
-    n_t falls geometrically from the image side (t = 0, the identity) to 1 (t = T, the
-    per-channel mean).
+    n_t = side^(1 - t/T) falls geometrically from the image side (t = 0, the identity) to 1
+    (t = T, the per-channel mean); a fractional n_t blends the two neighbouring integer
+    grids, so every step degrades a little more and any T works. Pooling and upsampling
+    are separable, so D_t(x) = (1 - w_t) P x P^T + w_t Q x Q^T with P, Q precomputed H x H.
     """
 
-    def __init__(self, T: int = 20, image_size: int = 28, **kwargs):
+    def __init__(self, T: int = 50, image_size: int = 28, **kwargs):
         super().__init__(T=T, **kwargs)
-        sides = torch.exp(torch.linspace(math.log(image_size), 0.0, T + 1)).round().long()
         self.image_size = image_size
-        self.register_buffer("side", sides, persistent=False)
+        n = float(image_size) ** (1 - torch.arange(T + 1, dtype=torch.float64) / T)
+        lo, hi = n.floor().long(), n.ceil().long()
+        self.register_buffer("coarse", torch.stack([self.pool_matrix(int(k)) for k in lo]), persistent=False)
+        self.register_buffer("fine", torch.stack([self.pool_matrix(int(k)) for k in hi]), persistent=False)
+        self.register_buffer("w", n - lo, persistent=False)  # weight of the finer grid
+
+    def pool_matrix(self, side: int) -> Tensor:
+        """The H x H matrix of 1-D average pooling to `side` cells followed by nearest upsampling."""
+        eye = torch.eye(self.image_size, dtype=torch.float64)[:, None]
+        pooled = F.interpolate(F.adaptive_avg_pool1d(eye, side), size=self.image_size, mode="nearest")
+        return pooled[:, 0].T
 
     def degrade(self, x0: Tensor, t: Tensor) -> Tensor:
-        H, W = x0.shape[-2:]
-        out = torch.empty_like(x0)
-        sides = self.side[t]
-        for n in sides.unique().tolist():  # one pooling per distinct resolution in the batch
-            rows = sides == n
-            pooled = F.adaptive_avg_pool2d(x0[rows], n)
-            out[rows] = F.interpolate(pooled, size=(H, W), mode="nearest") if n < H else x0[rows]
-        return out
+        if x0.shape[-1] != self.image_size or x0.shape[-2] != self.image_size:
+            raise ValueError(f"Pixelate was built for {self.image_size}x{self.image_size} images, got {list(x0.shape[-2:])}")
+        P, Q = self.coarse[t].to(x0.dtype)[:, None], self.fine[t].to(x0.dtype)[:, None]
+        w = expand_as(self.w[t], x0)
+        return (1 - w) * (P @ x0 @ P.transpose(-1, -2)) + w * (Q @ x0 @ Q.transpose(-1, -2))
