@@ -25,11 +25,14 @@ def main() -> None:
     parser.add_argument("--out", default="cold_samplers.png")
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior-noise", type=float, default=None, help="replace the checkpoints' prior noise")
     args = parser.parse_args()
     rows = []
     for run in args.runs:
         checkpoint = load_checkpoint(find_checkpoint(run))
         process, net = build_from_checkpoint(checkpoint)
+        if args.prior_noise is not None:
+            process.prior_noise = args.prior_noise
         reference = reference_batch(checkpoint["udm"], args.n, getattr(process, "prior_needs_data", False))
         x_T = process.prior(reference, torch.Generator().manual_seed(args.seed))
         for method in ("baseline", "inverse"):

@@ -66,6 +66,10 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
     if asked:
         check_compatible(ckpt_path, recipe, asked, partial=True)
     process, net = build_from_checkpoint(checkpoint)
+    if cfg.get("prior_noise") is not None:
+        if not hasattr(process, "prior_noise"):
+            raise UdmError(f"prior_noise applies to cold processes; this checkpoint's is {process.describe()}")
+        process.prior_noise = float(cfg.prior_noise)
     device = pick_device(cfg.device)
     process.to(device), net.to(device)
     sampler = instantiate(cfg.sampler)

@@ -31,7 +31,7 @@ class Cold(ForwardProcess):
 
     prior_needs_data = True
 
-    def __init__(self, T: int = 50, sigma: float = 0.0, prior_noise: float = 0.1):
+    def __init__(self, T: int = 50, sigma: float = 0.0, prior_noise: float = 0.002):
         super().__init__()
         if T < 1 or sigma < 0 or prior_noise < 0:
             raise ValueError(f"need T >= 1, sigma >= 0, prior_noise >= 0; got T={T}, sigma={sigma}, prior_noise={prior_noise}")
