@@ -72,13 +72,32 @@ def test_timesteps_start_at_T_and_end_above_zero():
     assert make_timesteps(1000, steps=4) == [1000, 750, 500, 250]
     assert make_timesteps(10) == list(range(10, 0, -1))
     assert make_timesteps(1000, timesteps=[900, 10]) == [900, 10]
+    assert make_timesteps(1000, steps=4, start=500) == [500, 375, 250, 125]
+    assert make_timesteps(10, start=3) == [3, 2, 1]
+
+
+def test_sampling_from_t_start_visits_only_steps_below_it():
+    p, seen = Gaussian(T=100), []
+    x0 = torch.rand(3, 2, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(3, 2, dtype=torch.float64)
+    x_t = p(x0, torch.full((3,), 40), eps)
+
+    def oracle(xt, t):
+        seen.append(int(t[0]))
+        return p.inverse(x0, xt, t)
+
+    x = udm.sample(p, oracle, x_t, t_start=40, steps=8)
+    assert seen == [40, 35, 30, 25, 20, 15, 10, 5]
+    torch.testing.assert_close(x, x0)
 
 
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(steps=0), "steps must lie in 1..T"),
-        (dict(steps=1001), "steps must lie in 1..T"),
+        (dict(steps=0), "steps must lie in 1..1000"),
+        (dict(steps=1001), "steps must lie in 1..1000"),
+        (dict(steps=11, start=10), "steps must lie in 1..10"),
+        (dict(start=0), "starting step must lie in 1..T"),
         (dict(timesteps=[10, 20]), "strictly decreasing"),
         (dict(timesteps=[1001, 5]), "must lie in 1..T"),
         (dict(timesteps=[]), "empty"),

@@ -25,11 +25,11 @@ METHODS = ("auto", "baseline", "inverse", "mixed")
 Model = Callable[[Tensor, Tensor], Tensor]
 
 
-def make_timesteps(T: int, timesteps: Sequence[int] | None = None, steps: int | None = None) -> list[int]:
+def make_timesteps(T: int, timesteps: Sequence[int] | None = None, steps: int | None = None, start: int | None = None) -> list[int]:
     """The decreasing noisy steps t_1 > ... > t_n >= 1 the loop visits before ending at t = 0.
 
     `timesteps` is taken as given (checked); otherwise `steps` evenly spaced steps that
-    start at T ("trailing" spacing), all T of them when steps is None.
+    start at `start` (default T; "trailing" spacing), all `start` of them when steps is None.
     """
     if timesteps is not None:
         ts = [int(t) for t in timesteps]
@@ -40,10 +40,13 @@ def make_timesteps(T: int, timesteps: Sequence[int] | None = None, steps: int | 
         if any(a <= b for a, b in zip(ts, ts[1:])):
             raise ValueError(f"timesteps must be strictly decreasing, got {ts}")
         return ts
-    steps = T if steps is None else int(steps)
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must lie in 1..T = 1..{T}, got {steps}")
-    return [round(T * i / steps) for i in range(steps, 0, -1)]
+    start = T if start is None else int(start)
+    if not 1 <= start <= T:
+        raise ValueError(f"the starting step must lie in 1..T = 1..{T}, got {start}")
+    steps = start if steps is None else int(steps)
+    if not 1 <= steps <= start:
+        raise ValueError(f"steps must lie in 1..{start} (the starting step; T = {T}), got {steps}")
+    return [round(start * i / steps) for i in range(steps, 0, -1)]
 
 
 def resolve_method(process: ForwardProcess, method: str) -> str:
@@ -102,10 +105,11 @@ def sample(
 
     steps=None, eta=1 is DDPM ancestral sampling; eta=0 with any `steps` is DDIM;
     variance='beta' gives DDPM's sigma_t^2 = beta_t. `method='auto'` takes the best step
-    the process supports (mixed, else inverse, else baseline).
+    the process supports (mixed, else inverse, else baseline). `t_start` < T starts the
+    loop from an x_T that is really x_{t_start} (restoring partly degraded inputs).
     """
     method = resolve_method(process, method)
-    ts = make_timesteps(process.T, timesteps, steps)
+    ts = make_timesteps(process.T, timesteps, steps, t_start)
     x, batch = x_T, x_T.shape[0]
     pairs = list(zip(ts, ts[1:] + [0]))
     for t_int, s_int in track(pairs, description="sampling", disable=not progress, transient=True):
