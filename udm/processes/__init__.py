@@ -2,6 +2,7 @@
 
 from udm.processes.base import ForwardProcess
 from udm.processes.cold import Blur, Cold, Inpaint, Pixelate
+from udm.processes.discrete import TokenEstimate, TokenMask, TokenNoise, TokenProcess, TokenReplace
 from udm.processes.gaussian import Gaussian
 
-__all__ = ["Blur", "Cold", "ForwardProcess", "Gaussian", "Inpaint", "Pixelate"]
+__all__ = ["Blur", "Cold", "ForwardProcess", "Gaussian", "Inpaint", "Pixelate", "TokenEstimate", "TokenMask", "TokenNoise", "TokenProcess", "TokenReplace"]

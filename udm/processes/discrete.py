@@ -1,0 +1,244 @@
+"""Discrete token diffusion on fixed-length sequences (DESIGN.md section 2, "Discrete tokens").
+
+The noise eps is an ordering of the l positions plus, for replacement, a replacement
+token per position; F_t corrupts the first k(t) positions of the ordering:
+
+    TokenReplace (the seed's edit model):  corrupted positions get a *different* token
+    TokenMask    (absorbing):              corrupted positions become [MASK]
+
+An ordering is stored as keys u in [0, 1] (the k(t) smallest keys are corrupted), a
+replacement as an offset o in 1..n-1 within the n regular tokens. Both processes are
+invertible: the corrupted positions of x_t are where it differs from x0_hat, so the
+loop's inverse step keeps k(s) of them and restores the rest, which is the seed's
+improved sampler (one token per step when s = t - 1, several when steps are skipped).
+Which ones stay corrupted is the free part of eps_hat: random, or the least confident
+first, carried by x0_hat as a `priority`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from udm.processes.base import ForwardProcess
+
+SCHEDULES = ("count", "linear", "cosine")
+ORDERS = ("random", "confidence")
+
+
+class TokenNoise(NamedTuple):
+    keys: Tensor  # [B, L] float: the k(t) smallest are corrupted by time t
+    offsets: Tensor  # [B, L] long: replacement = regular[(index(x0) + offset) mod n]; 0 = unchanged
+
+
+class TokenEstimate(NamedTuple):
+    tokens: Tensor  # [B, L] long: x0_hat
+    priority: Tensor  # [B, L] float in [0, 1]: corrupted positions with higher priority are restored first
+
+
+def tokens_of(x: Tensor | TokenEstimate) -> Tensor:
+    return x.tokens if isinstance(x, TokenEstimate) else x
+
+
+class TokenProcess(ForwardProcess):
+    """Shared machinery of the token processes; subclasses define `corrupt`, `prior` and `x0_hat`.
+
+    length: the sequence length l. vocab_size / special_ids: the tokenizer's size and the
+    ids never generated ([PAD], [UNK], [MASK], ...). schedule 'count' is time as a count of
+    corrupted tokens (T = l, k(t) = t); 'linear' / 'cosine' are a rate over T steps
+    (k(t) = round(l * gamma(t / T)), continuous-time masked diffusion on a grid).
+    temperature scales the logits when x0_hat is drawn (0 = argmax); order picks which
+    corrupted positions are restored first. loss_on: 'corrupted' or 'all' positions.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        vocab_size: int,
+        special_ids: Sequence[int] = (),
+        schedule: str = "count",
+        T: int | None = None,
+        temperature: float = 1.0,
+        order: str = "random",
+        loss_on: str = "corrupted",
+    ):
+        super().__init__()
+        if length < 1:
+            raise ValueError(f"sequence length must be positive, got {length}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown token schedule {schedule!r}; choose one of {list(SCHEDULES)}")
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; choose one of {list(ORDERS)}")
+        if loss_on not in ("corrupted", "all"):
+            raise ValueError(f"loss_on must be 'corrupted' or 'all', got {loss_on!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if schedule == "count":
+            if T is not None and T != length:
+                raise ValueError(f"schedule='count' has T = length = {length}; got T={T} (use schedule='linear' for another T)")
+            T = length
+        elif T is None or T < 1:
+            raise ValueError(f"schedule={schedule!r} needs a positive number of steps T, got {T}")
+        special = sorted({int(i) for i in special_ids})
+        regular = torch.tensor([i for i in range(vocab_size) if i not in set(special)], dtype=torch.long)
+        if len(regular) < 2:
+            raise ValueError(f"a vocabulary of {vocab_size} with special ids {special} leaves fewer than 2 regular tokens")
+        index = torch.zeros(vocab_size, dtype=torch.long)
+        index[regular] = torch.arange(len(regular))
+        self.length, self.vocab_size, self.special_ids = length, vocab_size, special
+        self.schedule, self.T, self.temperature, self.order, self.loss_on = schedule, T, temperature, order, loss_on
+        special_mask = torch.zeros(vocab_size, dtype=torch.bool)
+        special_mask[special] = True
+        self.register_buffer("special_mask", special_mask, persistent=False)
+        self.register_buffer("regular", regular, persistent=False)
+        self.register_buffer("index", index, persistent=False)
+        self.register_buffer("k", self.counts(), persistent=False)
+
+    def counts(self) -> Tensor:
+        """k(t) for t = 0..T: how many positions are corrupted at time t."""
+        t = torch.arange(self.T + 1, dtype=torch.float64)
+        if self.schedule == "count":
+            return t.long()
+        gamma = t / self.T if self.schedule == "linear" else 1 - torch.cos(math.pi / 2 * t / self.T)
+        return torch.round(self.length * gamma).long()
+
+    def t_for_count(self, m: int) -> int:
+        """The time at which exactly m positions are corrupted (to start infilling m blanks)."""
+        hits = (self.k == m).nonzero()
+        if len(hits) == 0:
+            raise ValueError(f"no step of this {self.schedule} schedule corrupts exactly {m} of {self.length} positions")
+        return int(hits[0])
+
+    # --- F_t and its inverse ---------------------------------------------------------------
+
+    def corrupted(self, t: Tensor, keys: Tensor) -> Tensor:
+        """[B, L] bool: the k(t) positions with the smallest keys."""
+        rank = keys.argsort(dim=-1, stable=True).argsort(-1)
+        return rank < self.k[t].unsqueeze(-1)
+
+    def corrupt(self, x0: Tensor, offsets: Tensor) -> Tensor:
+        """The corrupted token at every position (used where the ordering says so)."""
+        raise NotImplementedError
+
+    def forward(self, x0: Tensor | TokenEstimate, t: Tensor, eps: TokenNoise) -> Tensor:
+        x0 = tokens_of(x0)
+        self.check_tokens(x0)
+        return torch.where(self.corrupted(t, eps.keys), self.corrupt(x0, eps.offsets), x0)
+
+    def inverse(self, x0: Tensor | TokenEstimate, x_t: Tensor, t: Tensor) -> TokenNoise:
+        """eps_hat: the positions where x_t differs from x0_hat come first, lowest priority first."""
+        tokens = tokens_of(x0)
+        priority = x0.priority if isinstance(x0, TokenEstimate) else torch.zeros(x_t.shape, device=x_t.device)
+        differ = x_t != tokens
+        keys = torch.where(differ, 0.5 * priority.clamp(0, 1), torch.ones_like(priority))
+        offsets = torch.where(differ, (self.index[x_t] - self.index[tokens]) % len(self.regular), torch.zeros_like(x_t))
+        return TokenNoise(keys, offsets)
+
+    def sample_noise(self, x0: Tensor | TokenEstimate, generator: torch.Generator | None = None) -> TokenNoise:
+        shape, device = tokens_of(x0).shape, tokens_of(x0).device
+        keys = torch.rand(shape, device=device, generator=generator)
+        offsets = torch.randint(1, len(self.regular), shape, device=device, generator=generator)
+        return TokenNoise(keys, offsets)
+
+    def check_tokens(self, x: Tensor) -> None:
+        if x.dtype != torch.long or x.shape[-1] != self.length:
+            raise ValueError(f"{type(self).__name__} expects token ids [B, {self.length}] (long), got {x.dtype} {list(x.shape)}")
+
+    # --- the predictor -----------------------------------------------------------------------
+
+    def logits(self, out: Tensor) -> Tensor:
+        """The net's logits with the special tokens ruled out, in float32."""
+        if out.shape[-1] != self.vocab_size:
+            raise ValueError(f"the net gives {out.shape[-1]} logits per position; the tokenizer has {self.vocab_size} tokens")
+        return out.float().masked_fill(self.special_mask, float("-inf"))
+
+    def draw(self, logits: Tensor, generator: torch.Generator | None) -> Tensor:
+        """A token per position from softmax(logits / temperature) (Gumbel-max), argmax at temperature 0."""
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-20, 1.0)
+        return (logits / self.temperature - torch.log(-torch.log(u))).argmax(-1)
+
+    def priority(self, probs: Tensor, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
+        if self.order == "confidence":
+            return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        return torch.rand(tokens.shape, device=tokens.device, generator=generator)
+
+    def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: TokenNoise) -> Tensor:
+        """Cross-entropy of q(x0 | x_t), summed over the scored positions and divided by their number.
+
+        With loss_on='corrupted' and the count schedule this is an unbiased estimate of the
+        per-token negative ELBO of the absorbing process (E_k [1/k sum over masked CE]).
+        """
+        ce = F.cross_entropy(out.float().transpose(1, -1), x0, reduction="none")  # [B, L]
+        scored = (x_t != x0) if self.loss_on == "corrupted" else torch.ones_like(ce, dtype=torch.bool)
+        per_sequence = (ce * scored).sum(-1) / scored.sum(-1).clamp(min=1)
+        return per_sequence.mean()
+
+    def describe(self) -> str:
+        return (f"{type(self).__name__}(length={self.length}, vocab={self.vocab_size}, schedule={self.schedule}, "
+                f"T={self.T}, order={self.order})")
+
+
+class TokenMask(TokenProcess):
+    """Absorbing diffusion: corrupted positions become [MASK]; x_T is all [MASK].
+
+    x0_hat keeps every visible token and draws the masked ones from q(x0 | x_t); the
+    inverse step then reveals k(t) - k(s) masked positions (Gibbs-like with an MLM when
+    one per step), chosen at random or by the model's confidence in its draw.
+    """
+
+    def __init__(self, mask_id: int, special_ids: Sequence[int] = (), **kwargs):
+        super().__init__(special_ids=[*special_ids, mask_id], **kwargs)
+        self.mask_id = int(mask_id)
+
+    def corrupt(self, x0: Tensor, offsets: Tensor) -> Tensor:
+        return torch.full_like(x0, self.mask_id)
+
+    def prior(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return torch.full(x0.shape, self.mask_id, dtype=torch.long, device=x0.device)
+
+    def x0_hat(self, out: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None) -> TokenEstimate:
+        logits = self.logits(out)
+        drawn = self.draw(logits, generator)
+        masked = x_t == self.mask_id
+        tokens = torch.where(masked, drawn, x_t)
+        return TokenEstimate(tokens, self.priority(logits.softmax(-1), tokens, generator))
+
+
+class TokenReplace(TokenProcess):
+    """The seed's edit model: corrupted positions hold a token different from the original.
+
+    x_T is uniform over the regular tokens. x0_hat picks the k(t) positions the model
+    finds least likely to be original (1 - q(x0_i = x_t,i | x_t)) and draws a different
+    token there; the inverse step restores k(t) - k(s) of them. The model must also learn
+    which tokens are intact, so the loss covers all positions by default.
+    """
+
+    def __init__(self, loss_on: str = "all", **kwargs):
+        super().__init__(loss_on=loss_on, **kwargs)
+
+    def corrupt(self, x0: Tensor, offsets: Tensor) -> Tensor:
+        n = len(self.regular)
+        replaced = self.regular[(self.index[x0] + offsets) % n]
+        return torch.where(offsets == 0, x0, replaced)
+
+    def prior(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        idx = torch.randint(0, len(self.regular), x0.shape, device=x0.device, generator=generator)
+        return self.regular[idx]
+
+    def x0_hat(self, out: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None) -> TokenEstimate:
+        logits = self.logits(out)
+        probs = logits.softmax(-1)
+        doubt = 1 - probs.gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
+        doubt = doubt + 1e-6 * torch.rand(doubt.shape, device=doubt.device, generator=generator)  # random ties
+        rank = (-doubt).argsort(dim=-1, stable=True).argsort(-1)
+        chosen = rank < self.k[t].unsqueeze(-1)
+        drawn = self.draw(logits.scatter(-1, x_t.unsqueeze(-1), float("-inf")), generator)  # never the token seen
+        tokens = torch.where(chosen, drawn, x_t)
+        return TokenEstimate(tokens, self.priority(probs, tokens, generator))
