@@ -39,3 +39,10 @@ def sample_main(cfg: DictConfig) -> None:
     from udm.jobs.sample import sample_images
 
     report_errors(sample_images, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
+def generate_main(cfg: DictConfig) -> None:
+    from udm.jobs.generate import generate_text
+
+    report_errors(generate_text, cfg)

@@ -46,7 +46,7 @@ class DiffusionModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.sampler, self.val_samples, self.sample_seed = sampler, val_samples, sample_seed
         self.recipe = recipe or {}
-        self.last_grid: Tensor | None = None
+        self.last_samples: Tensor | None = None
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.net(x_t, t)
@@ -74,13 +74,20 @@ class DiffusionModule(L.LightningModule):
     def log_samples(self, reference: Tensor) -> None:
         if self.sampler is None or self.trainer.sanity_checking:
             return
-        self.last_grid = self.generate(reference)
+        self.last_samples = samples = self.generate(reference)
+        datamodule = self.trainer.datamodule
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image("samples", as_grid_array(self.last_grid), self.global_step)
+            if samples.is_floating_point() and hasattr(experiment, "add_image"):
+                experiment.add_image("samples", as_grid_array(samples), self.global_step)
+            elif hasattr(datamodule, "decode") and hasattr(experiment, "add_text"):
+                experiment.add_text("samples", "\n\n".join(datamodule.decode(samples)), self.global_step)
         if self.trainer.is_global_zero:
-            save_grid(self.last_grid, Path(self.trainer.default_root_dir) / "samples" / f"step{self.global_step:06d}.png")
+            path = Path(self.trainer.default_root_dir) / "samples" / f"step{self.global_step:06d}"
+            if datamodule is not None and hasattr(datamodule, "save_samples"):
+                datamodule.save_samples(samples, path)
+            else:
+                save_grid(samples, path.with_suffix(".png"))
 
     @torch.no_grad()
     def generate(self, reference: Tensor, seed: int | None = None) -> Tensor:

@@ -1,5 +1,6 @@
-"""Data modules. Images yield x0 in [-1, 1] as [B, C, H, W]."""
+"""Data modules. Images yield x0 in [-1, 1] as [B, C, H, W]; text yields token ids [B, L]."""
 
 from udm.data.images import MNIST, ArrayFile, Digits, ImageData, ImageFolder
+from udm.data.text import Poems, TextData, TextFile
 
-__all__ = ["MNIST", "ArrayFile", "Digits", "ImageData", "ImageFolder"]
+__all__ = ["MNIST", "ArrayFile", "Digits", "ImageData", "ImageFolder", "Poems", "TextData", "TextFile"]

@@ -67,6 +67,17 @@ class ImageData(L.LightningDataModule):
     def shape(self) -> tuple[int, int, int]:
         return (self.channels, self.image_size, self.image_size)
 
+    derived: dict = {}  # images fill nothing in the process/net configs (they interpolate ${data.image_size})
+
+    def recipe(self) -> dict:
+        return {}
+
+    def save_samples(self, samples: Tensor, path: Path) -> Path:
+        """A PNG grid of the samples at path (.png)."""
+        from udm.grid import save_grid
+
+        return save_grid(samples, Path(path).with_suffix(".png"), nrow=8)
+
     def load(self) -> Tensor:
         raise NotImplementedError
 

@@ -62,6 +62,8 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = find_checkpoint(cfg.ckpt)
     checkpoint = load_checkpoint(ckpt_path)
     recipe = checkpoint[CHECKPOINT_KEY]
+    if "tokenizer" in recipe:
+        raise UdmError(f"{ckpt_path} holds a text model; generate text with udm-generate ckpt={cfg.ckpt}")
     asked = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("process", "net") if cfg.get(k)}
     if asked:
         check_compatible(ckpt_path, recipe, asked, partial=True)

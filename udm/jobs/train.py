@@ -11,7 +11,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from udm.checkpoint import check_compatible, find_checkpoint, load_checkpoint
 from udm.errors import UdmError
-from udm.grid import save_grid
 from udm.lit import CHECKPOINT_KEY, DiffusionModule
 
 
@@ -27,19 +26,37 @@ def resume_path(resume: str | None, runs_root: Path) -> Path | None:
     return find_checkpoint(resume)
 
 
+def fill_from_data(node: DictConfig, derived: dict[str, Any], group: str) -> None:
+    """Set the keys a process/net config leaves as ??? from what the data module derived (vocab size, ...)."""
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            if key not in derived:
+                raise UdmError(f"{group}.{key} is required (it is ??? in the config) and data does not provide it; "
+                               f"set {group}.{key}=... on the command line")
+            node[key] = derived[key]
+
+
+def build_recipe(cfg: DictConfig, datamodule) -> dict[str, Any]:
+    """The plain config that rebuilds process and net and decodes samples; stored in every checkpoint."""
+    return {
+        "process": OmegaConf.to_container(cfg.process, resolve=True),
+        "net": OmegaConf.to_container(cfg.net, resolve=True),
+        "shape": list(datamodule.shape),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        **datamodule.recipe(),
+    }
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one model; returns the run folder, the last checkpoint and the final sample grid."""
     out = Path(cfg.out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
+    fill_from_data(cfg.process, datamodule.derived, "process")
+    fill_from_data(cfg.net, datamodule.derived, "net")
     process, net = instantiate(cfg.process), instantiate(cfg.net)
-    recipe = {
-        "process": OmegaConf.to_container(cfg.process, resolve=True),
-        "net": OmegaConf.to_container(cfg.net, resolve=True),
-        "shape": list(datamodule.shape),
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
-    }
+    recipe = build_recipe(cfg, datamodule)
     ckpt_path = resume_path(cfg.get("resume"), out.parent)
     if ckpt_path is not None:
         check_compatible(ckpt_path, load_checkpoint(ckpt_path)[CHECKPOINT_KEY], recipe)
@@ -59,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
     print(f"udm-train: {process.describe()}, {type(net).__name__} with "
-          f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, {len(datamodule.train)} training images "
+          f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, {len(datamodule.train)} training examples "
           f"of shape {list(datamodule.shape)}; writing to {out}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
@@ -70,9 +87,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # after fit the EMA callback has copied the averaged weights into the module
         module.to(trainer.strategy.root_device)
         reference = datamodule.test[: cfg.final_samples].to(module.device)
-        grid = save_grid(module.generate(reference), out / "samples.png", nrow=8)
-        result["samples"] = str(grid)
-        print(f"udm-train: samples written to {grid}")
+        written = datamodule.save_samples(module.generate(reference), out / "samples")
+        result["samples"] = str(written)
+        print(f"udm-train: samples written to {written}")
     if "checkpoint" in result:
         print(f"udm-train: checkpoint at {result['checkpoint']}")
     return result

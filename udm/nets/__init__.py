@@ -1,5 +1,6 @@
 """x0-predictor backbones. They map (x_t, t) to a raw tensor; processes give it meaning."""
 
+from udm.nets.transformer import Transformer
 from udm.nets.unet import UNet
 
-__all__ = ["UNet"]
+__all__ = ["Transformer", "UNet"]

@@ -1,0 +1,112 @@
+"""Text end to end through the console scripts: train a tiny poem model with each token process,
+generate at several tokens per step, infill a template, and refuse bad requests clearly."""
+
+import json
+
+import pytest
+
+from .conftest import run_cli
+
+TINY = ["net.hidden=32", "net.layers=1", "net.heads=2", "trainer.max_steps=3", "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1", "val_samples=2", "final_samples=2"]
+TEMPLATE = "朝辭白帝彩雲間，＿＿＿＿＿＿＿。兩岸猿聲啼不住，輕舟已過萬重山。"
+
+
+def tiny_run(tmp_path_factory, experiment):
+    tmp = tmp_path_factory.mktemp(experiment)
+    run = tmp / "run"
+    proc = run_cli("udm-train", f"experiment={experiment}", *TINY, f"hydra.run.dir={run}", cwd=tmp)
+    return tmp, run, proc
+
+
+@pytest.fixture(scope="module")
+def mask_run(tmp_path_factory):
+    return tiny_run(tmp_path_factory, "quatrain_mask")
+
+
+@pytest.fixture(scope="module")
+def replace_run(tmp_path_factory):
+    return tiny_run(tmp_path_factory, "quatrain_replace")
+
+
+@pytest.fixture(params=["mask_run", "replace_run"])
+def poem_run(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_training_writes_text_samples_and_a_checkpoint_with_the_tokenizer(poem_run):
+    tmp, run, proc = poem_run
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    lines = (run / "samples.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 and all(len(line) == 32 for line in lines)  # one character per token
+    assert (run / "samples" / "step000003.txt").is_file()
+
+
+@pytest.mark.parametrize("tps", [1, 4])
+def test_generate_prints_writes_and_measures(poem_run, tps):
+    tmp, run, _ = poem_run
+    proc = run_cli("udm-generate", f"ckpt={run}", "n=6", f"tokens_per_step={tps}", cwd=tmp)
+    txt = next(line.split(" to ")[-1] for line in proc.stdout.splitlines() if "texts written to" in line)
+    texts = open(txt, encoding="utf-8").read().splitlines()
+    assert len(texts) == 6 and all(len(t) == 32 and "[MASK]" not in t for t in texts)
+    report = json.loads(open(txt[:-4] + ".json", encoding="utf-8").read())
+    assert report["steps"] == 32 // tps
+    assert 0 <= report["metrics"]["form_accuracy"] <= 1 and report["metrics"]["n"] == 6
+    if tps > 1:
+        return
+    again = run_cli("udm-generate", f"ckpt={run}", "n=6", f"tokens_per_step={tps}", cwd=tmp)
+    txt2 = next(line.split(" to ")[-1] for line in again.stdout.splitlines() if "texts written to" in line)
+    assert txt2 != txt and open(txt2, encoding="utf-8").read().splitlines() == texts  # same seed, new file
+
+
+def test_infilling_keeps_the_template_characters(poem_run):
+    tmp, run, _ = poem_run
+    order = "confidence" if "mask" in str(run) else "random"
+    proc = run_cli("udm-generate", f"ckpt={run}", "n=4", f"template='{TEMPLATE}'", f"order={order}", "tokens_per_step=2", cwd=tmp)
+    txt = next(line.split(" to ")[-1] for line in proc.stdout.splitlines() if "texts written to" in line)
+    for text in open(txt, encoding="utf-8").read().splitlines():
+        assert len(text) == 32
+        assert all(c == t for c, t in zip(text, TEMPLATE) if t != "＿"), text
+        assert "[MASK]" not in text
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["tokens_per_step=0"], "tokens_per_step must lie in 1..32"),
+        (["template='朝辭白帝＿＿。'"], "template is 7 tokens long"),
+        (["template='朝辭白帝彩雲間，＿＿＿＿＿＿＿。兩岸猿聲啼不住，輕舟已過萬重😀。'"], "does not know: 😀"),
+    ],
+)
+def test_bad_generate_requests(mask_run, args, message):
+    tmp, run, _ = mask_run
+    proc = run_cli("udm-generate", f"ckpt={run}", *args, cwd=tmp, check=False)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_image_and_text_checkpoints_point_to_the_right_script(mask_run):
+    tmp, run, _ = mask_run
+    proc = run_cli("udm-sample", f"ckpt={run}", cwd=tmp, check=False)
+    assert proc.returncode != 0 and "use udm-generate" in proc.stderr.replace("generate text with ", "use ")
+
+
+def test_training_on_an_empty_text_file_is_refused(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n", encoding="utf-8")
+    proc = run_cli("udm-train", "experiment=quatrain_mask", "data=text_file", f"data.path={empty}", *TINY,
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "holds no text" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_user_text_file_of_five_character_quatrains_trains_and_generates(tmp_path):
+    poems = ["白日依山盡，黃河入海流。欲窮千里目，更上一層樓。", "床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。",
+             "千山鳥飛絕，萬徑人蹤滅。孤舟蓑笠翁，獨釣寒江雪。", "紅豆生南國，春來發幾枝。願君多采擷，此物最相思。"] * 8
+    path = tmp_path / "five.txt"
+    path.write_text("\n".join(poems), encoding="utf-8")
+    run = tmp_path / "run"
+    run_cli("udm-train", "experiment=quatrain_mask", "data=text_file", f"data.path={path}", "data.length=24",
+            "data.test_fraction=0.2", *TINY, f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = run_cli("udm-generate", f"ckpt={run}", "n=3", "tokens_per_step=3", cwd=tmp_path)
+    assert "form accuracy" in proc.stdout
+    txt = next(line.split(" to ")[-1] for line in proc.stdout.splitlines() if "texts written to" in line)
+    assert all(len(t) == 24 for t in open(txt, encoding="utf-8").read().splitlines())
