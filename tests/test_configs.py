@@ -8,7 +8,11 @@ from hydra.utils import instantiate
 
 from udm.cli import CONF_DIR
 
+from udm.jobs.train import fill_from_data
+
 from .conftest import compose_train
+
+TOKENS = {"length": 8, "vocab_size": 20, "mask_id": 2, "special_ids": [0, 1, 2]}
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 
@@ -17,14 +21,26 @@ def options(group):
     return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 
+def build(cfg):
+    """Data, process and net as udm-train builds them (??? keys filled from the data)."""
+    data = instantiate(cfg.data)
+    data.setup("fit")
+    fill_from_data(cfg.process, data.derived, "process")
+    fill_from_data(cfg.net, data.derived, "net")
+    return data, instantiate(cfg.process), instantiate(cfg.net)
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(experiment):
     cfg = compose_train(f"experiment={experiment}")
-    process, net = instantiate(cfg.process), instantiate(cfg.net)
-    shape = (2, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-    x0 = torch.zeros(shape)
+    data, process, net = build(cfg)
+    x0 = data.train[:2]
     t = torch.full((2,), process.T)
-    assert net(process.prior(x0), t).shape == shape
+    out = net(process.prior(x0), t)
+    if x0.is_floating_point():  # images: the raw output is shaped like x0
+        assert out.shape == x0.shape
+    else:  # tokens: logits over the tokenizer's vocabulary
+        assert out.shape == (*x0.shape, len(data.tokenizer))
     instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     assert callable(instantiate(cfg.sampler))
 
@@ -32,17 +48,23 @@ def test_every_experiment_composes_and_builds(experiment):
 @pytest.mark.parametrize("group", ["process", "net", "sampler", "trainer"])
 def test_every_group_option_instantiates(group):
     for option in options(group):
-        cfg = compose_train(f"{group}={option}", "data=digits", "net.attention_resolutions=[4]")
+        if option.startswith("token_") or option == "transformer":
+            cfg = compose_train("experiment=quatrain_mask", f"{group}={option}")
+            fill_from_data(cfg.process, TOKENS, "process")
+            fill_from_data(cfg.net, TOKENS, "net")
+        else:
+            cfg = compose_train(f"{group}={option}", "data=digits", "net.attention_resolutions=[4]")
         obj = instantiate(cfg[group], logger=False) if group == "trainer" else instantiate(cfg[group])
         assert obj is not None, option
 
 
 def test_data_options_compose():
     for option in options("data"):
-        overrides = [f"data={option}"] + ([f"data.path=/nonexistent"] if option in ("image_folder", "array_file") else [])
+        overrides = [f"data={option}"] + ([f"data.path=/nonexistent"] if option in ("image_folder", "array_file", "text_file") else [])
         cfg = compose_train(*overrides)
         assert cfg.data._target_.startswith("udm.data.")
-        assert cfg.net.in_channels == cfg.data.channels
+        if "image_size" in cfg.data:
+            assert cfg.net.in_channels == cfg.data.channels
 
 
 def test_readme_names_exist():
