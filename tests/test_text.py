@@ -108,3 +108,15 @@ def test_text_measures_on_known_and_broken_poems(quatrains):
     broken = [t[1:] + "，" for t in train[:10]]  # punctuation shifted by one
     assert text_metrics(broken, train)["form_accuracy"] == 0.0
     assert text_metrics(["山山山山山山山，山山山山山山山。" * 2], train)["distinct_chars"] == 1.0
+
+
+def test_a_local_transformers_tokenizer_folder_works(tmp_path):
+    lines = ["白日依山盡，黃河入海流。", "床前明月光，疑是地上霜。"] * 5
+    char_tokenizer(lines).save_pretrained(tmp_path / "tok")
+    path = tmp_path / "two.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    data = TextFile(str(path), length=12, tokenizer=str(tmp_path / "tok"), test_fraction=0.2)
+    data.setup()
+    assert data.derived["mask_id"] == 2 and data.decode(data.train[:1])[0] in lines
+    with pytest.raises(UdmError, match="does not exist"):
+        TextFile(str(path), length=12, tokenizer=str(tmp_path / "none")).setup()
