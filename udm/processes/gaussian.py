@@ -86,6 +86,22 @@ class Gaussian(ForwardProcess):
             x0 = out
         return x0.clamp(-1, 1) if self.clip_denoised else x0
 
+    def eps_hat(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The net's estimate of eps, whatever it predicts (v = a eps - b x0 gives eps = b x_t + a v)."""
+        a, b = expand_as(self.a[t], x_t), expand_as(self.b[t], x_t)
+        if self.parametrization == "eps":
+            return out
+        if self.parametrization == "v":
+            return b * x_t + a * out
+        return (x_t - a * out) / b
+
+    def score(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """grad log p_t(x_t) = -eps_theta / b_t (t >= 1)."""
+        return -self.eps_hat(out, x_t, t) / expand_as(self.b[t], x_t)
+
+    def noise_scale(self, t: Tensor) -> Tensor:
+        return self.b[t]
+
     def target(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """What the network regresses onto: eps, x0 or v = a_t eps - b_t x0."""
         if self.parametrization == "eps":
