@@ -48,7 +48,10 @@ def test_every_experiment_composes_and_builds(experiment):
 @pytest.mark.parametrize("group", ["process", "net", "sampler", "trainer"])
 def test_every_group_option_instantiates(group):
     for option in options(group):
-        if option.startswith("token_") or option == "transformer":
+        if option == "mlp":
+            cfg = compose_train("experiment=toy_smld")
+            fill_from_data(cfg.net, {"dim": 2}, "net")
+        elif option.startswith("token_") or option == "transformer":
             cfg = compose_train("experiment=quatrain_mask", f"{group}={option}")
             fill_from_data(cfg.process, TOKENS, "process")
             fill_from_data(cfg.net, TOKENS, "net")

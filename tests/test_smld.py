@@ -97,3 +97,17 @@ def test_langevin_needs_a_score():
         annealed_langevin(p, lambda x, t: x, torch.zeros(1, 1, 8, 8))
     with pytest.raises(ValueError, match="need a score"):
         udm.sample(p, lambda x, t: x, torch.zeros(1, 1, 8, 8), corrector_steps=1)
+
+
+def test_toy_smld_trains_and_samples_through_the_console_scripts(tmp_path):
+    from .conftest import run_cli
+
+    run = tmp_path / "run"
+    run_cli("udm-train", "experiment=toy_smld", "trainer.max_steps=40", "trainer.val_check_interval=20",
+            "final_samples=200", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert (run / "samples.png").is_file() and (run / "samples" / "step000020.png").is_file()
+    for sampler in ("langevin", "pc", "ddpm"):
+        proc = run_cli("udm-sample", f"ckpt={run}", "n=300", f"sampler={sampler}", "sampler.steps=20", cwd=tmp_path)
+        tensor = next(line.split(" written to ")[-1] for line in proc.stdout.splitlines() if "tensor" in line)
+        x = torch.load(tensor, weights_only=True)
+        assert x.shape == (300, 2) and torch.isfinite(x).all()

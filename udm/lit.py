@@ -78,7 +78,7 @@ class DiffusionModule(L.LightningModule):
         datamodule = self.trainer.datamodule
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
-            if samples.is_floating_point() and hasattr(experiment, "add_image"):
+            if samples.dim() == 4 and hasattr(experiment, "add_image"):
                 experiment.add_image("samples", as_grid_array(samples), self.global_step)
             elif hasattr(datamodule, "decode") and hasattr(experiment, "add_text"):
                 experiment.add_text("samples", "\n\n".join(datamodule.decode(samples)), self.global_step)

@@ -2,5 +2,6 @@
 
 from udm.data.images import MNIST, ArrayFile, Digits, ImageData, ImageFolder
 from udm.data.text import Poems, TextData, TextFile
+from udm.data.toy import Toy2D
 
-__all__ = ["MNIST", "ArrayFile", "Digits", "ImageData", "ImageFolder", "Poems", "TextData", "TextFile"]
+__all__ = ["MNIST", "ArrayFile", "Digits", "ImageData", "ImageFolder", "Poems", "TextData", "TextFile", "Toy2D"]

@@ -98,7 +98,10 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
     steps = cfg.sampler.get("steps") or t_start
     stem = f"{cfg.sampler_name}-{steps}steps-n{n}-seed{cfg.seed}" + (f"-restored-t{t_start}" if cfg.get("input") else "")
     grid = torch.cat([starts.cpu(), samples]) if cfg.get("input") else samples  # inputs above, restorations below
-    png = save_grid(grid, fresh_path(folder, stem, ".png"), nrow=min(n, 16) if cfg.get("input") else None)
+    if len(recipe["shape"]) == 3:
+        png = save_grid(grid, fresh_path(folder, stem, ".png"), nrow=min(n, 16) if cfg.get("input") else None)
+    else:  # points and other non-image data draw themselves
+        png = instantiate(recipe["data"]).save_samples(samples, fresh_path(folder, stem, ".png"))
     tensor_path = fresh_path(folder, stem, ".pt")
     torch.save(samples, tensor_path)
     print(f"udm-sample: {n} samples in {seconds:.1f}s ({n / seconds:.1f}/s) with {cfg.sampler_name}, {steps} steps")

@@ -1,6 +1,7 @@
 """x0-predictor backbones. They map (x_t, t) to a raw tensor; processes give it meaning."""
 
+from udm.nets.mlp import MLP
 from udm.nets.transformer import Transformer
 from udm.nets.unet import UNet
 
-__all__ = ["Transformer", "UNet"]
+__all__ = ["MLP", "Transformer", "UNet"]
