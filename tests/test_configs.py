@@ -63,7 +63,7 @@ def test_every_group_option_instantiates(group):
 
 def test_data_options_compose():
     for option in options("data"):
-        overrides = [f"data={option}"] + ([f"data.path=/nonexistent"] if option in ("image_folder", "array_file", "text_file") else [])
+        overrides = [f"data={option}"] + (["data.path=/nonexistent"] if option in ("image_folder", "array_file", "text_file") else [])
         cfg = compose_train(*overrides)
         assert cfg.data._target_.startswith("udm.data.")
         if "image_size" in cfg.data:

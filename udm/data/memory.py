@@ -1,0 +1,48 @@
+"""What every udm data module shares: the whole split held in memory as one tensor per side."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+class Rows(Dataset):
+    """The rows of one tensor (images, token sequences, points) as a dataset."""
+
+    def __init__(self, rows: Tensor):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.rows[i]
+
+
+class InMemoryData(L.LightningDataModule):
+    """A data module whose setup() fills `train` and `test` tensors; batching is the same for all."""
+
+    train: Tensor | None = None
+    test: Tensor | None = None
+    batch_size: int = 64
+    num_workers: int = 0
+
+    def loader(self, rows: Tensor, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            Rows(rows),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(rows) >= self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.test, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.test, shuffle=False)
