@@ -164,9 +164,10 @@ class TokenProcess(ForwardProcess):
         u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-20, 1.0)
         return (logits / self.temperature - torch.log(-torch.log(u))).argmax(-1)
 
-    def priority(self, probs: Tensor, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
+    def priority(self, logits: Tensor, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
+        """q(x0_i = token_i | x_t) for order='confidence' (computed only then), else uniform noise."""
         if self.order == "confidence":
-            return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+            return (logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).exp()
         return torch.rand(tokens.shape, device=tokens.device, generator=generator)
 
     def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: TokenNoise) -> Tensor:
@@ -208,7 +209,7 @@ class TokenMask(TokenProcess):
         drawn = self.draw(logits, generator)
         masked = x_t == self.mask_id
         tokens = torch.where(masked, drawn, x_t)
-        return TokenEstimate(tokens, self.priority(logits.softmax(-1), tokens, generator))
+        return TokenEstimate(tokens, self.priority(logits, tokens, generator))
 
 
 class TokenReplace(TokenProcess):
@@ -241,4 +242,4 @@ class TokenReplace(TokenProcess):
         chosen = rank < self.k[t].unsqueeze(-1)
         drawn = self.draw(logits.scatter(-1, x_t.unsqueeze(-1), float("-inf")), generator)  # never the token seen
         tokens = torch.where(chosen, drawn, x_t)
-        return TokenEstimate(tokens, self.priority(probs, tokens, generator))
+        return TokenEstimate(tokens, self.priority(logits, tokens, generator))
