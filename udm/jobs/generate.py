@@ -47,13 +47,18 @@ def encode_template(tok, template: str, blank: str, length: int) -> torch.Tensor
     return torch.tensor(ids, dtype=torch.long)
 
 
-def keep_fixed(model, fixed: torch.Tensor, known: torch.Tensor):
-    """Wrap model(x_t, t) so that it is certain of the template's known tokens."""
+def keep_fixed(model, fixed: torch.Tensor, known: torch.Tensor, vocab_size: int):
+    """Wrap model(x_t, t) so that it is certain of the template's known tokens.
+
+    The certain logits (+1e4 on the known token, -1e4 elsewhere) depend only on the
+    template, so they are built once and written over the known positions at every step.
+    """
+    certain = torch.nn.functional.one_hot(fixed[known], vocab_size).float() * 2e4 - 1e4  # [known, V]
 
     def wrapped(x_t, t):
         out = model(x_t, t)
-        certain = torch.full_like(out, -1e4).scatter(-1, fixed.expand(len(out), -1).unsqueeze(-1), 1e4)
-        return torch.where(known.unsqueeze(-1), certain, out)
+        out[:, known] = certain.to(out.dtype)
+        return out
 
     return wrapped
 
@@ -96,7 +101,7 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
         known = template != tok.mask_token_id
         blanks = int((~known).sum())
         t_start = process.t_for_count(blanks)
-        model = keep_fixed(net, template, known)
+        model = keep_fixed(net, template, known, process.vocab_size)
         starts = template.expand(cfg.n, -1).clone()
         if not isinstance(process, TokenMask):  # edit: the blanks start as random tokens
             noise = process.prior(starts, generator)
