@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from udm.analytic import prepare_sampler
 from udm.checkpoint import build_from_checkpoint, check_compatible, find_checkpoint, load_checkpoint
 from udm.errors import UdmError
 from udm.grid import save_grid
@@ -74,7 +75,7 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
         process.prior_noise = float(cfg.prior_noise)
     device = pick_device(cfg.device)
     process.to(device), net.to(device)
-    sampler = instantiate(cfg.sampler)
+    sampler = prepare_sampler(cfg.sampler, process, net, ckpt_path, recipe, progress=cfg.progress)
 
     generator = torch.Generator(device).manual_seed(cfg.seed)
     t_start = cfg.get("input_t") or process.T
