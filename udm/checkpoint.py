@@ -77,12 +77,19 @@ def check_compatible(path: str | Path, saved: dict[str, Any], current: dict[str,
 
 
 def build_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[ForwardProcess, nn.Module]:
-    """The process and the net (with the checkpoint's weights, EMA ones where EMA was on), in eval mode."""
+    """The process and the net (with the checkpoint's weights, EMA ones where EMA was on), in eval mode.
+
+    Processes with trainable parts (the encoding model's E and D) get their weights from the
+    checkpoint too; config keys ending in `_ckpt` (initial weights read from another file) are
+    dropped, since the checkpoint itself holds the trained weights.
+    """
     recipe = checkpoint[CHECKPOINT_KEY]
-    process, net = instantiate(recipe["process"]), instantiate(recipe["net"])
-    weights = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as e:
-        raise UdmError(f"the checkpoint's weights do not fit its net config: {str(e).splitlines()[0]}") from None
-    return process, net.eval()
+    process_cfg = {k: (None if k.endswith("_ckpt") else v) for k, v in recipe["process"].items()}
+    process, net = instantiate(process_cfg), instantiate(recipe["net"])
+    for prefix, module in (("net.", net), ("process.", process)):
+        weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as e:
+            raise UdmError(f"the checkpoint's weights do not fit its {prefix[:-1]} config: {str(e).splitlines()[0]}") from None
+    return process.eval(), net.eval()

@@ -1,8 +1,8 @@
 """One LightningModule for every process and modality.
 
-Training draws t ~ U{1..T} and eps ~ q, builds x_t = F_t(x0, eps) and asks the process
-for the loss of the net's raw output; the module knows nothing about which process
-it trains. Validation logs the held-out loss and a grid of samples drawn with the
+Training asks the process for its objective on a batch (t ~ U{1..T}, eps ~ q,
+x_t = F_t(x0, eps), the loss of the net's raw output); the module knows nothing about
+which process it trains. Validation logs the held-out loss and a grid of samples drawn with the
 configured sampler (under EMA weights when the EMAWeightAveraging callback is on).
 """
 
@@ -52,10 +52,7 @@ class DiffusionModule(L.LightningModule):
         return self.net(x_t, t)
 
     def diffusion_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        t = self.process.sample_t(x0.shape[0], x0.device, generator)
-        eps = self.process.sample_noise(x0, generator)
-        x_t = self.process(x0, t, eps)
-        return self.process.loss(self.net(x_t, t), x0, x_t, t, eps)
+        return self.process.training_loss(self.net, x0, generator)
 
     def training_step(self, x0: Tensor, batch_idx: int) -> Tensor:
         loss = self.diffusion_loss(x0)
@@ -63,7 +60,7 @@ class DiffusionModule(L.LightningModule):
         return loss
 
     def validation_step(self, x0: Tensor, batch_idx: int) -> Tensor:
-        if batch_idx == 0:  # inside the epoch, so under the EMA weights the callback swapped in
+        if batch_idx == 0 and self.val_samples:  # inside the epoch, so under the EMA weights the callback swapped in
             self.log_samples(x0[: self.val_samples])
         # the same t and eps every validation, so the curve reflects the weights alone
         generator = torch.Generator(x0.device).manual_seed(self.sample_seed + batch_idx)
@@ -97,7 +94,8 @@ class DiffusionModule(L.LightningModule):
         return self.sampler(self.process, self.net, x_T, generator=generator)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.net.parameters())
+        # the net's and, for processes with trainable parts (the encoding model's E and D), the process's
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}

@@ -25,7 +25,7 @@ from udm.errors import UdmError
 from udm.jobs.sample import fresh_path, pick_device
 from udm.lit import CHECKPOINT_KEY
 from udm.metrics.text import text_metrics
-from udm.processes import TokenMask, TokenProcess
+from udm.processes import Latent, TokenMask, TokenProcess
 
 
 def encode_template(tok, template: str, blank: str, length: int) -> torch.Tensor:
@@ -70,18 +70,8 @@ def format_text(text: str) -> str:
     return text.rstrip("\n")
 
 
-def generate_text(cfg: DictConfig) -> dict[str, Any]:
-    if cfg.n < 1:
-        raise UdmError(f"n must be a positive number of texts, got {cfg.n}")
-    ckpt_path = find_checkpoint(cfg.ckpt)
-    checkpoint = load_checkpoint(ckpt_path)
-    recipe = checkpoint[CHECKPOINT_KEY]
-    if "tokenizer" not in recipe:
-        raise UdmError(f"{ckpt_path} holds an image model ({recipe['process'].get('_target_')}); use udm-sample for it")
-    process, net = build_from_checkpoint(checkpoint)
-    if not isinstance(process, TokenProcess):
-        raise UdmError(f"{ckpt_path} holds {process.describe()}, not a token process")
-    tok = tokenizer_from_state(recipe["tokenizer"])
+def token_starts(cfg: DictConfig, process: TokenProcess, net, tok, generator, device):
+    """A token process: x_T (all [MASK] / random tokens, or the template with its blanks), steps from tokens_per_step."""
     for key in ("temperature", "order"):
         if cfg.get(key) is not None:
             setattr(process, key, cfg[key])
@@ -91,10 +81,6 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     tps = int(cfg.tokens_per_step)
     if not 1 <= tps <= L:
         raise UdmError(f"tokens_per_step must lie in 1..{L} (the sequence length), got {tps}")
-    device = pick_device(cfg.device)
-    process.to(device), net.to(device)
-    generator = torch.Generator(device).manual_seed(cfg.seed)
-
     model, t_start, blanks = net, process.T, L
     if cfg.get("template"):
         template = encode_template(tok, cfg.template, cfg.blank, L).to(device)
@@ -108,7 +94,42 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
             starts = torch.where(known, starts, noise)
     else:
         starts = process.prior(torch.zeros(cfg.n, L, dtype=torch.long, device=device), generator)
-    steps = cfg.sampler.get("steps") or math.ceil(blanks / tps)
+    return model, starts, t_start, cfg.sampler.get("steps") or math.ceil(blanks / tps), tps
+
+
+def latent_starts(cfg: DictConfig, process: Latent, net, length: int, generator, device):
+    """The encoding model of tokens: x_T ~ N(0, I) in the embedding space, the sampler's steps."""
+    if cfg.get("template"):
+        raise UdmError("template infilling needs a token process ([MASK] or replace); this checkpoint diffuses embeddings")
+    if cfg.get("order") is not None:
+        raise UdmError("order applies to token processes; this checkpoint diffuses embeddings")
+    if cfg.get("temperature") is not None:
+        if cfg.temperature < 0:
+            raise UdmError(f"temperature must be >= 0, got {cfg.temperature}")
+        process.decoder.temperature = float(cfg.temperature)
+    starts = process.prior(torch.zeros(cfg.n, length, dtype=torch.long, device=device), generator)
+    return net, starts, process.T, cfg.sampler.get("steps") or process.T, 0
+
+
+def generate_text(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.n < 1:
+        raise UdmError(f"n must be a positive number of texts, got {cfg.n}")
+    ckpt_path = find_checkpoint(cfg.ckpt)
+    checkpoint = load_checkpoint(ckpt_path)
+    recipe = checkpoint[CHECKPOINT_KEY]
+    if "tokenizer" not in recipe:
+        raise UdmError(f"{ckpt_path} holds an image model ({recipe['process'].get('_target_')}); use udm-sample for it")
+    process, net = build_from_checkpoint(checkpoint)
+    tok = tokenizer_from_state(recipe["tokenizer"])
+    device = pick_device(cfg.device)
+    process.to(device), net.to(device)
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    if isinstance(process, TokenProcess):
+        model, starts, t_start, steps, tps = token_starts(cfg, process, net, tok, generator, device)
+    elif isinstance(process, Latent):
+        model, starts, t_start, steps, tps = latent_starts(cfg, process, net, recipe["shape"][-1], generator, device)
+    else:
+        raise UdmError(f"{ckpt_path} holds {process.describe()}, which does not generate tokens")
     sampler = instantiate(cfg.sampler, steps=min(steps, t_start))
 
     start = time.perf_counter()
@@ -120,7 +141,8 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
 
     folder = Path(cfg.out_dir) if cfg.get("out_dir") else ckpt_path.parent.parent / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{cfg.sampler_name}-{tps}perstep-n{len(texts)}-seed{cfg.seed}" + ("-infill" if cfg.get("template") else "")
+    pace = f"{tps}perstep" if tps else f"{min(steps, t_start)}steps"
+    stem = f"{cfg.sampler_name}-{pace}-n{len(texts)}-seed{cfg.seed}" + ("-infill" if cfg.get("template") else "")
     txt = fresh_path(folder, stem, ".txt")
     txt.write_text("\n".join(texts) + "\n", encoding="utf-8")
     result: dict[str, Any] = {"texts": texts, "txt": str(txt), "seconds": seconds, "steps": min(steps, t_start),
@@ -135,7 +157,7 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     for text in texts[: cfg.show]:
         print(format_text(text), end="\n\n")
     print(f"udm-generate: {len(texts)} texts in {seconds:.1f}s ({result['texts_per_second']:.1f}/s, "
-          f"{result['tokens_per_second']:.0f} tokens/s) with {cfg.sampler_name}, {result['steps']} steps, {tps} per step")
+          f"{result['tokens_per_second']:.0f} tokens/s) with {cfg.sampler_name}, {result['steps']} steps" + (f", {tps} per step" if tps else ""))
     if "metrics" in result:
         m = result["metrics"]
         print(f"udm-generate: form accuracy {m['form_accuracy']:.1%}, copied lines {m['copy_rate']:.1%}, "

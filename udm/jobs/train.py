@@ -27,13 +27,15 @@ def resume_path(resume: str | None, runs_root: Path) -> Path | None:
 
 
 def fill_from_data(node: DictConfig, derived: dict[str, Any], group: str) -> None:
-    """Set the keys a process/net config leaves as ??? from what the data module derived (vocab size, ...)."""
+    """Set the keys a process/net config leaves as ??? (at any depth) from what the data module derived (vocab size, ...)."""
     for key in node:
         if OmegaConf.is_missing(node, key):
             if key not in derived:
                 raise UdmError(f"{group}.{key} is required (it is ??? in the config) and data does not provide it; "
                                f"set {group}.{key}=... on the command line")
             node[key] = derived[key]
+        elif isinstance(node[key], DictConfig):
+            fill_from_data(node[key], derived, f"{group}.{key}")
 
 
 def build_recipe(cfg: DictConfig, datamodule) -> dict[str, Any]:

@@ -62,6 +62,16 @@ class ForwardProcess(nn.Module, abc.ABC):
     def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """Scalar training loss of the raw output `out` for the pair (x0, x_t = F_t(x0, eps))."""
 
+    def training_loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The training objective for a batch of data: t ~ U{1..T}, eps ~ q, x_t = F_t(x0, eps), loss(net(x_t, t)).
+
+        Processes with trainable parts (the encoding model) override it.
+        """
+        t = self.sample_t(x0.shape[0], x0.device, generator)
+        eps = self.sample_noise(x0, generator)
+        x_t = self(x0, t, eps)
+        return self.loss(net(x_t, t), x0, x_t, t, eps)
+
     def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "ddim") -> tuple[Tensor, Tensor]:
         """(sqrt(1 - r^2), r) of the mixed step x_s = F_s(x0_hat, sqrt(1 - r^2) eps_hat + r z).
 
