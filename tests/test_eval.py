@@ -1,0 +1,154 @@
+"""Evaluation: the FID feature extractor (udm-features), FID/KID on its features, and udm-eval end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from udm.cli import CONF_DIR
+from udm.data import Digits
+from udm.errors import UdmError
+from udm.jobs.features import cache_path, default_cache_dir, load_extractor
+from udm.jobs.train import build_recipe
+from udm.metrics.fid import frechet_distance, kernel_distance
+
+from .conftest import compose_train, run_cli
+from .test_cli import SMOKE
+
+DIGITS = {"_target_": "udm.data.Digits", "image_size": 8, "channels": 1, "batch_size": 64, "test_fraction": 0.1, "split_seed": 0}
+
+
+# The test machine's two cores are shared: torch's OpenMP threads then mostly wait on each other
+# (this module ran 5x slower with 2 threads than with 1 under load). Nothing here depends on it.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def compose_config(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.fixture(scope="module")
+def extractor(tmp_path_factory):
+    """The digits extractor, trained once through the console script into a temporary cache."""
+    cache = tmp_path_factory.mktemp("features")
+    proc = run_cli("udm-features", "data=digits", f"cache_dir={cache}", "extractor.epochs=4", "progress=false", cwd=cache,
+                   env=ONE_THREAD)
+    return cache, proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    run = tmp / "run"
+    run_cli("udm-train", *SMOKE, f"hydra.run.dir={run}", "final_samples=0", cwd=tmp, env=ONE_THREAD)
+    return tmp, run
+
+
+def test_features_script_caches_a_safe_file_and_reports_accuracy(extractor):
+    cache, proc = extractor
+    path = cache_path(DIGITS, cache)
+    assert path.is_file() and str(path) in proc.stdout
+    assert "training the FID feature extractor" in proc.stdout and "held-out accuracy" in proc.stdout
+    payload = torch.load(path, weights_only=True)
+    assert payload["test_accuracy"] > 0.9 and payload["n_test"] == 180 and payload["settings"]["epochs"] == 4
+    net, info = load_extractor(path)
+    assert not net.training and info["id"].startswith(path.stem)
+    # the key ignores settings that leave the images alone, and follows those that change them
+    assert cache_path({**DIGITS, "batch_size": 7}, cache) == path != cache_path({**DIGITS, "split_seed": 1}, cache)
+
+
+def test_a_cached_extractor_is_reused(extractor, capsys):
+    from udm.jobs.features import features
+
+    cache, _ = extractor
+    before = cache_path(DIGITS, cache).stat().st_mtime_ns
+    info = features(compose_config("features", "data=digits", f"cache_dir={cache}"))
+    assert "training" not in capsys.readouterr().out and cache_path(DIGITS, cache).stat().st_mtime_ns == before
+    assert info["test_accuracy"] > 0.9
+
+
+def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "udm" / "features"
+    assert cache_path(DIGITS).parent == tmp_path / "udm" / "features"
+
+
+def test_fid_of_real_images_is_near_zero_and_far_below_noise(extractor):
+    cache, _ = extractor
+    net, _ = load_extractor(cache_path(DIGITS, cache))
+    data = Digits()
+    data.setup()
+    real, other_real = data.test, data.train[: len(data.test)]
+    noise = torch.rand(real.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    fid_real, fid_noise = frechet_distance(real, other_real, net), frechet_distance(real, noise, net)
+    assert fid_real < 10 and fid_real < 0.05 * fid_noise, (fid_real, fid_noise)
+    kid_real, _, size = kernel_distance(real, other_real, net, subsets=20, subset_size=50)
+    kid_noise, _, _ = kernel_distance(real, noise, net, subsets=20, subset_size=50)
+    assert size == 50 and abs(kid_real) < 0.1 * kid_noise
+    assert kernel_distance(real[:30], noise[:40], net, subsets=5, subset_size=1000)[2] == 30  # capped at n
+
+
+def test_eval_writes_json_with_metrics_cost_and_grid(trained, extractor):
+    tmp, run = trained
+    cache, _ = extractor
+    proc = run_cli("udm-eval", f"ckpt={run}", "n=16", "sampler.steps=5", "bpd_samples=4", f"cache_dir={cache}",
+                   "progress=false", cwd=tmp, env=ONE_THREAD)
+    path = Path(proc.stdout.split("metrics written to ")[-1].strip())
+    assert path == run / "eval" / "ddim-5steps-n16-seed0.json"
+    report = json.loads(path.read_text())
+    accuracy = torch.load(cache_path(DIGITS, cache), weights_only=True)["test_accuracy"]
+    assert report["nfe_per_sample"] == 5 and report["steps"] == 5 and report["seconds_per_sample"] > 0
+    assert report["fid"] > 0 and report["kid_std"] >= 0 and "kid_mean" in report
+    assert report["fid_extractor_accuracy"] == accuracy and report["fid_real_images"] == 180
+    assert report["bpd"] > 0 and report["bpd_images"] == 4 and report["bpd_levels"] == 17
+    assert report["process"].startswith("Gaussian(") and report["data"] == "udm.data.Digits"
+    assert report["sampler"] == "ddim" and report["sampler_eta"] == 0.0 and report["n"] == 16
+    assert Path(report["samples_file"]).is_file() and report["samples_file"].endswith(".png")
+    assert "FID" in proc.stdout and "NFE/sample" in proc.stdout
+
+
+def fake_checkpoint(path: Path, *overrides: str) -> Path:
+    """An untrained checkpoint with a real recipe: enough for the checks that run before sampling."""
+    cfg = compose_train("experiment=digits_smoke", *overrides)
+    data = instantiate(cfg.data)
+    data.setup("fit")
+    net = instantiate(cfg.net)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "udm": build_recipe(cfg, data)}, path)
+    return path
+
+
+def test_bits_per_dim_of_a_cold_process_is_refused_clearly(tmp_path):
+    ckpt = fake_checkpoint(tmp_path / "blur.ckpt", "process=blur")
+    proc = run_cli("udm-eval", f"ckpt={ckpt}", "n=4", "metrics=[bpd]", cwd=tmp_path, check=False, env=ONE_THREAD)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "metrics asks for bpd, but bits/dim applies to Gaussian processes" in proc.stderr and "Blur(" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["n=181"], "held-out split of Digits has 180 images, fewer than n=181"),
+        (["metrics=[fid,sharpness]"], "unknown metric(s) sharpness"),
+        (["ckpt=/nonexistent/run"], "/nonexistent/run does not exist"),
+    ],
+)
+def test_bad_requests_name_the_problem(tmp_path, args, message):
+    from udm.jobs.evaluate import evaluate
+
+    ckpt = fake_checkpoint(tmp_path / "gauss.ckpt")
+    overrides = [f"ckpt={ckpt}", f"cache_dir={tmp_path}", *args] if not args[0].startswith("ckpt=") else args
+    cfg = compose_config("eval", *overrides)
+    with pytest.raises(UdmError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        evaluate(cfg)
