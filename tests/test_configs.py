@@ -36,9 +36,10 @@ def test_every_experiment_composes_and_builds(experiment):
     data, process, net = build(cfg)
     x0 = data.train[:2]
     t = torch.full((2,), process.T)
-    out = net(process.prior(x0), t)
-    if x0.is_floating_point():  # images: the raw output is shaped like x0
-        assert out.shape == x0.shape
+    x_T = process.prior(x0)
+    out = net(x_T, t)
+    if x_T.is_floating_point():  # images, latents: the raw output is shaped like x_T
+        assert out.shape == x_T.shape
     else:  # tokens: logits over the tokenizer's vocabulary
         assert out.shape == (*x0.shape, len(data.tokenizer))
     instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
@@ -51,8 +52,9 @@ def test_every_group_option_instantiates(group):
         if option == "mlp":
             cfg = compose_train("experiment=toy_smld")
             fill_from_data(cfg.net, {"dim": 2}, "net")
-        elif option.startswith("token_") or option == "transformer":
-            cfg = compose_train("experiment=quatrain_mask", f"{group}={option}")
+        elif option.startswith("token_") or option in ("transformer", "latent_tokens"):
+            experiment = "quatrain_latent" if option == "latent_tokens" else "quatrain_mask"
+            cfg = compose_train(f"experiment={experiment}", f"{group}={option}")
             fill_from_data(cfg.process, TOKENS, "process")
             fill_from_data(cfg.net, TOKENS, "net")
         else:

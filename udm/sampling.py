@@ -7,7 +7,9 @@ For s < t:  x0_hat = p(x0 | x_t) from the network, then x_s ~ p(x_s | x_t, x0 = 
     mixed     x_s = F_s(x0_hat, sqrt(1 - r^2) eps_hat + r z),        q = N(0, I), r = r(t, s, eta)
 
 DDPM ancestral sampling (both variances), DDIM with any eta, step skipping and the
-improved cold/discrete samplers are all this loop with different arguments. For processes
+improved cold/discrete samplers are all this loop with different arguments. DPM-Solver++(2M)
+(Lu et al. 2022) is the inverse step with x0_hat extrapolated from the last two predictions
+(`extrapolate='dpm_solver_2m'`), so it applies to every invertible process. For processes
 with a score (Gaussian VP and VE), `corrector_steps` adds Langevin corrector steps after each
 reverse step (predictor-corrector sampling, Song et al. 2021), and `annealed_langevin` is
 SMLD's sampler (Song & Ermon 2019) over the same noise levels.
@@ -15,6 +17,7 @@ SMLD's sampler (Song & Ermon 2019) over the same noise levels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -24,6 +27,7 @@ from torch import Tensor
 from udm.processes.base import ForwardProcess, expand_as
 
 METHODS = ("auto", "baseline", "inverse", "mixed")
+EXTRAPOLATIONS = ("none", "dpm_solver_2m")
 
 Model = Callable[[Tensor, Tensor], Tensor]
 
@@ -50,6 +54,23 @@ def make_timesteps(T: int, timesteps: Sequence[int] | None = None, steps: int | 
     if not 1 <= steps <= start:
         raise ValueError(f"steps must lie in 1..{start} (the starting step; T = {T}), got {steps}")
     return [round(start * i / steps) for i in range(steps, 0, -1)]
+
+
+SPACINGS = ("uniform", "solver_time")
+
+
+def solver_timesteps(process: ForwardProcess, steps: int, start: int | None = None) -> list[int]:
+    """`steps` decreasing steps start = t_1 > ... > t_n >= 1 evenly spaced in the process's solver time
+    lambda(t) (log-SNR for Gaussian processes, as DPM-Solver recommends), rounded to distinct integers."""
+    start = process.T if start is None else int(start)
+    if not 1 <= steps <= start:
+        raise ValueError(f"steps must lie in 1..{start} (the starting step), got {steps}")
+    lam = process.solver_time(torch.arange(1, start + 1)).double()  # increasing toward t = 1
+    targets = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
+    ts = [int((lam - v).abs().argmin()) + 1 for v in targets]  # t_1 = start, ..., t_n = 1
+    for i in range(1, steps):  # distinct and decreasing, leaving room for the steps still to come
+        ts[i] = max(min(ts[i], ts[i - 1] - 1), steps - i)
+    return ts
 
 
 def resolve_method(process: ForwardProcess, method: str) -> str:
@@ -105,6 +126,8 @@ def sample(
     t_start: int | None = None,
     corrector_steps: int = 0,
     snr: float = 0.16,
+    extrapolate: str = "none",
+    spacing: str = "uniform",
 ) -> Tensor:
     """Run the reverse process from x_T to x_0 with `model(x_t, t)` giving the raw network output.
 
@@ -113,24 +136,55 @@ def sample(
     the process supports (mixed, else inverse, else baseline). `t_start` < T starts the
     loop from an x_T that is really x_{t_start} (restoring partly degraded inputs).
     `corrector_steps` Langevin steps at signal-to-noise ratio `snr` follow every step that
-    does not end at t = 0 (the predictor-corrector sampler).
+    does not end at t = 0 (the predictor-corrector sampler). `extrapolate='dpm_solver_2m'`
+    replaces x0_hat by its second-order extrapolation in the process's solver time (with
+    eta = 0 on a Gaussian process this is exactly DPM-Solver++(2M)). `spacing='solver_time'`
+    spaces `steps` evenly in that solver time instead of in t.
     """
     method = resolve_method(process, method)
-    ts = make_timesteps(process.T, timesteps, steps, t_start)
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {list(SPACINGS)}")
+    if spacing == "solver_time" and timesteps is None and steps is not None:
+        ts = solver_timesteps(process, int(steps), t_start)
+    else:
+        ts = make_timesteps(process.T, timesteps, steps, t_start)
     if corrector_steps < 0:
         raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
     if corrector_steps:
         require_score(process)
+    if extrapolate not in EXTRAPOLATIONS:
+        raise ValueError(f"unknown extrapolate {extrapolate!r}; choose one of {list(EXTRAPOLATIONS)}")
+    if extrapolate != "none" and method == "baseline":
+        raise ValueError(f"extrapolate={extrapolate!r} needs the inverse or mixed step; {type(process).__name__} takes the baseline")
     x, batch = x_T, x_T.shape[0]
     pairs = list(zip(ts, ts[1:] + [0]))
-    for t_int, s_int in track(pairs, description="sampling", disable=not progress, transient=True):
+    lam = process.solver_time(torch.tensor(ts + [0])).tolist() if extrapolate != "none" else None  # once, no syncs in the loop
+    previous = None
+    for i, (t_int, s_int) in enumerate(track(pairs, description="sampling", disable=not progress, transient=True)):
         t = torch.full((batch,), t_int, dtype=torch.long, device=x.device)
         s = torch.full((batch,), s_int, dtype=torch.long, device=x.device)
         x0_hat = process.x0_hat(model(x, t), x, t, generator)
+        if lam is not None:
+            x0_hat, previous = dpm_solver_2m(x0_hat, previous, lam[i - 1] if i else None, lam[i], lam[i + 1]), x0_hat
         x = reverse_step(process, x, x0_hat, t, s, method, eta, variance, generator)
         for _ in range(corrector_steps if s_int > 0 else 0):
             x = langevin_corrector(process, model, x, s, snr, generator)
     return x
+
+
+def dpm_solver_2m(x0_hat: Tensor, previous: Tensor | None, lam_prev: float | None, lam_t: float, lam_s: float) -> Tensor:
+    """DPM-Solver++(2M)'s D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev with r = h_prev / h,
+    h = lambda_s - lambda_t, h_prev = lambda_t - lambda_prev (Lu et al. 2022, alg. 2).
+
+    The first step has no history and the last (into lambda = inf, t = 0) is first order,
+    as in the paper: both return x0_hat unchanged.
+    """
+    if not torch.is_tensor(x0_hat) or not x0_hat.is_floating_point():
+        raise ValueError("extrapolate='dpm_solver_2m' needs real-valued x0 predictions (not tokens)")
+    if previous is None or not math.isfinite(lam_s) or not math.isfinite(lam_prev):
+        return x0_hat
+    ratio = 1 / (2 * ((lam_t - lam_prev) / (lam_s - lam_t)))
+    return (1 + ratio) * x0_hat - ratio * previous
 
 
 def require_score(process: ForwardProcess) -> None:

@@ -85,6 +85,14 @@ class ForwardProcess(nn.Module, abc.ABC):
         r = torch.full(t.shape, float(eta), device=t.device)
         return (1 - r**2).sqrt(), r
 
+    def solver_time(self, t: Tensor) -> Tensor:
+        """lambda(t), the time variable multistep solvers extrapolate x0_hat in (increasing toward the data).
+
+        Only ratios of its steps matter. Default: -t; Gaussian processes use log(a_t / b_t)
+        (DPM-Solver++'s half log-SNR), variance-exploding ones -log sigma_t.
+        """
+        return -t.double()
+
     def sample_t(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
         """Training times, uniform on 1..T."""
         return torch.randint(1, self.T + 1, (n,), device=device, generator=generator)

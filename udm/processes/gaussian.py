@@ -107,6 +107,10 @@ class Gaussian(ForwardProcess):
     def noise_scale(self, t: Tensor) -> Tensor:
         return self.b[t]
 
+    def solver_time(self, t: Tensor) -> Tensor:
+        """DPM-Solver's lambda_t = log(a_t / b_t) (+inf at t = 0)."""
+        return self.a[t].log() - self.b[t].log()
+
     def target(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """What the network regresses onto: eps, x0 or v = a_t eps - b_t x0."""
         if self.parametrization == "eps":

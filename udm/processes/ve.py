@@ -75,5 +75,9 @@ class VarianceExploding(ForwardProcess):
         zero = s2_s <= 0  # F_0 ignores eps: the last step returns x0_hat
         return torch.where(zero, 0.0, (1 - r2).sqrt()), torch.where(zero, 0.0, r2.sqrt())
 
+    def solver_time(self, t: Tensor) -> Tensor:
+        """-log sigma_t (+inf at t = 0, where sigma_0 = 0)."""
+        return -self.sigma[t].log()
+
     def describe(self) -> str:
         return f"VarianceExploding(T={self.T}, sigma={self.sigma_min}..{self.sigma_max})"
