@@ -12,7 +12,7 @@ from udm.cli import CONF_DIR
 from udm.data import Digits
 from udm.errors import UdmError
 from udm.jobs.features import cache_path, default_cache_dir, load_extractor
-from udm.jobs.train import build_recipe
+from udm.jobs.train import build_recipe, fill_from_data
 from udm.metrics.fid import frechet_distance, kernel_distance
 
 from .conftest import compose_train, run_cli
@@ -35,8 +35,13 @@ def _one_thread():
 
 
 def compose_config(name: str, *overrides: str):
+    """A config as its console script sees it (${hydra:...} resolves, e.g. sampler_name)."""
+    from hydra.core.hydra_config import HydraConfig
+
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +124,13 @@ def test_eval_writes_json_with_metrics_cost_and_grid(trained, extractor):
     assert "FID" in proc.stdout and "NFE/sample" in proc.stdout
 
 
-def fake_checkpoint(path: Path, *overrides: str) -> Path:
+def fake_checkpoint(path: Path, *overrides: str, experiment: str = "digits_smoke") -> Path:
     """An untrained checkpoint with a real recipe: enough for the checks that run before sampling."""
-    cfg = compose_train("experiment=digits_smoke", *overrides)
+    cfg = compose_train(f"experiment={experiment}", *overrides)
     data = instantiate(cfg.data)
     data.setup("fit")
+    fill_from_data(cfg.process, data.derived, "process")
+    fill_from_data(cfg.net, data.derived, "net")
     net = instantiate(cfg.net)
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "udm": build_recipe(cfg, data)}, path)
     return path
@@ -152,3 +159,17 @@ def test_bad_requests_name_the_problem(tmp_path, args, message):
     cfg = compose_config("eval", *overrides)
     with pytest.raises(UdmError, match=message.replace("(", r"\(").replace(")", r"\)")):
         evaluate(cfg)
+
+
+def test_a_text_checkpoint_gets_text_measures_and_the_token_nelbo(tmp_path):
+    from udm.jobs.evaluate import evaluate
+
+    ckpt = fake_checkpoint(tmp_path / "poems.ckpt", "net.hidden=32", "net.layers=1", "net.heads=2", experiment="quatrain_mask")
+    cfg = compose_config("eval", f"ckpt={ckpt}", "n=4", "sampler=improved", "nelbo_samples=8", f"out_dir={tmp_path}", "progress=false")
+    report = evaluate(cfg)
+    assert report["modality"] == "text" and report["steps"] == 32 and report["nfe_per_sample"] == 32
+    assert 0 <= report["form_accuracy"] <= 1 and report["nelbo_per_token"] > 0
+    assert report["nelbo_texts"] + report["nelbo_skipped"] == 8 and "fid" not in report and "bpd" not in report
+    assert len(Path(report["samples_file"]).read_text(encoding="utf-8").splitlines()) == 4
+    with pytest.raises(UdmError, match="metrics asks for fid, but fid applies to image checkpoints"):
+        evaluate(compose_config("eval", f"ckpt={ckpt}", "n=4", "metrics=[fid]", f"out_dir={tmp_path}"))
