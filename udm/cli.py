@@ -60,3 +60,30 @@ def eval_main(cfg: DictConfig) -> None:
     from udm.jobs.evaluate import evaluate
 
     report_errors(evaluate, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
+def _compare(cfg: DictConfig) -> None:
+    from udm.jobs.compare import compare
+
+    report_errors(compare, cfg)
+
+
+HYDRA_VALUE_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p", "--package", "--info")
+
+
+def with_dir_override(args: list[str]) -> list[str]:
+    """A bare folder argument becomes dir='FOLDER' (quoted: sweep folders hold '=' and ',')."""
+    out = []
+    for i, arg in enumerate(args):
+        bare = not arg.startswith("-") and ("=" not in arg or Path(arg).expanduser().is_dir())
+        if bare and not (i and args[i - 1] in HYDRA_VALUE_FLAGS):
+            arg = "dir='" + arg.replace("'", "\\'") + "'"
+        out.append(arg)
+    return out
+
+
+def compare_main() -> None:
+    """udm-compare DIR [out_dir=...]: Hydra takes only key=value, so the folder is passed on as dir=DIR."""
+    sys.argv[1:] = with_dir_override(sys.argv[1:])
+    _compare()

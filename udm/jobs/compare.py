@@ -1,0 +1,437 @@
+"""compare(cfg): the udm-eval results of a sweep -> one Markdown table and PNG figures.
+
+    udm-train -m process=gaussian,blur experiment=mnist_budget   # runs/multirun/<date>/<num>_<overrides>/
+    udm-eval ckpt=<each run> ...                                  # <run>/eval/*.json (+ a PNG grid each)
+    udm-compare runs/multirun/<date> [out_dir=...]
+
+writes into the folder (or out_dir), never over an existing file (<name>-1, <name>-2, ...):
+
+    <name>.md              one row per (run, eval): the run's swept settings (the keys of its
+                           .hydra/overrides.yaml whose values differ between runs), the eval's
+                           sampler and steps (and its other settings where they differ between
+                           evals of one sampler), and the metrics udm-eval computed
+    <name>-samples.png     the scored sample grid of each run side by side (its best-FID eval)
+    <name>-fid-steps.png   FID against sampling steps and against seconds per sample, one line
+                           per run and sampler (only when the steps vary)
+
+The folder may be a Hydra multirun (multirun.yaml beside numbered run folders), any folder of
+run folders, one run folder, or a folder of loose eval JSON files. Runs that failed (no
+checkpoint), were never evaluated, hold an unreadable JSON or lost their .hydra folder, and
+sweep jobs that never started, each get one line on stderr and under "Missing"; the report
+covers everything else. Only a folder with nothing at all to report is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig
+
+from udm.errors import UdmError
+
+SCHEMA_PREFIX = "udm-eval/"
+# (JSON key, column header, format) in table order; a column appears when any eval has the key
+METRICS = (
+    ("fid", "FID", "{:.2f}"),
+    ("kid_mean", "KID", "{:.4f}"),
+    ("bpd", "bits/dim", "{:.3f}"),
+    ("form_accuracy", "form acc.", "{:.1%}"),
+    ("copy_rate", "copied lines", "{:.1%}"),
+    ("distinct_chars", "distinct chars", "{:.1f}"),
+    ("nelbo_per_token", "NELBO/token", "{:.3f}"),
+    ("seconds_per_sample", "s/sample", "{:.3g}"),
+    ("nfe_per_sample", "NFE/sample", "{:.4g}"),
+)
+NOT_EVAL_SETTINGS = ("sampler_target", "sampler_steps", "sampler_prepare_seconds")  # implied by the name; own column; a cost
+UNKNOWN, UNSET = "?", "—"
+
+
+@dataclass
+class Run:
+    """One training run: where it lives, its label in the report and the overrides it was started with."""
+
+    label: str
+    folder: Path | None = None
+    settings: dict[str, str] | None = None  # None: unknown (no .hydra folder)
+    num: int | None = None                  # its job number in a multirun
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parse_overrides(lines: list[str]) -> dict[str, str]:
+    """["process=blur", "+seed=1"] -> {"process": "blur", "seed": "1"} (Hydra's +/++/~ prefixes dropped)."""
+    out = {}
+    for line in lines:
+        key, _, value = str(line).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def sweep_jobs(root: Path) -> list[list[str]] | None:
+    """The override list of every job a multirun folder's multirun.yaml asked for, in job-number order
+    (as Hydra's basic sweeper expands them); None when the folder is not a basic-sweeper multirun."""
+    path = root / "multirun.yaml"
+    if not path.is_file():
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        hydra_cfg = yaml.safe_load(path.read_text())["hydra"]
+        if "BasicSweeper" not in str(hydra_cfg["sweeper"]["_target_"]) or hydra_cfg["sweeper"].get("params"):
+            return None
+        overrides = OverridesParser.create().parse_overrides(hydra_cfg["overrides"]["task"])
+        return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, HydraException):  # costs only the jobs never started
+        return None
+
+
+def is_run(folder: Path) -> bool:
+    return any((folder / name).is_dir() for name in (".hydra", "checkpoints", "eval"))
+
+
+def find(root: Path) -> tuple[list[Path], list[Path]]:
+    """The run folders under root (root itself when it is one) and the eval JSON files lying outside any run."""
+    runs, loose = [], []
+    for here, dirs, files in os.walk(root):
+        folder = Path(here)
+        if is_run(folder):
+            runs.append(folder)
+            dirs.clear()
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        loose += [folder / f for f in sorted(files) if f.endswith(".json")]
+    return runs, loose
+
+
+def read_eval(path: Path) -> dict[str, Any]:
+    """A udm-eval JSON as a dict; ValueError (with the reason) when it is not one."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not readable JSON ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(result, dict) or not str(result.get("schema", "")).startswith(SCHEMA_PREFIX):
+        raise ValueError("not a udm-eval result (no udm-eval schema key)")
+    if "sampler" not in result or "steps" not in result:
+        raise ValueError("a udm-eval result without its sampler or steps")
+    result["json"] = str(path)  # where it is now: the run may have moved since udm-eval wrote it
+    return result
+
+
+def read_evals(files: list[Path], root: Path, problems: list[str], owner: str) -> list[dict[str, Any]]:
+    results = []
+    for path in files:
+        try:
+            results.append(read_eval(path))
+        except ValueError as e:
+            problems.append(f"{owner}: {rel(path, root)} is {e}")
+    return results
+
+
+def read_run(folder: Path, root: Path, jobs: list[list[str]] | None, problems: list[str]) -> Run:
+    """A run folder's settings and evals; what is wrong with it goes to `problems`, one line each."""
+    name = rel(folder, root)
+    match = re.match(r"(\d+)(_|$)", folder.name) if jobs is not None else None
+    run = Run(label=f"#{match.group(1)}" if match else name, folder=folder, num=int(match.group(1)) if match else None)
+    overrides = folder / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        try:
+            run.settings = parse_overrides(yaml.safe_load(overrides.read_text()) or [])
+        except (yaml.YAMLError, TypeError, AttributeError) as e:
+            problems.append(f"{name}: unreadable .hydra/overrides.yaml ({str(e).splitlines()[0][:120]}); its settings are unknown")
+    elif run.num is not None and run.num < len(jobs):
+        run.settings = parse_overrides(jobs[run.num])
+        problems.append(f"{name}: no .hydra folder; settings taken from the sweep's multirun.yaml (job {run.num})")
+    else:
+        problems.append(f"{name}: no .hydra folder; its settings are unknown")
+    files = sorted((folder / "eval").glob("*.json"))
+    run.evals = read_evals(files, root, problems, name)
+    if not files:
+        if (folder / "checkpoints" / "last.ckpt").is_file():
+            problems.append(f"{name}: no eval JSON in eval/; evaluate it with udm-eval ckpt={folder}")
+        else:
+            logs = sorted(p.name for p in folder.glob("*.log"))
+            see = f" (see its {logs[0]})" if logs else ""
+            problems.append(f"{name}: no checkpoints/last.ckpt; training failed or did not finish{see}")
+    return run
+
+
+def loose_runs(files: list[Path], root: Path, problems: list[str]) -> list[Run]:
+    """Eval JSON files outside run folders, grouped into one run per run folder they name."""
+    runs: dict[str, Run] = {}
+    for result in read_evals(files, root, problems, rel(root, root.parent)):
+        name = Path(str(result.get("run") or result["json"])).name
+        run = runs.setdefault(name, Run(label=name, settings={"process": str(result.get("process", UNKNOWN))}))
+        run.evals.append(result)
+    return list(runs.values())
+
+
+def collect(root: Path) -> tuple[list[Run], list[str]]:
+    """Every run under root with its evals, and one line per problem."""
+    jobs = sweep_jobs(root)
+    folders, loose = find(root)
+    problems: list[str] = []
+    runs = [read_run(folder, root, jobs, problems) for folder in folders] + loose_runs(loose, root, problems)
+    if jobs is not None:
+        present = {run.num for run in runs}
+        problems += [f"job {i} ({' '.join(job)}): no run folder; the sweep stopped before it "
+                     f"(a failed job ends Hydra's basic launcher) or has not reached it yet" for i, job in enumerate(jobs) if i not in present]
+    runs.sort(key=lambda run: (run.num is None, run.num or 0, run.label))
+    return runs, problems
+
+
+def rel(path: Path, start: Path) -> str:
+    return os.path.relpath(path, start) if path != start else path.name
+
+
+def differing(dicts: list[dict[str, Any]], keys: list[str] | None = None) -> list[str]:
+    """The keys (in first-seen order) whose values are not the same in every dict; a missing key counts as a value."""
+    keys = list(dict.fromkeys(k for d in dicts for k in d)) if keys is None else keys
+    return [k for k in keys if len({json.dumps(d.get(k), default=str) for d in dicts}) > 1]
+
+
+def eval_settings(results: list[dict[str, Any]]) -> list[str]:
+    """n, seed and sampler_* keys that differ between evals of the same sampler (eta 0 vs 0.5 for ddim, say)."""
+    keys = [k for k in dict.fromkeys(k for r in results for k in r)
+            if k in ("n", "seed") or k.startswith("sampler_") and k not in NOT_EVAL_SETTINGS]
+    by_sampler: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_sampler.setdefault(str(r["sampler"]), []).append(r)
+    varying = {k for group in by_sampler.values() for k in differing(group, keys)}
+    return [k for k in keys if k in varying]
+
+
+def fmt(value: Any, spec: str = "{}") -> str:
+    if value is None:
+        return UNSET
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    try:
+        return spec.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def cell(text: str) -> str:
+    return str(text).replace("|", r"\|").replace("\n", " ")
+
+
+@dataclass
+class Table:
+    header: list[str]
+    align: list[str]  # "l" | "r"
+    rows: list[list[str]]
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(map(cell, self.header)) + " |",
+                 "|" + "|".join("---:" if a == "r" else "---" for a in self.align) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(map(cell, row)) + " |" for row in self.rows])
+
+
+def setting(run: Run, key: str) -> str:
+    return UNKNOWN if run.settings is None else run.settings.get(key, UNSET)
+
+
+def describe(run: Run, swept: list[str]) -> str:
+    """How the report names a run: its swept settings, else its label."""
+    if run.settings is None or not swept:
+        return run.label
+    return ", ".join(f"{k}={setting(run, k)}" for k in swept)
+
+
+def build_table(runs: list[Run], swept: list[str]) -> Table:
+    results = [r for run in runs for r in run.evals]
+    extra = eval_settings(results)
+    metrics = [(k, h, f) for k, h, f in METRICS if any(k in r for r in results)]
+    header = ["run", *swept, "sampler", "steps", *(k.removeprefix("sampler_") for k in extra), *(h for _, h, _ in metrics)]
+    align = ["l"] * (1 + len(swept) + 1) + ["r"] * (1 + len(extra) + len(metrics))
+    rows = []
+    for run in runs:
+        for r in sorted(run.evals, key=lambda r: (str(r["sampler"]), r["steps"] or 0, r["json"])):
+            rows.append([run.label, *(setting(run, k) for k in swept), str(r["sampler"]), fmt(r["steps"]),
+                         *(fmt(r.get(k)) for k in extra), *(fmt(r.get(k), f) for k, _, f in metrics)])
+    return Table(header, align, rows)
+
+
+def extractor_note(results: list[dict[str, Any]]) -> str | None:
+    """The FID feature extractor, once: FIDs compare only under one extractor id."""
+    seen = {}
+    for r in results:
+        if "fid_extractor" in r:
+            seen.setdefault(r["fid_extractor"], r)
+    if not seen:
+        return None
+    parts = [f"`{id_}` (held-out accuracy {fmt(r.get('fid_extractor_accuracy'), '{:.1%}')}, "
+             f"{fmt(r.get('fid_real_images'))} real images)" for id_, r in seen.items()]
+    note = "FID and KID are computed on the features of udm's classifier " + "; ".join(parts) + "."
+    if len(seen) > 1:
+        note += " **These are different extractors: FIDs compare only between rows of the same one.**"
+    return note
+
+
+def best_eval(run: Run) -> dict[str, Any]:
+    """The eval whose samples represent the run: the lowest FID, else the first."""
+    with_fid = [r for r in run.evals if isinstance(r.get("fid"), (int, float)) and not math.isnan(r["fid"])]
+    return min(with_fid, key=lambda r: r["fid"]) if with_fid else run.evals[0]
+
+
+def samples_file(result: dict[str, Any]) -> Path | None:
+    """The eval's PNG grid: where udm-eval wrote it, else beside the JSON (the run may have moved)."""
+    for path in (Path(str(result.get("samples_file", ""))), Path(result["json"]).with_suffix(".png")):
+        if path.suffix == ".png" and path.is_file():
+            return path
+    return None
+
+
+def samples_figure(runs: list[Run], swept: list[str], path: Path, problems: list[str]) -> Path | None:
+    """One panel per run: the grid of its best-FID eval, titled by its settings, sampler, steps and FID."""
+    import numpy as np
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    panels = []
+    for run in runs:
+        result = best_eval(run)
+        png = samples_file(result)
+        if png is None:
+            if result.get("modality") == "image":
+                problems.append(f"{run.label}: the sample grid of {Path(result['json']).name} is gone; no panel for it")
+            continue
+        title = f"{describe(run, swept)}\n{result['sampler']}, {result['steps']} steps"
+        if "fid" in result:
+            title += f", FID {fmt(result['fid'], '{:.1f}')}"
+        with Image.open(png) as image:
+            panels.append((np.asarray(image.convert("L" if image.mode in ("L", "1") else "RGB")), title))
+    if not panels:
+        return None
+    cols = min(len(panels), 4)
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(4 * cols, 4.4 * rows), layout="constrained")
+    for i, (image, title) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.savefig(path, dpi=150)
+    return path
+
+
+def steps_figure(runs: list[Run], swept: list[str], path: Path) -> Path | None:
+    """FID against steps and against seconds per sample: one line per (run, sampler); only when the steps vary."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        for r in run.evals:
+            if isinstance(r.get("fid"), (int, float)):
+                lines.setdefault(f"{describe(run, swept)}, {r['sampler']}", []).append(r)
+    if len({r["steps"] for points in lines.values() for r in points}) < 2:
+        return None
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    by_steps, by_cost = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for label, points in lines.items():
+        points = sorted(points, key=lambda r: r["steps"])
+        line = by_steps.plot([r["steps"] for r in points], [r["fid"] for r in points], "o-", label=label)[0]
+        costed = [r for r in points if r.get("seconds_per_sample")]
+        by_cost.plot([r["seconds_per_sample"] for r in costed], [r["fid"] for r in costed], "o-", color=line.get_color())
+    for ax, xlabel in ((by_steps, "sampling steps"), (by_cost, "seconds per sample")):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("FID (lower is better)")
+        ax.grid(True, which="major", alpha=0.3)
+    steps = sorted({r["steps"] for points in lines.values() for r in points})
+    by_steps.set_xticks(steps, [str(s) for s in steps])
+    by_steps.xaxis.set_minor_locator(NullLocator())
+    by_cost.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    by_cost.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    by_steps.set_title("FID against sampling steps")
+    by_cost.set_title("FID against sampling cost")
+    fig.legend(*by_steps.get_legend_handles_labels(), loc="outside right center", fontsize=8)
+    fig.savefig(path, dpi=150)
+    return path
+
+
+def fresh_stem(folder: Path, stem: str, suffixes: tuple[str, ...]) -> str:
+    """stem, or stem-1, stem-2, ...: the first for which none of stem+suffix exists, so nothing is overwritten."""
+    candidate, i = stem, 0
+    while any((folder / f"{candidate}{s}").exists() for s in suffixes):
+        i += 1
+        candidate = f"{stem}-{i}"
+    return candidate
+
+
+def report(root: Path, runs: list[Run], problems: list[str], swept: list[str], table: Table,
+           figures: list[tuple[str, Path]], out_dir: Path, title: str) -> str:
+    results = [r for run in runs for r in run.evals]
+    shared = {}
+    known = [run.settings for run in runs if run.settings is not None]
+    if known:
+        shared = {k: v for k, v in known[0].items() if k not in swept and all(s.get(k) == v for s in known)}
+    lines = [f"# {title}", "",
+             f"{len(results)} evaluations of {len(runs)} runs in `{root}`."
+             + (f" Swept: {', '.join(f'`{k}`' for k in swept)}." if swept else "")]
+    if shared:
+        lines.append("Same in every run: " + ", ".join(f"`{k}={v}`" for k, v in shared.items()) + ".")
+    lines += ["", table.markdown(), ""]
+    note = extractor_note(results)
+    if note:
+        lines += [note, ""]
+    lines += [("s/sample: wall seconds of the sampling loop per sample (on the device each eval names); "
+               "NFE/sample: network evaluations per sample."), ""]
+    for caption, path in figures:
+        lines += [f"![{caption}]({os.path.relpath(path, out_dir)})", ""]
+    if problems:
+        lines += ["## Missing", ""] + [f"- {p}" for p in problems] + [""]
+    return "\n".join(lines)
+
+
+def warn(problems: list[str]) -> None:
+    for line in problems:
+        print(f"udm-compare: {line}", file=sys.stderr)
+
+
+def compare(cfg: DictConfig) -> dict[str, Any]:
+    root = Path(str(cfg.dir)).expanduser()
+    if not root.is_dir():
+        raise UdmError(f"{root} is not a folder; give a udm-train -m sweep folder (runs/multirun/<date>), "
+                       f"a folder of run folders, or a folder of udm-eval JSON files")
+    runs, problems = collect(root)
+    runs = [run for run in runs if run.evals]
+    if not runs:
+        warn(problems)
+        found = f"{len(problems)} problem(s) above" if problems else "no run folders and no eval JSON files"
+        raise UdmError(f"nothing to compare in {root}: {found}; run udm-eval ckpt=<run> on the sweep's runs first")
+
+    swept = differing([run.settings for run in runs if run.settings is not None])
+    table = build_table(runs, swept)
+    out_dir = Path(str(cfg.out_dir)).expanduser() if cfg.get("out_dir") else root
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = fresh_stem(out_dir, cfg.name, (".md", "-samples.png", "-fid-steps.png"))
+    figures = []
+    grid = samples_figure(runs, swept, out_dir / f"{stem}-samples.png", problems)
+    if grid:
+        figures.append(("the scored samples of each run", grid))
+    steps = steps_figure(runs, swept, out_dir / f"{stem}-fid-steps.png")
+    if steps:
+        figures.append(("FID against sampling steps and sampling cost", steps))
+    markdown = out_dir / f"{stem}.md"
+    markdown.write_text(report(root, runs, problems, swept, table, figures, out_dir, cfg.title or f"udm-compare: {root.name}"))
+
+    warn(problems)
+    print(table.markdown())
+    print(f"udm-compare: {len(table.rows)} evaluations of {len(runs)} runs, {len(problems)} missing")
+    print(f"udm-compare: report written to {markdown}")
+    for _, path in figures:
+        print(f"udm-compare: figure written to {path}")
+    return {"markdown": markdown, "figures": [p for _, p in figures], "rows": table.rows, "header": table.header,
+            "problems": problems, "swept": swept}
