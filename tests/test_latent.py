@@ -106,7 +106,8 @@ def test_two_stage_and_joint_training_through_the_console_scripts(tmp_path):
     ae, lat, joint = tmp_path / "ae", tmp_path / "latent", tmp_path / "joint"
     run_cli("udm-train", *SMOKE, "process.stage=autoencoder", "val_samples=0", "final_samples=0", f"hydra.run.dir={ae}", cwd=tmp_path)
     ae_ckpt = ae / "checkpoints" / "last.ckpt"
-    run_cli("udm-train", *SMOKE, "process.stage=frozen", f"process.autoencoder_ckpt={ae_ckpt}", f"hydra.run.dir={lat}", cwd=tmp_path)
+    run_cli("udm-train", *SMOKE, "process.stage=frozen", "process.latent_weight=1", "process.decoder_weight=0",
+            f"process.autoencoder_ckpt={ae_ckpt}", f"hydra.run.dir={lat}", cwd=tmp_path)
     stage1, stage2 = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in (ae, lat))
     coder = [k for k in stage1 if k.startswith(("process.encoder.", "process.decoder."))]
     for k in coder:  # frozen in stage 2 (up to the EMA's float rounding of a constant)
