@@ -168,3 +168,22 @@ def test_priors():
     assert (make("mask").prior(ref, g) == MASK).all()
     x_T = make("replace").prior(ref, g)
     assert x_T.min() >= 3 and x_T.max() < V and len(x_T.unique()) > V // 2  # uniform over regular tokens
+
+
+def test_mask_steps_that_reveal_nothing_skip_the_network():
+    """With T = 40 > L = 8 under the linear schedule most steps keep k(t) = k(s): only the others call the net."""
+    from udm.processes import TokenMask
+    from udm.sampling import sample
+
+    process = TokenMask(mask_id=9, length=8, vocab_size=10, schedule="linear", T=40)
+    x0 = torch.randint(0, 9, (3, 8))
+    calls = []
+
+    def oracle(x_t, t):
+        calls.append(int(t[0]))
+        return torch.nn.functional.one_hot(x0, 10).float() * 50
+
+    out = sample(process, oracle, process.prior(x0), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, x0)
+    k = process.k.tolist()
+    assert calls == [t for t in range(40, 0, -1) if k[t] != k[t - 1]] and len(calls) == 8

@@ -159,8 +159,10 @@ def sample(
     x, batch = x_T, x_T.shape[0]
     pairs = list(zip(ts, ts[1:] + [0]))
     lam = process.solver_time(torch.tensor(ts + [0])).tolist() if extrapolate != "none" else None  # once, no syncs in the loop
-    previous = None
+    previous, unchanged = None, process.unchanged(ts)
     for i, (t_int, s_int) in enumerate(track(pairs, description="sampling", disable=not progress, transient=True)):
+        if unchanged[i]:  # e.g. [MASK] diffusion with more steps than tokens: nothing to reveal, no network call
+            continue
         t = torch.full((batch,), t_int, dtype=torch.long, device=x.device)
         s = torch.full((batch,), s_int, dtype=torch.long, device=x.device)
         x0_hat = process.x0_hat(model(x, t), x, t, generator)

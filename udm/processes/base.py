@@ -85,6 +85,11 @@ class ForwardProcess(nn.Module, abc.ABC):
         r = torch.full(t.shape, float(eta), device=t.device)
         return (1 - r**2).sqrt(), r
 
+    def unchanged(self, ts: list[int]) -> list[bool]:
+        """For the loop's steps t_1 > ... > t_n (then 0): whether the step t_i -> t_{i+1} leaves x as it is,
+        so the loop may skip the network there (masked diffusion with more steps than tokens). Default: none."""
+        return [False] * len(ts)
+
     def solver_time(self, t: Tensor) -> Tensor:
         """lambda(t), the time variable multistep solvers extrapolate x0_hat in (increasing toward the data).
 

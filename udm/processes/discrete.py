@@ -204,6 +204,11 @@ class TokenMask(TokenProcess):
     def prior(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.full(x0.shape, self.mask_id, dtype=torch.long, device=x0.device)
 
+    def unchanged(self, ts: list[int]) -> list[bool]:
+        """A step between times with equal counts k(t) = k(s) reveals no position: x_s = x_t, no network needed."""
+        k = self.k.tolist()  # once per sampling run, on the host
+        return [k[t] == k[s] for t, s in zip(ts, ts[1:] + [0])]
+
     def x0_hat(self, out: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None) -> TokenEstimate:
         logits = self.logits(out)
         drawn = self.draw(logits, generator)
