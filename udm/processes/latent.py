@@ -58,6 +58,7 @@ class Latent(Gaussian):
         self.encoder, self.decoder, self.stage = encoder, decoder, stage
         self.latent_weight, self.decoder_weight = latent_weight, decoder_weight
         self._latent_shapes: dict[tuple, tuple] = {}
+        self._memo: tuple[Tensor, Tensor] | None = None
         self.pretrained = bool(autoencoder_ckpt)  # a rebuilt checkpoint gets E and D from its own state dict instead
         if autoencoder_ckpt:
             self.load_autoencoder(autoencoder_ckpt)
@@ -81,7 +82,13 @@ class Latent(Gaussian):
                 raise UdmError(f"the {name} in {path} does not fit this config's {name}: {str(e).splitlines()[0]}") from None
 
     def encode(self, x0: Tensor) -> Tensor:
-        return self.encoder(x0)
+        """E(x0). Without gradients the last result is reused for the same tensor: a reverse step
+        encodes x0_hat twice (in F_t^{-1} and in F_s), which would otherwise cost two encoder passes."""
+        if torch.is_grad_enabled():
+            return self.encoder(x0)
+        if self._memo is None or self._memo[0] is not x0:
+            self._memo = (x0, self.encoder(x0))
+        return self._memo[1]
 
     def latent_shape(self, x0: Tensor) -> tuple:
         """The shape of E(x0) for a batch shaped like x0 (one example is encoded once per data shape)."""
