@@ -39,8 +39,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0]
-        raise UdmError(f"{path} holds objects a safe load refuses ({reason[:200]}); it is not a udm checkpoint") from None
+        # torch's message is a page of advice; the line that matters follows "WeightsUnpickler error:"
+        text = str(e).strip()
+        reason = (text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines() or [""])[0]
+        if "GLOBAL" not in reason:  # not a pickle of objects at all (a text file, random bytes)
+            raise UdmError(f"{path} is not a readable checkpoint (truncated or not a torch file: {reason[:200]})") from None
+        reason = reason.split(" was not an allowed global")[0].replace("Unsupported global: GLOBAL ", "")
+        raise UdmError(f"{path} holds objects a safe load refuses to build ({reason[:200]}), so nothing in it was run; "
+                       f"it is not a udm checkpoint") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UdmError(f"{path} is not a readable checkpoint (truncated or not a torch file: {reason[:200]})") from None

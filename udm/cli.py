@@ -31,7 +31,9 @@ def report_errors(job, cfg: DictConfig):
 def train_main(cfg: DictConfig) -> None:
     from udm.jobs.train import train
 
-    report_errors(train, cfg)
+    result = report_errors(train, cfg)
+    if result.get("stopped"):  # by SIGTERM / Ctrl-C, after saving: exit as the signal would
+        sys.exit(128 + result["stopped"])
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 
 class Rows(Dataset):
@@ -29,10 +30,15 @@ class InMemoryData(L.LightningDataModule):
     num_workers: int = 0
 
     def loader(self, rows: Tensor, shuffle: bool) -> DataLoader:
+        dataset = Rows(rows)
         return DataLoader(
-            Rows(rows),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            # the permutation's seed is one draw per epoch from the global RNG (seed_everything fixes it), while
+            # the workers' base seed comes from a private generator: the global stream is then the same with or
+            # without (persistent) workers and whether or not a validation ran, and a resumed run replays it
+            sampler=RandomSampler(dataset) if shuffle else None,
+            generator=torch.Generator(),
             drop_last=shuffle and len(rows) >= self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from udm.callbacks import SaveOnSignal
 from udm.checkpoint import check_compatible, find_checkpoint, load_checkpoint
 from udm.errors import UdmError
 from udm.lit import CHECKPOINT_KEY, DiffusionModule
@@ -38,6 +42,37 @@ def fill_from_data(node: DictConfig, derived: dict[str, Any], group: str) -> Non
             fill_from_data(node[key], derived, f"{group}.{key}")
 
 
+def check_trainer_steps(trainer: DictConfig) -> None:
+    """trainer.max_steps and val_check_interval (also the checkpoint interval) in range, before anything runs."""
+    steps, interval = trainer.get("max_steps", -1), trainer.get("val_check_interval", 1.0)
+    if type(steps) is not int or steps < -1:
+        raise UdmError(f"trainer.max_steps must be a whole number of steps (-1: no limit), got {steps!r}")
+    if not ((type(interval) is int and interval >= 1) or (type(interval) is float and 0 < interval <= 1)):
+        raise UdmError(f"trainer.val_check_interval (also the checkpoint interval) must be a whole number of steps >= 1 "
+                       f"or a fraction of an epoch in (0, 1], got {interval!r}")
+
+
+def check_output_folder(folder: Path, need_bytes: int) -> None:
+    """Fail before training, in one message, when `folder` cannot be written or obviously lacks room for a
+    checkpoint."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".udm-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UdmError(f"cannot write to the output folder {folder}: {e.strerror or e}") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise UdmError(f"not enough disk space in {folder}: {free / 2**20:.1f} MiB free, and a checkpoint of this "
+                       f"model takes about {need_bytes / 2**20:.1f} MiB; free some space or choose another folder")
+
+
+def checkpoint_bytes(module: torch.nn.Module) -> int:
+    """A lower bound on one checkpoint's size: the weights, their EMA copy and Adam's two moments."""
+    return 4 * sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
 def build_recipe(cfg: DictConfig, datamodule) -> dict[str, Any]:
     """The plain config that rebuilds process and net and decodes samples; stored in every checkpoint."""
     return {
@@ -52,6 +87,7 @@ def build_recipe(cfg: DictConfig, datamodule) -> dict[str, Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one model; returns the run folder, the last checkpoint and the final sample grid."""
     out = Path(cfg.out_dir)
+    check_trainer_steps(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -74,9 +110,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         sample_seed=cfg.seed,
         recipe=recipe,
     )
+    if cfg.val_samples or cfg.get("final_samples", 0):  # a sampler that does not fit the process fails now
+        module.eval()
+        module.generate(datamodule.test[:1])
+        module.train()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
+    for folder in {out, *(Path(c.dirpath) for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None))}:
+        check_output_folder(folder, checkpoint_bytes(module))
     print(f"udm-train: {process.describe()}, {type(net).__name__} with "
           f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, {len(datamodule.train)} training examples "
           f"of shape {list(datamodule.shape)}; writing to {out}")
@@ -85,6 +127,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"out_dir": str(out)}
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.last_model_path:
         result["checkpoint"] = trainer.checkpoint_callback.last_model_path
+    stopper = next((c for c in callbacks if isinstance(c, SaveOnSignal) and c.saved), None)
+    if stopper is not None:
+        result.update(checkpoint=stopper.saved, stopped=stopper.signum)
+        if trainer.is_global_zero:
+            print(f"udm-train: stopped at step {trainer.global_step}; checkpoint at {stopper.saved}; "
+                  f"continue with the same command and resume={out}")
+        return result
     if trainer.is_global_zero and cfg.get("final_samples", 0):
         # after fit the EMA callback has copied the averaged weights into the module
         module.to(trainer.strategy.root_device)

@@ -1,0 +1,359 @@
+"""Reliability and scale-out, through the console scripts.
+
+A run killed at any moment resumes to the uninterrupted run's weights; checkpoints are never
+half-written; SIGTERM and Ctrl-C save before exiting; every bad input is one message with no
+traceback and nothing overwritten; a checkpoint that would run code is refused; runs repeat bit
+for bit with or without loader workers; 2-process DDP equals one process with the same global
+batch; a Hydra sweep runs through the submitit launcher.
+
+Subprocesses where the process boundary is the point (kill, signals, DDP, sweeps); elsewhere the
+console scripts run in this process (`run_main`), which spares a 5 s import per case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from udm import cli
+from udm.callbacks import AtomicCheckpointIO
+
+from .conftest import BIN, compose_train, run_cli
+
+EPOCH = 25  # digits: 1,617 training images in batches of 64 (the last, partial one dropped)
+STEP_LR = "scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:10,gamma:0.8}"
+RESUMABLE = ["experiment=digits_smoke", "trainer.max_steps=50", f"trainer.val_check_interval={EPOCH}",
+             "trainer.log_every_n_steps=1", "final_samples=8", STEP_LR]
+MAINS = {"udm-train": cli.train_main, "udm-sample": cli.sample_main, "udm-generate": cli.generate_main,
+         "udm-eval": cli.eval_main}
+
+
+def run_main(script: str, *args: str) -> SimpleNamespace:
+    """A console script run in this process: its exit code and what it wrote to stdout and stderr."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with mock.patch.object(sys, "argv", [script, *args]), mock.patch.dict(os.environ, {"PYTHONWARNINGS": "ignore"}), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            MAINS[script]()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def popen_train(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "udm-train"), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll until `path` exists (the run is still going) or fail with the run's output."""
+    end = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > end:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"{path} never appeared (exit {proc.returncode}):\n{out[-2000:]}\n{err[-2000:]}")
+        time.sleep(0.01)
+
+
+def ckpt(run: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=True)
+
+
+def losses(run: Path) -> dict[int, float]:
+    with open(run / "csv" / "metrics.csv") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Same step, weights, EMA weights, optimizer, scheduler and RNG, bit for bit."""
+    assert a["global_step"] == b["global_step"]
+    for key in ("state_dict", "current_model_state", "averaging_state"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], rtol=0, atol=0, msg=f"{key}.{name}")
+    torch.testing.assert_close(a["optimizer_states"], b["optimizer_states"], rtol=0, atol=0)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    assert torch.equal(a["callbacks"]["RNGState"]["torch"], b["callbacks"]["RNGState"]["torch"])
+
+
+def tree_hash(*folders: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(f.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- interrupted runs
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """An uninterrupted run (no workers, every checkpoint kept); the same run with 2 loader workers
+    SIGKILLed after its first checkpoint; and that run started again with the same command + resume=last."""
+    tmp = tmp_path_factory.mktemp("interrupted")
+    reference = tmp / "reference"
+    run_cli("udm-train", *RESUMABLE, "callbacks.checkpoint.save_top_k=-1", f"hydra.run.dir={reference}", cwd=tmp)
+    command = [*RESUMABLE, "+data.num_workers=2"]
+    killed, resumed = tmp / "runs" / "killed", tmp / "runs" / "resumed"
+    proc = popen_train(*command, f"hydra.run.dir={killed}", cwd=tmp)
+    wait_for(killed / "checkpoints" / "last.ckpt", proc)
+    time.sleep(0.2)  # into the next steps: the kill lands mid-step, not right after the save
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    again = run_cli("udm-train", *command, f"hydra.run.dir={resumed}", "resume=last", cwd=tmp)
+    return SimpleNamespace(reference=reference, killed=killed, resumed=resumed, again=again)
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(interrupted):
+    r = interrupted
+    assert f"resuming from {r.killed / 'checkpoints' / 'last.ckpt'}" in r.again.stdout
+    at_kill = ckpt(r.killed)["global_step"]
+    assert at_kill == EPOCH  # the checkpoint fell on an epoch boundary, and the kill came before the next one
+    assert_same_training_state(ckpt(r.resumed), ckpt(r.reference))
+    assert ckpt(r.resumed)["global_step"] == 50
+    # the resumed run's losses are the uninterrupted run's, step for step, and so are its final samples
+    after = losses(r.resumed)
+    assert sorted(after) == list(range(at_kill, 50))
+    assert after == {s: v for s, v in losses(r.reference).items() if s >= at_kill}
+    assert (r.resumed / "samples.png").read_bytes() == (r.reference / "samples.png").read_bytes()
+
+
+def test_training_is_bit_identical_with_or_without_loader_workers(interrupted):
+    # two separate runs of the same seed and config, one with data.num_workers=0, one with 2, at the same step
+    r = interrupted
+    assert_same_training_state(ckpt(r.killed), ckpt(r.reference, f"epoch=0-step={EPOCH}.ckpt"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit(tmp_path, signum):
+    run = tmp_path / "run"
+    proc = popen_train("experiment=digits_smoke", "trainer.max_steps=100000", f"trainer.val_check_interval={EPOCH}",
+                       f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for(run / "checkpoints" / "last.ckpt", proc)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-2000:]
+    assert "Traceback" not in err
+    step = int(out.split("stopped at step ")[1].split(";")[0])
+    saved = ckpt(run)
+    assert saved["global_step"] == step >= EPOCH and f"resume={run}" in out
+    assert "RNGState" in saved["callbacks"] and "current_model_state" in saved
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]  # no partial file left behind
+
+
+def test_a_failed_save_leaves_the_last_checkpoint_whole(tmp_path):
+    path = tmp_path / "last.ckpt"
+    io_ = AtomicCheckpointIO()
+    io_.save_checkpoint({"state_dict": {"w": torch.arange(10.0)}}, path)
+    good = path.read_bytes()
+    (tmp_path / ".last.ckpt.partial").write_bytes(b"left by a killed save")
+
+    class DiskFull:  # the disk fills up after the weights are written
+        def __reduce__(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        io_.save_checkpoint({"state_dict": {"w": torch.zeros(1 << 20)}, "then": DiskFull()}, path)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    io_.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))
+
+
+def test_the_trainer_writes_checkpoints_atomically():
+    from hydra.utils import instantiate
+
+    trainer = instantiate(compose_train("experiment=digits_smoke", "out_dir=unused").trainer, logger=False)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_too_little_disk_space_is_reported_before_training(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1 << 20))
+    run = tmp_path / "run"
+    proc = run_main("udm-train", "experiment=digits_smoke", f"hydra.run.dir={run}")
+    assert proc.returncode == 2 and "not enough disk space in" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(run.glob("checkpoints/*"))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Tiny trained image and text checkpoints (trained in this process) and every kind of bad file."""
+    tmp = tmp_path_factory.mktemp("bad")
+    image, text = tmp / "image", tmp / "text"
+    for run, args in ((image, ["experiment=digits_smoke", "trainer.max_steps=2", "final_samples=0", "val_samples=0"]),
+                      (text, ["experiment=quatrain_mask", "net.hidden=32", "net.layers=1", "net.heads=2", "trainer.max_steps=2",
+                              "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "val_samples=0", "final_samples=0"])):
+        proc = run_main("udm-train", *args, f"hydra.run.dir={run}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    good = (image / "checkpoints" / "last.ckpt").read_bytes()
+    (tmp / "truncated.ckpt").write_bytes(good[: len(good) // 2])
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 0}, tmp / "foreign.ckpt")  # Lightning's, not udm's
+    torch.save(torch.zeros(3), tmp / "tensor.ckpt")
+    (tmp / "notes.ckpt").write_text("not a checkpoint at all")
+    marker = tmp / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"state_dict": {}, "udm": {"process": Payload()}}, tmp / "evil.ckpt")
+    np.save(tmp / "five_d.npy", np.zeros((4, 1, 1, 8, 8), np.float32))
+    np.save(tmp / "rgb.npy", np.zeros((10, 3, 8, 8), np.float32))
+    np.save(tmp / "int32.npy", np.zeros((10, 1, 8, 8), np.int32))
+    np.save(tmp / "range.npy", np.full((10, 1, 8, 8), 3.0, np.float32))
+    np.save(tmp / "nine.npy", np.zeros((3, 1, 9, 9), np.float32))
+    (tmp / "no_images").mkdir()
+    (tmp / "empty.txt").write_text("")
+    (tmp / "short.txt").write_text("春眠不覺曉\n")
+    (tmp / "a_file").write_text("")
+    return SimpleNamespace(tmp=tmp, image=image, text=text, marker=marker)
+
+
+CHECKPOINTS = {  # what a bad checkpoint file gives, for every command that reads one
+    "missing": ("{tmp}/nope.ckpt", "does not exist"),
+    "truncated": ("{tmp}/truncated.ckpt", "is not a readable checkpoint (truncated or not a torch file"),
+    "not_torch": ("{tmp}/notes.ckpt", "is not a readable checkpoint"),
+    "not_lightning": ("{tmp}/tensor.ckpt", "is not a Lightning checkpoint"),
+    "foreign": ("{tmp}/foreign.ckpt", "is not a udm checkpoint"),
+    "runs_code": ("{tmp}/evil.ckpt", "safe load refuses"),
+}
+READERS = {
+    "udm-sample": ("udm-sample", "ckpt={}"),
+    "udm-generate": ("udm-generate", "ckpt={}"),
+    "udm-eval": ("udm-eval", "ckpt={}", "n=2"),
+    "resume": ("udm-train", "experiment=digits_smoke", "resume={}", "hydra.run.dir={tmp}/resumed"),
+}
+TRAIN = ("udm-train", "experiment=digits_smoke", "hydra.run.dir={tmp}/new")
+TEXT = ("udm-train", "experiment=quatrain_mask", "data=text_file", "hydra.run.dir={tmp}/new")
+CASES = {
+    **{f"{kind}-checkpoint-{reader}": (*(a.format(path) if "{}" in a else a for a in READERS[reader]), message)
+       for kind, (path, message) in CHECKPOINTS.items() for reader in READERS},
+    "unknown-group-option": ("udm-train", "process=nonesuch", "Could not find 'process/nonesuch'"),
+    "unknown-key": ("udm-train", "experiment=digits_smoke", "nosuch=1", "Could not override 'nosuch'"),
+    "steps-not-a-number": (*TRAIN, "trainer.max_steps=abc", "trainer.max_steps must be a whole number of steps"),
+    "negative-steps": (*TRAIN, "trainer.max_steps=-5", "trainer.max_steps must be a whole number of steps"),
+    "zero-checkpoint-interval": (*TRAIN, "trainer.val_check_interval=0", "trainer.val_check_interval"),
+    "zero-batch-size": (*TRAIN, "data.batch_size=0", "batch_size should be a positive integer"),
+    "T-below-sampling-steps-train": (*TRAIN, "process.T=5", "steps must lie in 1..5"),
+    "T-below-sampling-steps-sample": ("udm-sample", "ckpt={image}", "sampler.steps=5000", "steps must lie in 1..1000"),
+    "negative-sampling-steps": ("udm-sample", "ckpt={image}", "sampler.steps=-3", "steps must lie in 1..1000"),
+    "negative-eta-train": (*TRAIN, "sampler.eta=-0.5", "eta must be >= 0"),
+    "negative-eta-sample": ("udm-sample", "ckpt={image}", "n=2", "sampler.eta=-0.5", "eta must be >= 0"),
+    "zero-samples": ("udm-sample", "ckpt={image}", "n=0", "n must be a positive number"),
+    "tokens-per-step-0": ("udm-generate", "ckpt={text}", "tokens_per_step=0", "tokens_per_step must lie in 1..32"),
+    "template-wrong-length": ("udm-generate", "ckpt={text}", "template='朝辭白帝彩雲間，＿＿＿＿＿＿＿。'",
+                              "template is 16 tokens long; this checkpoint generates exactly 32"),
+    "template-unknown-characters": ("udm-generate", "ckpt={text}", "template='ABCDEFG，＿＿＿＿＿＿＿。兩岸猿聲啼不住，輕舟已過萬重山。'",
+                                    "characters the tokenizer does not know: A B C D E F G"),
+    "text-checkpoint-to-udm-sample": ("udm-sample", "ckpt={text}", "holds a text model"),
+    "image-checkpoint-to-udm-generate": ("udm-generate", "ckpt={image}", "holds an image model"),
+    "resume-another-model": (*TRAIN, "resume={text}", "was trained with a different process/net/data"),
+    "images-of-five-dims": (*TRAIN, "data=array_file", "data.path={tmp}/five_d.npy", "must be images [N, C, H, W]"),
+    "images-wrong-channels": (*TRAIN, "data=array_file", "data.path={tmp}/rgb.npy", "has 3 channels but data.channels=1"),
+    "images-wrong-dtype": (*TRAIN, "data=array_file", "data.path={tmp}/int32.npy", "holds torch.int32"),
+    "images-out-of-range": (*TRAIN, "data=array_file", "data.path={tmp}/range.npy", "must lie in [-1, 1]"),
+    "empty-image-folder": (*TRAIN, "data=image_folder", "data.path={tmp}/no_images", "no images"),
+    "restore-input-wrong-shape": ("udm-sample", "ckpt={image}", "input={tmp}/nine.npy", "this checkpoint needs [1, 8, 8]"),
+    "empty-text-file": (*TEXT, "data.path={tmp}/empty.txt", "holds no text"),
+    "text-too-short-for-a-window": (*TEXT, "data.path={tmp}/short.txt", "data.unit=window", "too short for two windows"),
+    "text-too-few-lines": (*TEXT, "data.path={tmp}/short.txt", "need at least 2 to split off a test set"),
+    "output-folder-uncreatable": ("udm-train", "experiment=digits_smoke", "hydra.run.dir={tmp}/a_file/run",
+                                  "cannot create the output folder"),
+    "checkpoint-folder-unwritable": (*TRAIN, "callbacks.checkpoint.dirpath={tmp}/a_file/ckpts", "cannot write to the output folder"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_clear_message(files, case):
+    script, *args, message = CASES[case]
+    args = [a.format(tmp=files.tmp, image=files.image, text=files.text) for a in args]
+    before = tree_hash(files.image, files.text)
+    proc = run_main(script, *args)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert tree_hash(files.image, files.text) == before  # the runs' folders (samples/, eval/, checkpoints/) untouched
+    assert not files.marker.exists()  # the crafted checkpoint's payload never ran
+    assert not list(files.tmp.glob("new/checkpoints/*")) and not list(files.tmp.glob("resumed/checkpoints/*"))
+    if case.startswith("unknown-group"):
+        assert "gaussian" in proc.stderr  # Hydra lists the valid options
+
+
+# ---------------------------------------------------------------- scale-out
+
+
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
+    """A deterministic objective (blur with T = 1: x_t = D_1(x0), no noise) and full-batch steps, so the
+    only difference between the runs is the gradient all-reduce of 2 x 16 images against one mean over 32."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    images = tmp_path / "images.npy"
+    np.save(images, np.random.default_rng(0).uniform(-1, 1, (36, 1, 8, 8)).astype(np.float32))  # 32 train, 4 held out
+    common = ["experiment=digits_smoke", "data=array_file", f"data.path={images}", "data.image_size=8", "process=blur",
+              "process.T=1", "optimizer._target_=torch.optim.SGD", "optimizer.lr=0.05", "trainer.max_steps=3",
+              "trainer.val_check_interval=3", "val_samples=0", "final_samples=0"]
+    ddp = run_cli("udm-train", *common, "trainer=ddp_cpu", "data.batch_size=16", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    assert "distributed_backend=gloo" in ddp.stderr + ddp.stdout
+    single = run_main("udm-train", *common, "data.batch_size=32", f"hydra.run.dir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = ckpt(tmp_path / "ddp"), ckpt(tmp_path / "single")
+    assert a["global_step"] == b["global_step"] == 3
+    cfg = compose_train(*common, "out_dir=unused")
+    L.seed_everything(0, verbose=False)
+    data = instantiate(cfg.data)
+    data.setup("fit")
+    instantiate(cfg.process)
+    init = instantiate(cfg.net).state_dict()  # the weights both runs started from
+    moved = max((b["current_model_state"]["net." + k] - v).abs().max().item() for k, v in init.items())
+    assert moved > 1e-3
+    for key in ("current_model_state", "state_dict"):
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
+
+
+def test_ddp_and_slurm_sizes_come_from_the_trainer_config():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
+    cfg = compose_train("trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "hydra/launcher=slurm",
+                        "hydra.launcher.partition=gpu")
+    assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 4, 2)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert launcher.timeout_min > 0 and launcher.signal_delay_s > 0
+
+
+def test_a_sweep_through_the_submitit_local_launcher(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
+    sweep = tmp_path / "sweep"
+    run_cli("udm-train", "-m", "hydra/launcher=local", "experiment=digits_smoke", "seed=0,1", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "final_samples=0", "val_samples=0", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    jobs = sorted(p.parent.parent for p in sweep.glob("*/checkpoints/last.ckpt"))
+    assert [j.name[0] for j in jobs] == ["0", "1"]
+    seeds = [[o for o in (j / ".hydra" / "overrides.yaml").read_text().split() if o.startswith("seed=")] for j in jobs]
+    assert seeds == [["seed=0"], ["seed=1"]]
+    assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2  # each ran as its own submitit job
+    a, b = (ckpt(j)["state_dict"] for j in jobs)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # different seeds, different runs
