@@ -357,3 +357,21 @@ def test_a_sweep_through_the_submitit_local_launcher(tmp_path):
     assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2  # each ran as its own submitit job
     a, b = (ckpt(j)["state_dict"] for j in jobs)
     assert any(not torch.equal(a[k], b[k]) for k in a)  # different seeds, different runs
+
+
+def test_ddp_ranks_branch_off_distinct_but_reproducible_noise_streams():
+    """Every rank is seeded alike; at the start of training each takes its own stream (else all draw the same t, eps)."""
+    from types import SimpleNamespace
+
+    from udm.callbacks import RNGState
+
+    def first_draw(rank, world_size=2):
+        torch.manual_seed(0)
+        RNGState().on_train_start(SimpleNamespace(world_size=world_size, global_rank=rank), None)
+        return torch.rand(4)
+
+    assert not torch.equal(first_draw(0), first_draw(1))
+    assert torch.equal(first_draw(1), first_draw(1))
+    untouched = first_draw(0, world_size=1)
+    torch.manual_seed(0)
+    assert torch.equal(untouched, torch.rand(4))  # one process: the stream is left as seeded

@@ -97,7 +97,9 @@ class RNGState(L.Callback):
     on which the training noise (t, eps, dropout) and the loader's per-epoch shuffle draw. A
     resumed run skips the validation of the step it resumes from, so validation here leaves the
     RNG as it found it: the training stream depends on the training steps alone. The states
-    saved are rank 0's (under DDP every rank is seeded alike).
+    saved are rank 0's (under DDP every rank is seeded alike). So that DDP ranks do not draw
+    the same t and noise, each rank then branches off its own stream at the start of training
+    (a draw shared by all ranks plus the rank): deterministic, and the same after a resume.
     """
 
     def __init__(self):
@@ -108,6 +110,11 @@ class RNGState(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         set_rng_states(state_dict)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1:
+            shared = int(torch.randint(0, 2**62, (1,)))  # the same on every rank (same seed or state)
+            torch.manual_seed(shared + trainer.global_rank)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._before_validation = rng_states()
