@@ -335,7 +335,6 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
 
 
 def test_ddp_and_slurm_sizes_come_from_the_trainer_config():
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
     cfg = compose_train("trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "hydra/launcher=slurm",
                         "hydra.launcher.partition=gpu")
     assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 4, 2)
@@ -346,7 +345,6 @@ def test_ddp_and_slurm_sizes_come_from_the_trainer_config():
 
 
 def test_a_sweep_through_the_submitit_local_launcher(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
     sweep = tmp_path / "sweep"
     run_cli("udm-train", "-m", "hydra/launcher=local", "experiment=digits_smoke", "seed=0,1", "trainer.max_steps=2",
             "trainer.val_check_interval=2", "final_samples=0", "val_samples=0", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
