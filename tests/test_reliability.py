@@ -109,7 +109,7 @@ def interrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("interrupted")
     reference = tmp / "reference"
     run_cli("udm-train", *RESUMABLE, "callbacks.checkpoint.save_top_k=-1", f"hydra.run.dir={reference}", cwd=tmp)
-    command = [*RESUMABLE, "+data.num_workers=2"]
+    command = [*RESUMABLE, "data.num_workers=2"]
     killed, resumed = tmp / "runs" / "killed", tmp / "runs" / "resumed"
     proc = popen_train(*command, f"hydra.run.dir={killed}", cwd=tmp)
     wait_for(killed / "checkpoints" / "last.ckpt", proc)
