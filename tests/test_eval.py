@@ -173,3 +173,23 @@ def test_a_text_checkpoint_gets_text_measures_and_the_token_nelbo(tmp_path):
     assert len(Path(report["samples_file"]).read_text(encoding="utf-8").splitlines()) == 4
     with pytest.raises(UdmError, match="metrics asks for fid, but fid applies to image checkpoints"):
         evaluate(compose_config("eval", f"ckpt={ckpt}", "n=4", "metrics=[fid]", f"out_dir={tmp_path}"))
+
+
+def test_sampling_shared_by_two_processes_gives_the_single_process_scores(trained, extractor):
+    """devices=2 (DDP over gloo): each rank draws its share of the batches, rank 0 scores the gathered samples.
+    Batches carry their own generators, so the samples, and with them FID/KID, equal one process's exactly."""
+    tmp, run = trained
+    cache, _ = extractor
+    reports = []
+    for devices in (1, 2):
+        out = tmp / f"devices{devices}"
+        proc = run_cli("udm-eval", f"ckpt={run}", "n=40", "batch_size=8", "sampler=ddpm", "sampler.steps=5", "metrics=[fid,kid]",
+                       "device=cpu", f"devices={devices}", f"cache_dir={cache}", f"out_dir={out}", "progress=false", cwd=tmp,
+                       env=ONE_THREAD)
+        assert proc.stdout.count("metrics written to") == 1  # rank 0 alone reports
+        reports.append(json.loads(next(out.glob("*.json")).read_text()))
+    one, two = reports
+    assert two["sampling_processes"] == 2 and one["sampling_processes"] == 1
+    assert two["fid"] == pytest.approx(one["fid"], rel=1e-9) and two["kid_mean"] == pytest.approx(one["kid_mean"], rel=1e-9)
+    assert two["nfe_per_sample"] == one["nfe_per_sample"] == 5
+    assert Path(one["samples_file"]).read_bytes() == Path(two["samples_file"]).read_bytes()

@@ -33,7 +33,8 @@ metric was not computed are absent:
                            nested ones joined by _, e.g. sampler_moments_num_samples)
     steps                  the steps the sampler ran (T when sampler.steps is null)
     n, seed, batch_size, device
-    seconds_per_sample     wall seconds of the sampling loop / n
+    seconds_per_sample     wall seconds of the sampling loop / n (with devices > 1: the slowest rank's)
+    sampling_processes     how many processes shared the sampling (devices x num_nodes)
     nfe_per_sample         network evaluations per sample: rows fed through the net / n
     sampling_seconds       wall seconds of the sampling loop
     sampler_prepare_seconds  one-off preparation before sampling (Analytic-DPM's moments; ~0 otherwise)
@@ -172,23 +173,53 @@ def build_sampler(cfg: DictConfig, process, net, ckpt_path: Path, recipe: dict[s
     return prepare_sampler(sampler_cfg, process, net, ckpt_path, recipe, progress=cfg.progress), steps or process.T
 
 
-def draw_samples(cfg: DictConfig, process, net, recipe, sampler, device: torch.device) -> tuple[Tensor, dict[str, float]]:
-    """n samples from the prior through the sampler, with their wall time and network evaluations."""
+def draw_samples(cfg: DictConfig, process, net, recipe, sampler, device: torch.device, fabric=None) -> tuple[Tensor, dict[str, float]]:
+    """n samples from the prior through the sampler, with their wall time and network evaluations.
+
+    Batch i starts from the i-th slice of one x_T draw and samples with its own generator
+    (seed, i), so the samples do not depend on how batches are shared out: under `fabric`
+    (devices > 1) rank r draws batches r, r + world, ... and every rank gets all of them back
+    in order, the same tensor a single process draws.
+    """
     generator = torch.Generator(device).manual_seed(cfg.seed)
     if modality(recipe) == "text":
         reference = torch.zeros(cfg.n, *recipe["shape"], dtype=torch.long, device=device)
     else:
         reference = reference_batch(recipe, cfg.n, getattr(process, "prior_needs_data", False)).to(device)
     starts = torch.cat([process.prior(batch, generator) for batch in reference.split(cfg.batch_size)])
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     model = CountingModel(net)
-    chunks, start = [], time.perf_counter()
-    for x_T in starts.split(cfg.batch_size):
-        chunks.append(sampler(process, model, x_T, generator=generator, progress=cfg.progress).cpu())
+    mine, start = {}, time.perf_counter()
+    for i, x_T in enumerate(starts.split(cfg.batch_size)):
+        if i % world == rank:
+            batch_generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + i)
+            mine[i] = sampler(process, model, x_T, generator=batch_generator, progress=cfg.progress and rank == 0).cpu()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return torch.cat(chunks), {"seconds_per_sample": seconds / cfg.n, "nfe_per_sample": model.rows / cfg.n,
-                               "sampling_seconds": seconds}
+    seconds, rows = time.perf_counter() - start, model.rows
+    if fabric is not None:  # gather every rank's batches (objects: ranks hold different numbers of them)
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, (mine, seconds, rows))
+        mine = {i: x for part, _, _ in gathered for i, x in part.items()}
+        seconds, rows = max(g[1] for g in gathered), sum(g[2] for g in gathered)
+    samples = torch.cat([mine[i] for i in sorted(mine)])
+    return samples, {"seconds_per_sample": seconds / cfg.n, "nfe_per_sample": rows / cfg.n, "sampling_seconds": seconds,
+                     "sampling_processes": world}
+
+
+def launch(cfg: DictConfig):
+    """A Lightning Fabric of `devices` processes (x num_nodes) when more than one is asked for, else None."""
+    devices, nodes = int(cfg.get("devices", 1)), int(cfg.get("num_nodes", 1))
+    if devices < 1 or nodes < 1:
+        raise UdmError(f"devices and num_nodes must be >= 1, got devices={devices}, num_nodes={nodes}")
+    if devices * nodes == 1:
+        return None
+    import lightning as L
+
+    accelerator = "cpu" if cfg.device == "cpu" else "auto"
+    fabric = L.Fabric(accelerator=accelerator, devices=devices, num_nodes=nodes, strategy="ddp")
+    fabric.launch()
+    return fabric
 
 
 def image_metrics(cfg: DictConfig, metrics: list[str], samples: Tensor, data, recipe, device: torch.device) -> dict[str, Any]:
@@ -328,13 +359,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if {"fid", "kid"} & set(metrics) and cfg.n > len(data.test):
         raise UdmError(f"the held-out split of {type(data).__name__} has {len(data.test)} images, fewer than n={cfg.n}; "
                        f"FID/KID compare the samples with the held-out images, so use n<={len(data.test)}")
-    device = pick_device(cfg.device)
+    fabric = launch(cfg)
+    device = fabric.device if fabric is not None else pick_device(cfg.device)
     process.to(device), net.to(device)
     prepare_start = time.perf_counter()
     sampler, steps = build_sampler(cfg, process, net, ckpt_path, recipe)
     prepare_seconds = time.perf_counter() - prepare_start
 
-    samples, cost = draw_samples(cfg, process, net, recipe, sampler, device)
+    samples, cost = draw_samples(cfg, process, net, recipe, sampler, device, fabric)
+    if fabric is not None and fabric.global_rank != 0:  # rank 0 scores the gathered samples and writes the files
+        return {}
     result: dict[str, Any] = {"schema": SCHEMA, **recipe_summary(checkpoint, ckpt_path, process, net),
                               **sampler_summary(cfg, steps), "device": str(device), **cost,
                               "sampler_prepare_seconds": prepare_seconds}

@@ -62,7 +62,8 @@ def frechet_distance(real: Tensor, fake: Tensor, classifier: nn.Module, batch_si
     """FID between real and generated images [N, C, H, W] in [-1, 1] on the classifier's features."""
     check_images(real, fake)
     device = next(classifier.parameters()).device
-    metric = FrechetInceptionDistance(feature=Penultimate(classifier)).to(device)
+    # sync_on_compute=False: one process scores all samples (udm-eval gathers them on rank 0 first)
+    metric = FrechetInceptionDistance(feature=Penultimate(classifier), sync_on_compute=False).to(device)
     feed(metric, real, True, batch_size)
     feed(metric, fake, False, batch_size)
     return float(metric.compute())
@@ -76,7 +77,8 @@ def kernel_distance(real: Tensor, fake: Tensor, classifier: nn.Module, subsets: 
     device = next(classifier.parameters()).device
     with warnings.catch_warnings():  # it warns that it keeps every feature vector: a few thousand of 128 floats here
         warnings.simplefilter("ignore", UserWarning)
-        metric = KernelInceptionDistance(feature=Penultimate(classifier), subsets=subsets, subset_size=subset_size).to(device)
+        metric = KernelInceptionDistance(feature=Penultimate(classifier), subsets=subsets, subset_size=subset_size,
+                                         sync_on_compute=False).to(device)
     feed(metric, real, True, batch_size)
     feed(metric, fake, False, batch_size)
     with torch.random.fork_rng(devices=[]):  # KID draws its subsets from the global generator
