@@ -122,6 +122,22 @@ def test_fid_against_steps_is_plotted_only_when_steps_vary(tmp_path):
     assert "(compare-fid-steps.png)" in out["markdown"].read_text()
 
 
+def test_sample_panels_keep_whole_cells_of_the_grid(tmp_path):
+    import numpy as np
+    import torch
+
+    from udm.grid import save_grid
+    from udm.jobs.compare import first_cells
+
+    images = torch.linspace(-1, 1, 50).view(50, 1, 1, 1).expand(50, 1, 8, 6).contiguous()  # 8 per row, 7 rows
+    grid = np.asarray(Image.open(save_grid(images, tmp_path / "all.png")))
+    corner = images[[0, 1, 2, 8, 9, 10, 16, 17, 18]]  # the top-left 3 x 3 cells
+    expected = np.asarray(Image.open(save_grid(corner, tmp_path / "corner.png", nrow=3, scale=10)))
+    np.testing.assert_array_equal(first_cells(grid, 50, keep=9), expected)
+    odd = grid[:-1]  # not udm.grid's layout: left whole
+    assert first_cells(grid, 50, keep=None) is grid and first_cells(odd, 50, keep=9) is odd
+
+
 def test_a_second_report_does_not_overwrite_the_first(tmp_path):
     fake_run(tmp_path, 0, {"process": "gaussian"}, [("ddim", 10, 31.5), ("ddim", 20, 25.0)])
     first = compare(compare_cfg(tmp_path))

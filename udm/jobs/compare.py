@@ -291,8 +291,29 @@ def samples_file(result: dict[str, Any]) -> Path | None:
     return None
 
 
-def samples_figure(runs: list[Run], swept: list[str], path: Path, problems: list[str]) -> Path | None:
-    """One panel per run: the grid of its best-FID eval, titled by its settings, sampler, steps and FID."""
+def first_cells(image, n: int, keep: int | None):
+    """The top-left corner of a udm.grid PNG of n images holding about `keep` of them: whole cells only, from
+    udm.grid's layout (ceil(sqrt(n)) per row, 2-pixel padding, upscaled by 64 // side); the whole grid when
+    keep is None or the size does not fit that layout."""
+    if not keep or keep >= n:
+        return image
+    per_row, pad = math.ceil(math.sqrt(n)), 2
+    rows_total = math.ceil(n / per_row)
+    height, width = image.shape[:2]
+    for w in range(1, width):
+        scale = max(1, 64 // w)
+        cell_h, rest = divmod(height // scale - pad, rows_total)  # image height + pad
+        if scale * (pad + per_row * (w + pad)) == width and not rest and height % scale == 0 and cell_h > pad:
+            cols = min(per_row, math.ceil(math.sqrt(keep)))
+            rows = math.ceil(keep / cols)
+            return image[: scale * (pad + rows * cell_h), : scale * (pad + cols * (w + pad))]
+    return image
+
+
+def samples_figure(runs: list[Run], swept: list[str], path: Path, problems: list[str],
+                   keep: int | None = None) -> Path | None:
+    """One panel per run: the grid of its best-FID eval (about `keep` samples of it), titled by its settings,
+    sampler, steps and FID."""
     import numpy as np
     from matplotlib.figure import Figure
     from PIL import Image
@@ -309,7 +330,8 @@ def samples_figure(runs: list[Run], swept: list[str], path: Path, problems: list
         if "fid" in result:
             title += f", FID {fmt(result['fid'], '{:.1f}')}"
         with Image.open(png) as image:
-            panels.append((np.asarray(image.convert("L" if image.mode in ("L", "1") else "RGB")), title))
+            pixels = np.asarray(image.convert("L" if image.mode in ("L", "1") else "RGB"))
+        panels.append((first_cells(pixels, int(result.get("n") or 0), keep), title))
     if not panels:
         return None
     cols = min(len(panels), 4)
@@ -349,6 +371,13 @@ def steps_figure(runs: list[Run], swept: list[str], path: Path) -> Path | None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("FID (lower is better)")
         ax.grid(True, which="major", alpha=0.3)
+    fids = [r["fid"] for points in lines.values() for r in points]
+    if min(fids) > 0 and max(fids) > 5 * min(fids):  # one bad run would flatten every other line
+        for ax in (by_steps, by_cost):
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
     steps = sorted({r["steps"] for points in lines.values() for r in points})
     by_steps.set_xticks(steps, [str(s) for s in steps])
     by_steps.xaxis.set_minor_locator(NullLocator())
@@ -418,7 +447,7 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = fresh_stem(out_dir, cfg.name, (".md", "-samples.png", "-fid-steps.png"))
     figures = []
-    grid = samples_figure(runs, swept, out_dir / f"{stem}-samples.png", problems)
+    grid = samples_figure(runs, swept, out_dir / f"{stem}-samples.png", problems, cfg.get("panel_images"))
     if grid:
         figures.append(("the scored samples of each run", grid))
     steps = steps_figure(runs, swept, out_dir / f"{stem}-fid-steps.png")
