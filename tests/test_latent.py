@@ -150,3 +150,16 @@ def test_text_through_gaussian_diffusion_of_embeddings(tmp_path):
     assert len(lines) == 3 and all(len(line) == 32 for line in lines)  # a quatrain: 28 characters + 4 marks
     proc = run_cli("udm-generate", f"ckpt={run}", "template='朝＿'", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "template infilling needs a token process" in proc.stderr
+
+
+def test_stage_one_freezes_the_net_and_solvers_refuse_to_extrapolate_decoded_images():
+    from udm.lit import DiffusionModule
+
+    coders = lambda: (ConvEncoder(1, 8, 2, 1), ConvDecoder(1, 8, 2, 1, image_size=8))  # noqa: E731
+    net = UNet(image_size=4, in_channels=2, channels=16, channel_mult=[1], attention_resolutions=[])
+    DiffusionModule(Latent(*coders(), stage="autoencoder"), net, optimizer=torch.optim.AdamW)
+    assert not any(p.requires_grad for p in net.parameters())  # DDP needs every trained parameter used
+    assert not any(p.requires_grad for p in Latent(*coders(), decoder_weight=0.0).decoder.parameters())
+    latent = Latent(*coders(), T=50)
+    with pytest.raises(ValueError, match="does not apply to Latent"):
+        sample(latent, net, latent.prior(torch.zeros(2, 1, 8, 8)), steps=5, extrapolate="dpm_solver_2m")

@@ -99,7 +99,9 @@ class RNGState(L.Callback):
     RNG as it found it: the training stream depends on the training steps alone. The states
     saved are rank 0's (under DDP every rank is seeded alike). So that DDP ranks do not draw
     the same t and noise, each rank then branches off its own stream at the start of training
-    (a draw shared by all ranks plus the rank): deterministic, and the same after a resume.
+    (a draw shared by all ranks plus the rank): deterministic. Only rank 0's state is saved, so a
+    resumed DDP run branches again from it: the noise is as random as before but the streams are
+    not the uninterrupted run's (single-process resumes are exact).
     """
 
     def __init__(self):

@@ -43,6 +43,8 @@ class DiffusionModule(L.LightningModule):
     ):
         super().__init__()
         self.process, self.net = process, net
+        if not getattr(process, "trains_net", True):  # e.g. the encoding model's autoencoder stage
+            net.requires_grad_(False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.sampler, self.val_samples, self.sample_seed = sampler, val_samples, sample_seed
         self.recipe = recipe or {}

@@ -65,9 +65,16 @@ def solver_timesteps(process: ForwardProcess, steps: int, start: int | None = No
     start = process.T if start is None else int(start)
     if not 1 <= steps <= start:
         raise ValueError(f"steps must lie in 1..{start} (the starting step), got {steps}")
-    lam = process.solver_time(torch.arange(1, start + 1)).double()  # increasing toward t = 1
-    targets = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
-    ts = [int((lam - v).abs().argmin()) + 1 for v in targets]  # t_1 = start, ..., t_n = 1
+    lam = process.solver_time(torch.arange(1, start + 1)).double()  # lam[t - 1] = lambda(t), increasing toward t = 1
+    # The grid starts below the steep end of the schedule: where one integer step jumps further in
+    # lambda than the grid's spacing (cosine's clipped last betas), evenly spaced targets would all
+    # round to the top few t. The first step stays at `start`.
+    low = start
+    while low > 1 and float(lam[low - 2] - lam[low - 1]) > float(lam[0] - lam[low - 1]) / max(steps - 1, 1):
+        low -= 1
+    targets = torch.linspace(float(lam[low - 1]), float(lam[0]), steps, dtype=torch.float64)
+    ts = [int((lam - v).abs().argmin()) + 1 for v in targets]  # t_1 ~ low, ..., t_n = 1
+    ts[0] = start
     for i in range(1, steps):  # distinct and decreasing, leaving room for the steps still to come
         ts[i] = max(min(ts[i], ts[i - 1] - 1), steps - i)
     return ts
@@ -154,12 +161,14 @@ def sample(
         require_score(process)
     if extrapolate not in EXTRAPOLATIONS:
         raise ValueError(f"unknown extrapolate {extrapolate!r}; choose one of {list(EXTRAPOLATIONS)}")
+    if extrapolate != "none" and not process.extrapolates_x0:
+        raise ValueError(f"extrapolate={extrapolate!r} does not apply to {type(process).__name__}: {process.extrapolates_x0_reason}")
     if extrapolate != "none" and method == "baseline":
         raise ValueError(f"extrapolate={extrapolate!r} needs the inverse or mixed step; {type(process).__name__} takes the baseline")
     x, batch = x_T, x_T.shape[0]
     pairs = list(zip(ts, ts[1:] + [0]))
     lam = process.solver_time(torch.tensor(ts + [0])).tolist() if extrapolate != "none" else None  # once, no syncs in the loop
-    previous, unchanged = None, process.unchanged(ts)
+    previous, lam_previous, unchanged = None, None, process.unchanged(ts)
     for i, (t_int, s_int) in enumerate(track(pairs, description="sampling", disable=not progress, transient=True)):
         if unchanged[i]:  # e.g. [MASK] diffusion with more steps than tokens: nothing to reveal, no network call
             continue
@@ -167,7 +176,7 @@ def sample(
         s = torch.full((batch,), s_int, dtype=torch.long, device=x.device)
         x0_hat = process.x0_hat(model(x, t), x, t, generator)
         if lam is not None:
-            x0_hat, previous = dpm_solver_2m(x0_hat, previous, lam[i - 1] if i else None, lam[i], lam[i + 1]), x0_hat
+            x0_hat, previous, lam_previous = dpm_solver_2m(x0_hat, previous, lam_previous, lam[i], lam[i + 1]), x0_hat, lam[i]
         x = reverse_step(process, x, x0_hat, t, s, method, eta, variance, generator)
         for _ in range(corrector_steps if s_int > 0 else 0):
             x = langevin_corrector(process, model, x, s, snr, generator)

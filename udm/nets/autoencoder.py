@@ -59,7 +59,7 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.layers(z)
-        if h.shape[-1] != self.image_size:  # 7 -> 28 is exact; odd sizes (e.g. 28 -> 7 -> 32) are cropped
+        if h.shape[-1] != self.image_size:  # 7 -> 28 is exact; other sizes (e.g. 30 -> 8 -> 32) are resized back (nearest)
             h = F.interpolate(h, size=(self.image_size, self.image_size), mode="nearest")
         return torch.tanh(self.out(h))
 

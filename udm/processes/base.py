@@ -27,6 +27,8 @@ class ForwardProcess(nn.Module, abc.ABC):
 
     T: int
     noise_is_normal: bool = False
+    extrapolates_x0: bool = True  # multistep solvers may extrapolate x0_hat linearly (DPM-Solver++)
+    extrapolates_x0_reason: str = ""
 
     @abc.abstractmethod
     def forward(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:

@@ -35,6 +35,10 @@ STAGES = ("joint", "autoencoder", "frozen")
 class Latent(Gaussian):
     """VP Gaussian diffusion of z0 = E(x0) with a decoder q(x0 | z); see the module docstring."""
 
+    extrapolates_x0 = False
+    extrapolates_x0_reason = ("x0_hat is a decoded image (or tokens) that is re-encoded every step, and "
+                              "E(a linear combination) is not that combination of codes; use ddim or ddpm")
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -64,6 +68,13 @@ class Latent(Gaussian):
             self.load_autoencoder(autoencoder_ckpt)
         if stage == "frozen":
             self.encoder.requires_grad_(False), self.decoder.requires_grad_(False)
+        elif stage == "joint" and decoder_weight == 0:  # an unused decoder would hold parameters without gradients (DDP)
+            self.decoder.requires_grad_(False)
+
+    @property
+    def trains_net(self) -> bool:
+        """Stage one trains E and D alone; the module then freezes the net (DDP needs every trained parameter used)."""
+        return self.stage != "autoencoder"
 
     def load_autoencoder(self, path: str) -> None:
         """E and D from a udm checkpoint (read safely) whose process has the same encoder and decoder."""
