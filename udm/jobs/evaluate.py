@@ -33,6 +33,7 @@ metric was not computed are absent:
                            nested ones joined by _, e.g. sampler_moments_num_samples)
     steps                  the steps the sampler ran (T when sampler.steps is null)
     n, seed, batch_size, device
+    net                    how the net ran while sampling (udm/fast.py): e.g. "bf16-mixed, channels_last" or "32-true"
     seconds_per_sample     wall seconds of the sampling loop / n (with devices > 1: the slowest rank's)
     sampling_processes     how many processes shared the sampling (devices x num_nodes)
     nfe_per_sample         network evaluations per sample: rows fed through the net / n
@@ -68,6 +69,7 @@ from torch import Tensor
 
 from udm.checkpoint import build_from_checkpoint, find_checkpoint, load_checkpoint
 from udm.errors import UdmError
+from udm.fast import describe_net
 from udm.grid import save_grid
 from udm.jobs.sample import fresh_path, pick_device, reference_batch
 from udm.lit import CHECKPOINT_KEY
@@ -188,7 +190,7 @@ def draw_samples(cfg: DictConfig, process, net, recipe, sampler, device: torch.d
         reference = reference_batch(recipe, cfg.n, getattr(process, "prior_needs_data", False)).to(device)
     starts = torch.cat([process.prior(batch, generator) for batch in reference.split(cfg.batch_size)])
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
-    model = CountingModel(net)
+    model = CountingModel(instantiate(cfg.fast)(net, device=device))
     mine, start = {}, time.perf_counter()
     for i, x_T in enumerate(starts.split(cfg.batch_size)):
         if i % world == rank:
@@ -203,7 +205,7 @@ def draw_samples(cfg: DictConfig, process, net, recipe, sampler, device: torch.d
         mine = {i: x for part, _, _ in gathered for i, x in part.items()}
         seconds, rows = max(g[1] for g in gathered), sum(g[2] for g in gathered)
     samples = torch.cat([mine[i] for i in sorted(mine)])
-    return samples, {"seconds_per_sample": seconds / cfg.n, "nfe_per_sample": rows / cfg.n, "sampling_seconds": seconds,
+    return samples, {"net": describe_net(model.net), "seconds_per_sample": seconds / cfg.n, "nfe_per_sample": rows / cfg.n, "sampling_seconds": seconds,
                      "sampling_processes": world}
 
 
@@ -335,7 +337,7 @@ def print_table(result: dict[str, Any]) -> None:
         ("distinct chars", "distinct_chars", "{:.1f}", "per text"),
         ("NELBO/token", "nelbo_per_token", "{:.3f}", f"nats, {result.get('nelbo_texts')} held-out texts "
                                                     f"({result.get('nelbo_skipped')} with unseen characters left out)"),
-        ("seconds/sample", "seconds_per_sample", "{:.4g}", f"{result['sampling_seconds']:.1f}s on {result['device']}"),
+        ("seconds/sample", "seconds_per_sample", "{:.4g}", f"{result['sampling_seconds']:.1f}s on {result['device']}, net in {result['net']}"),
         ("NFE/sample", "nfe_per_sample", "{:.1f}", "network evaluations"),
     ]
     for label, key, fmt, note in rows:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from udm.checkpoint import build_from_checkpoint, find_checkpoint, load_checkpoint
 from udm.data.tokenizers import encode, tokenizer_from_state, unknown_characters
 from udm.errors import UdmError
+from udm.fast import describe_net
 from udm.jobs.sample import fresh_path, pick_device
 from udm.lit import CHECKPOINT_KEY
 from udm.metrics.text import text_metrics
@@ -124,10 +125,11 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     process.to(device), net.to(device)
     generator = torch.Generator(device).manual_seed(cfg.seed)
+    fast = instantiate(cfg.fast)(net, device=device)
     if isinstance(process, TokenProcess):
-        model, starts, t_start, steps, tps = token_starts(cfg, process, net, tok, generator, device)
+        model, starts, t_start, steps, tps = token_starts(cfg, process, fast, tok, generator, device)
     elif isinstance(process, Latent):
-        model, starts, t_start, steps, tps = latent_starts(cfg, process, net, recipe["shape"][-1], generator, device)
+        model, starts, t_start, steps, tps = latent_starts(cfg, process, fast, recipe["shape"][-1], generator, device)
     else:
         raise UdmError(f"{ckpt_path} holds {process.describe()}, which does not generate tokens")
     sampler = instantiate(cfg.sampler, steps=min(steps, t_start))
@@ -145,7 +147,7 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     stem = f"{cfg.sampler_name}-{pace}-n{len(texts)}-seed{cfg.seed}" + ("-infill" if cfg.get("template") else "")
     txt = fresh_path(folder, stem, ".txt")
     txt.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    result: dict[str, Any] = {"texts": texts, "txt": str(txt), "seconds": seconds, "steps": min(steps, t_start),
+    result: dict[str, Any] = {"texts": texts, "txt": str(txt), "seconds": seconds, "steps": min(steps, t_start), "net": describe_net(fast),
                               "tokens_per_second": ids.numel() / seconds, "texts_per_second": len(texts) / seconds}
     if cfg.metrics:
         data = instantiate(recipe["data"])
@@ -157,7 +159,7 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     for text in texts[: cfg.show]:
         print(format_text(text), end="\n\n")
     print(f"udm-generate: {len(texts)} texts in {seconds:.1f}s ({result['texts_per_second']:.1f}/s, "
-          f"{result['tokens_per_second']:.0f} tokens/s) with {cfg.sampler_name}, {result['steps']} steps" + (f", {tps} per step" if tps else ""))
+          f"{result['tokens_per_second']:.0f} tokens/s) with {cfg.sampler_name}, {result['steps']} steps" + (f", {tps} per step" if tps else "") + f", net in {result['net']}")
     if "metrics" in result:
         m = result["metrics"]
         print(f"udm-generate: form accuracy {m['form_accuracy']:.1%}, copied lines {m['copy_rate']:.1%}, "

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from udm.analytic import prepare_sampler
 from udm.checkpoint import build_from_checkpoint, check_compatible, find_checkpoint, load_checkpoint
 from udm.errors import UdmError
+from udm.fast import describe_net
 from udm.grid import save_grid
 from udm.lit import CHECKPOINT_KEY
 
@@ -75,7 +76,8 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
         process.prior_noise = float(cfg.prior_noise)
     device = pick_device(cfg.device)
     process.to(device), net.to(device)
-    sampler = prepare_sampler(cfg.sampler, process, net, ckpt_path, recipe, progress=cfg.progress)
+    sampler = prepare_sampler(cfg.sampler, process, net, ckpt_path, recipe, progress=cfg.progress)  # float32 net: its moments are exact
+    model = instantiate(cfg.fast)(net, device=device)
 
     generator = torch.Generator(device).manual_seed(cfg.seed)
     t_start = cfg.get("input_t") or process.T
@@ -89,7 +91,7 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
         starts = torch.cat([process.prior(batch, generator) for batch in reference.split(cfg.batch_size)])
     chunks, start = [], time.perf_counter()
     for x_T in starts.split(cfg.batch_size):
-        chunks.append(sampler(process, net, x_T, generator=generator, progress=cfg.progress, t_start=t_start).cpu())
+        chunks.append(sampler(process, model, x_T, generator=generator, progress=cfg.progress, t_start=t_start).cpu())
     seconds = time.perf_counter() - start
     samples = torch.cat(chunks)
     n = len(samples)
@@ -105,7 +107,8 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
         png = instantiate(recipe["data"]).save_samples(samples, fresh_path(folder, stem, ".png"))
     tensor_path = fresh_path(folder, stem, ".pt")
     torch.save(samples, tensor_path)
-    print(f"udm-sample: {n} samples in {seconds:.1f}s ({n / seconds:.1f}/s) with {cfg.sampler_name}, {steps} steps")
+    print(f"udm-sample: {n} samples in {seconds:.1f}s ({n / seconds:.1f}/s) with {cfg.sampler_name}, {steps} steps, "
+          f"net in {describe_net(model)}")
     print(f"udm-sample: grid written to {png}")
     print(f"udm-sample: tensor [{', '.join(map(str, samples.shape))}] in [-1, 1] written to {tensor_path}")
     return {"png": str(png), "tensor": str(tensor_path), "seconds": seconds}

@@ -94,6 +94,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     fill_from_data(cfg.process, datamodule.derived, "process")
     fill_from_data(cfg.net, datamodule.derived, "net")
     process, net = instantiate(cfg.process), instantiate(cfg.net)
+    if cfg.get("channels_last"):  # convolutions then run NHWC whatever the input's layout; checkpoints load either way
+        net = net.to(memory_format=torch.channels_last)
     recipe = build_recipe(cfg, datamodule)
     ckpt_path = resume_path(cfg.get("resume"), out.parent)
     if ckpt_path is not None:
