@@ -48,3 +48,24 @@ def test_sizes_that_do_not_divide_are_refused():
         UNet(image_size=30, channel_mult=(1, 2, 2))
     with pytest.raises(ValueError, match="groups"):
         UNet(image_size=28, channels=12, groups=8)
+
+
+def test_attention_takes_the_fused_sdpa_kernel_and_matches_the_formula():
+    """Contiguous heads reach SDPA's fused CPU kernel (a transposed view falls back to the math path, ~12% slower
+    per U-Net step, experiments/benchmark/README.md), and the result is softmax(q k^T / sqrt(d)) v."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    attn = Attention(64, groups=8)
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = attn(x)
+    ops = {e.key for e in prof.key_averages()}
+    assert any("flash_attention" in op for op in ops), sorted(ops)
+    with torch.no_grad():
+        q, k, v = attn.qkv(attn.norm(x)).reshape(2, 3, 2, 32, 64).transpose(-1, -2).unbind(1)
+        h = torch.softmax(q @ k.transpose(-1, -2) / 32**0.5, dim=-1) @ v
+        expected = x + attn.proj(h.transpose(-1, -2).reshape(2, 64, 8, 8))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

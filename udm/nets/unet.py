@@ -57,8 +57,10 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
-        h = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, C/heads]
+        # contiguous heads: SDPA's fused (flash) CPU kernel needs a unit stride on the last dimension, and a
+        # transposed view would send it down the slower math path (experiments/benchmark/README.md, profile)
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).contiguous()
+        h = F.scaled_dot_product_attention(*qkv.unbind(1))  # [B, heads, HW, C/heads]
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 
 
