@@ -83,12 +83,13 @@ def test_fast_token_sampling_agrees_with_plain():
 
 def test_auto_takes_bf16_only_where_it_is_native(monkeypatch):
     monkeypatch.setattr(udm.fast, "bf16_is_fast", lambda device: False)
-    assert resolve("auto", "auto", torch.device("cpu")) == ("32-true", False)
-    assert fast_net(unet(), "cpu") .__class__ is UNet  # the plain path is the net itself, unwrapped
+    assert resolve("auto", "auto", torch.device("cpu")) == ("32-true", True)  # NHWC: oneDNN's fp32 convolutions
+    assert resolve("auto", "auto", torch.device("cuda")) == ("32-true", False)
+    assert fast_net(unet(), "cpu", channels_last=False).__class__ is UNet  # the plain path is the net itself, unwrapped
     monkeypatch.setattr(udm.fast, "bf16_is_fast", lambda device: True)
-    assert resolve("auto", "auto", torch.device("cpu")) == ("bf16-mixed", True)
-    assert resolve("auto", "auto", torch.device("cuda")) == ("bf16-mixed", False)  # NHWC only where oneDNN wants it
-    assert resolve("32-true", "auto", torch.device("cpu")) == ("32-true", False)
+    assert resolve("auto", "auto", torch.device("cpu")) == ("bf16-mixed", False)
+    assert resolve("auto", "auto", torch.device("cuda")) == ("bf16-mixed", False)
+    assert resolve("bf16-true", True, torch.device("cpu")) == ("bf16-true", True)
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         resolve("fp8", "auto", torch.device("cpu"))
     with pytest.raises(ValueError, match="channels_last must be true, false or auto"):
