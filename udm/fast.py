@@ -103,8 +103,8 @@ class FastNet(nn.Module):
 def fast_net(net: nn.Module, device: torch.device | str = "cpu", precision: str = "auto", channels_last: bool | str = "auto",
              compile: bool = False) -> nn.Module:
     """`net` itself on the plain path (32-true, NCHW, eager), else wrapped in a FastNet."""
-    resolved = resolve(precision, channels_last, torch.device(device))
-    if resolved == ("32-true", False) and not compile:
+    precision, channels_last = resolve(precision, channels_last, torch.device(device))
+    if (precision, channels_last) == ("32-true", False) and not compile:
         return net
     return FastNet(net, device, precision, channels_last, compile)
 
