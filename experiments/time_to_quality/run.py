@@ -75,14 +75,15 @@ def train_udm(out: Path, arm: str, minutes: float, every: float, threads: int) -
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
-def padded_mnist():
-    from omegaconf import OmegaConf
+def mnist(stage: str):
+    """udm's MNIST data config and module, set up for `stage` (the same digits and split as experiment=mnist)."""
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
     data_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "mnist.yaml"), resolve=True)
     data = instantiate(data_cfg)
-    data.setup("fit")
-    return data_cfg, data, torch.nn.functional.pad(data.train, (PAD,) * 4, value=-1.0)
+    data.setup(stage)
+    return data_cfg, data
 
 
 def diffusers_unet():
@@ -106,7 +107,7 @@ def train_diffusers(out: Path, minutes: float, every: float, threads: int, seed:
     run.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    _, _, images = padded_mnist()
+    images = torch.nn.functional.pad(mnist("fit")[1].train, (PAD,) * 4, value=-1.0)  # background around the digits
     unet = diffusers_unet()
     ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4,
                    model_cls=type(unet), model_config=unet.config)
@@ -123,11 +124,12 @@ def train_diffusers(out: Path, minutes: float, every: float, threads: int, seed:
     while True:
         elapsed = time.perf_counter() - start
         if elapsed >= next_snapshot or elapsed >= minutes * 60:
+            recent_loss = sum(losses[-50:]) / max(len(losses[-50:]), 1)
             ema.store(unet.parameters()), ema.copy_to(unet.parameters())
-            torch.save({"state_dict": unet.state_dict(), "elapsed": elapsed, "step": step,
-                        "loss": sum(losses[-50:]) / max(len(losses[-50:]), 1)}, run / f"snap-{step:06d}.pt")
+            torch.save({"state_dict": unet.state_dict(), "elapsed": elapsed, "step": step, "loss": recent_loss},
+                       run / f"snap-{step:06d}.pt")
             ema.restore(unet.parameters())
-            log(f"diffusers: {elapsed / 60:.1f} min, step {step}, loss {sum(losses[-50:]) / max(len(losses[-50:]), 1):.4f}")
+            log(f"diffusers: {elapsed / 60:.1f} min, step {step}, loss {recent_loss:.4f}")
             next_snapshot += every * 60
             if elapsed >= minutes * 60:
                 break
@@ -190,8 +192,7 @@ def eval_diffusers(snapshot: Path, n: int, steps: int, threads: int, seed: int =
     if result_path.exists():
         return json.loads(result_path.read_text())
     torch.set_num_threads(threads)
-    data_cfg, data, _ = padded_mnist()
-    data.setup("test")
+    data_cfg, data = mnist("test")
     payload = torch.load(snapshot, map_location="cpu", weights_only=True)
     unet = diffusers_unet()
     unet.load_state_dict(payload["state_dict"])
