@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from udm.errors import UdmError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped inside the package, so a wheel works
 
 
 def report_errors(job, cfg: DictConfig):

@@ -80,7 +80,7 @@ def mnist(stage: str):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    data_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "mnist.yaml"), resolve=True)
+    data_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "udm" / "conf" / "data" / "mnist.yaml"), resolve=True)
     data = instantiate(data_cfg)
     data.setup(stage)
     return data_cfg, data
@@ -206,7 +206,7 @@ def eval_diffusers(snapshot: Path, n: int, steps: int, threads: int, seed: int =
         chunks.append(torch.from_numpy(images).permute(0, 3, 1, 2)[:, :, PAD:-PAD, PAD:-PAD] * 2 - 1)
     seconds = time.perf_counter() - start
     samples = torch.cat(chunks)
-    classifier, info = ensure_extractor(data_cfg, OmegaConf.load(ROOT / "conf" / "extractor" / "classifier.yaml"), None,
+    classifier, info = ensure_extractor(data_cfg, OmegaConf.load(ROOT / "udm" / "conf" / "extractor" / "classifier.yaml"), None,
                                         torch.device("cpu"), who="time_to_quality")
     from udm.grid import save_grid
 
