@@ -1,34 +1,31 @@
 """Analytic-DPM (Bao et al. 2022): the optimal reverse variance from Gamma_t = E ||eps_theta(x_t, t)||^2 / d.
 
 Gamma_t (b_t^2 times the mean squared score, per dimension) is estimated once per model by
-Monte Carlo over the training data and cached beside the checkpoint as
-`analytic-<key>.pt`; `Gaussian.analytic_variance` turns it into sigma*^2 and
-`variance='analytic'` steps with it. `prepare_sampler` is what udm-sample (and any other
-job) calls to get a sampler ready, moments attached when it needs them.
+Monte Carlo over the training data and cached beside the checkpoint as `analytic-<key>.pt`;
+`analytic_variance` turns it into sigma*^2, which the step rule `udm.samplers.AnalyticStep`
+draws with (`udm.samplers.AnalyticDPM.prepare` estimates or reads Gamma_t for a checkpoint).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 from torch import Tensor
 
-from udm import sampling
 from udm.errors import UdmError
 from udm.processes import Gaussian
-from udm.sampling import Model, make_timesteps
+from udm.processes.capabilities import require
+
+Model = Callable[..., Tensor]
 
 MOMENT_DEFAULTS = {"num_samples": 100, "batch_size": 500, "seed": 0}
-PIXEL_LEVEL = 2 / 255  # one step of 8-bit pixels in [-1, 1]
 
 
 def draw_rows(data: Tensor | Iterable[Tensor], n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -71,8 +68,7 @@ def eps_moments(
     eps whatever it predicts. Gamma_0 = 1 by convention (x_0 = x0 leaves nothing unknown,
     Var(x0 | x_0) = b_0^2 / a_0^2 (1 - Gamma_0) = 0).
     """
-    if not isinstance(process, Gaussian):
-        raise UdmError(f"Analytic-DPM's moments are defined for Gaussian (VP) processes; got {process.describe()}")
+    require(process, "analytic_variance", "Analytic-DPM's eps moments")
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples}, {batch_size}")
     device = process.alphabar.device
@@ -140,26 +136,56 @@ def training_rows(recipe: dict[str, Any]) -> Tensor:
     return data.train
 
 
-def needs_moments(sampler_cfg: DictConfig) -> bool:
-    return sampler_cfg.get("_target_") == f"{__name__}.sample" or sampler_cfg.get("variance") == "analytic"
+def analytic_variance(process: Gaussian, gamma: Tensor, t: Tensor, s: Tensor, eta: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(lambda^2, sigma*^2) of Analytic-DPM (Bao et al. 2022) for the jump t -> s < t, given Gamma_0..T.
 
+    The reverse step of the DDIM family, q_lambda(x_s | x_t, x0) = N(a_s x0 + sqrt(b_s^2 - lambda^2)
+    (x_t - a_t x0) / b_t, lambda^2 I) with lambda^2 = eta^2 * posterior variance, has the
+    optimal variance (their Theorem 1, on a shorter trajectory for s < t - 1)
 
-def attach_eps_moments(
-    process: Gaussian,
-    net: Model,
-    ckpt_path: str | Path,
-    recipe: dict[str, Any],
-    progress: bool = False,
-    **settings: int,
-) -> None:
-    """Give `process` the Gamma_t of the checkpoint's net (process.set_eps_moments): read from the
-    cache beside the checkpoint, or estimated on the checkpoint's training data and cached.
+        sigma*^2 = lambda^2 + (sqrt(b_t^2 / alpha_{t|s}) - sqrt(b_s^2 - lambda^2))^2 (1 - Gamma_t),
 
-    `settings` are num_samples, batch_size and seed (MOMENT_DEFAULTS for those left out); the
-    process and the net must already be on the device to estimate on.
+    alpha_{t|s} = alphabar_t / alphabar_s and Gamma_t = b_t^2 E||grad log q_t||^2 / d, estimated
+    as E||eps_theta||^2 / d. Written with the data's variance given x_t,
+    Var(x0 | x_t) = b_t^2 / a_t^2 (1 - Gamma_t), it is
+
+        sigma*^2 = lambda^2 + (a_s - sqrt((b_s^2 - lambda^2) a_t^2 / b_t^2))^2 Var(x0 | x_t),
+
+    i.e. the fixed-x0_hat step plus the spread of an x0_hat drawn with variance Var(x0 | x_t)
+    (DESIGN.md's sigmabar_t^2), which enters x_s with the factor a_s - sqrt(b_s^2 - lambda^2) a_t / b_t.
+    Var(x0 | x_t) is clipped to [0, ((b - a) / 2)^2 = 1] for data in [a, b] = [-1, 1]
+    (their Theorem 2: lambda^2 <= sigma*^2 <= the bound for bounded data); the upper clip
+    applies when clip_denoised declares the data bounded. eta = 1 is Analytic-DDPM, eta = 0
+    Analytic-DDIM.
     """
-    if not isinstance(process, Gaussian):
-        raise UdmError(f"Analytic-DPM's variance needs a Gaussian (VP) process; this checkpoint's is {process.describe()}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"Analytic-DPM's family needs 0 <= eta <= 1, got {eta}")
+    ab_t, ab_s = process.alphabar[t], process.alphabar[s]
+    b2_t, b2_s = 1 - ab_t, 1 - ab_s
+    lambda2 = eta**2 * b2_s / b2_t * (1 - ab_t / ab_s)
+    x0_var = (b2_t / ab_t * (1 - gamma[t])).clamp(min=0.0)
+    if process.clip_denoised:
+        x0_var = x0_var.clamp(max=1.0)
+    coef = (ab_s.sqrt() - ((b2_s - lambda2).clamp(min=0.0) * ab_t / b2_t).sqrt()) ** 2
+    return lambda2, lambda2 + coef * x0_var
+
+
+def check_moments(gamma: Tensor, T: int) -> Tensor:
+    """Gamma_0..T as float64, checked: one finite, non-negative mean square per t."""
+    gamma = torch.as_tensor(gamma, dtype=torch.float64)
+    if gamma.shape != (T + 1,):
+        raise UdmError(f"eps moments must hold one value per t = 0..T ({T + 1} values), got shape {list(gamma.shape)}")
+    if not torch.isfinite(gamma).all() or (gamma < 0).any():
+        raise UdmError("eps moments are mean squares: they must be finite and >= 0")
+    return gamma
+
+
+def model_eps_moments(process: Gaussian, net: Model, ckpt_path: str | Path, recipe: dict[str, Any], progress: bool = False,
+                      **settings: int) -> Tensor:
+    """Gamma_t of the checkpoint's net: read from the cache beside the checkpoint, or estimated on the
+    checkpoint's training data and cached. `settings` are num_samples, batch_size and seed
+    (MOMENT_DEFAULTS for those left out); the process and the net must be on the device to estimate on.
+    """
     unknown = set(settings) - set(MOMENT_DEFAULTS)
     if unknown:
         raise UdmError(f"unknown eps-moment settings {sorted(unknown)}; choose from {sorted(MOMENT_DEFAULTS)}")
@@ -167,65 +193,6 @@ def attach_eps_moments(
     path = moments_path(ckpt_path, **settings)
     cached = path.is_file()
     gamma = cached_eps_moments(process, net, ckpt_path, lambda: training_rows(recipe), progress=progress, **settings)
-    process.set_eps_moments(gamma)
     what = "read from" if cached else f"estimated on {settings['num_samples']} training samples x {process.T} steps, cached in"
     print(f"analytic: eps moments {what} {path}")
-
-
-def prepare_sampler(
-    sampler_cfg: DictConfig | dict[str, Any],
-    process: Gaussian,
-    net: Model,
-    ckpt_path: str | Path,
-    recipe: dict[str, Any],
-    progress: bool = False,
-) -> Callable[..., Tensor]:
-    """The sampler of a `_partial_` sampler config, ready to call as sampler(process, net, x_T, ...).
-
-    When it steps with variance='analytic' (sampler=analytic_ddpm / analytic_ddim), the moments
-    are attached first (`attach_eps_moments`, settings from the config's `moments`).
-    """
-    cfg = sampler_cfg if isinstance(sampler_cfg, DictConfig) else OmegaConf.create(sampler_cfg)
-    sampler = instantiate(cfg)
-    if needs_moments(cfg):
-        settings = OmegaConf.to_container(cfg.moments, resolve=True) if cfg.get("moments") else {}
-        attach_eps_moments(process, net, ckpt_path, recipe, progress, **settings)
-    return sampler
-
-
-@torch.no_grad()
-def sample(
-    process: Gaussian,
-    model: Model,
-    x_T: Tensor,
-    timesteps: Sequence[int] | None = None,
-    steps: int | None = None,
-    eta: float = 0.0,
-    clip_pixels: float = 2.0,
-    moments: dict[str, Any] | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    t_start: int | None = None,
-) -> Tensor:
-    """Analytic-DPM sampling: the one reverse loop with variance='analytic'; eta = 1 is
-    Analytic-DDPM (lambda^2 = beta~), eta = 0 Analytic-DDIM (lambda^2 = 0).
-
-    As in the paper's code, sigma of the step into the last noisy time t_n (the step before the
-    deterministic t_n -> 0) is clipped so that E|sigma z| = sigma sqrt(2 / pi) <= clip_pixels
-    8-bit pixel levels (2/255 each); clip_pixels=0 turns the clip off. `moments` holds the
-    settings of the Gamma_t estimate, which `prepare_sampler` reads; the process must carry
-    the moments already (process.set_eps_moments).
-    """
-    if getattr(process, "eps_moments", None) is None:
-        raise UdmError(
-            "Analytic-DPM sampling needs the eps moments of the model on the process (process.set_eps_moments): "
-            "udm-sample estimates them from a checkpoint's training data; samples during training need another sampler"
-        )
-    ts = make_timesteps(process.T, timesteps, steps, t_start)
-    saved = process.sigma_cap
-    process.sigma_cap = (ts[-1], clip_pixels * PIXEL_LEVEL * math.sqrt(math.pi / 2)) if clip_pixels > 0 else None
-    try:
-        return sampling.sample(process, model, x_T, timesteps=ts, eta=eta, variance="analytic", method="mixed",
-                               generator=generator, progress=progress)
-    finally:
-        process.sigma_cap = saved
+    return gamma

@@ -1,4 +1,4 @@
-"""Reading udm checkpoints safely and rebuilding process + net from them.
+"""Reading udm checkpoints safely and rebuilding process + net from them (no Lightning import needed).
 
 A udm checkpoint is a Lightning checkpoint whose "udm" entry holds the recipe: the
 resolved process and net configs and the data shape. It is read with
@@ -17,8 +17,10 @@ from hydra.utils import instantiate
 from torch import nn
 
 from udm.errors import UdmError
-from udm.lit import CHECKPOINT_KEY
 from udm.processes import ForwardProcess
+
+CHECKPOINT_KEY = "udm"  # the checkpoint entry holding the recipe (process, net, data, shape, modality, tokenizer)
+MODALITIES = ("image", "text", "points")
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -99,3 +101,11 @@ def build_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[ForwardProcess, n
         except RuntimeError as e:
             raise UdmError(f"the checkpoint's weights do not fit its {prefix[:-1]} config: {str(e).splitlines()[0]}") from None
     return process.eval(), net.eval()
+
+
+def recipe_modality(recipe: dict[str, Any]) -> str:
+    """What the samples are: the recipe's `modality`; checkpoints written before it was recorded are read off
+    their tokenizer and data shape (here, and nowhere else)."""
+    if "modality" in recipe:
+        return recipe["modality"]
+    return "text" if "tokenizer" in recipe else "image" if len(recipe["shape"]) == 3 else "points"

@@ -78,26 +78,27 @@ class FastNet(nn.Module):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
         x = x_t
         if self.precision == "bf16-true" and x.is_floating_point():
             x = x.to(torch.bfloat16)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            out = self.run(x, t)
+            out = self.run(x, t, cond)
         return out.float() if out.is_floating_point() else out
 
-    def run(self, x: Tensor, t: Tensor) -> Tensor:
+    def run(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
+        args = (x, t) if cond is None else (x, t, cond)
         if self.compiled is None:
-            return self.net(x, t)
+            return self.net(*args)
         try:
-            return self.compiled(x, t)
+            return self.compiled(*args)
         except Exception as e:  # noqa: BLE001 - any compile failure: say so once, then run eagerly
             reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             print(f"udm: torch.compile failed ({reason}); continuing without it")
             self.compiled = None
-            return self.net(x, t)
+            return self.net(*args)
 
 
 def fast_net(net: nn.Module, device: torch.device | str = "cpu", precision: str = "auto", channels_last: bool | str = "auto",

@@ -2,7 +2,7 @@
 
 Training asks the process for its objective on a batch (t ~ U{1..T}, eps ~ q,
 x_t = F_t(x0, eps), the loss of the net's raw output); the module knows nothing about
-which process it trains. Validation logs the held-out loss and a grid of samples drawn with the
+which process it trains. A batch is x0, or (x0, cond) from data modules that yield a condition. Validation logs the held-out loss and a grid of samples drawn with the
 configured sampler (under EMA weights when the EMAWeightAveraging callback is on).
 """
 
@@ -16,17 +16,26 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from udm.checkpoint import CHECKPOINT_KEY, recipe_modality
 from udm.grid import as_grid_array, save_grid
 from udm.processes import ForwardProcess
+from udm.processes.base import predict
 
-CHECKPOINT_KEY = "udm"
+
+def split_batch(batch) -> tuple[Tensor, Any]:
+    """(x0, cond) of a batch: a bare tensor is unconditional data, a pair carries its condition."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) != 2:
+            raise ValueError(f"a batch is x0 or (x0, cond); got a sequence of {len(batch)} items")
+        return batch[0], batch[1]
+    return batch, None
 
 
 class DiffusionModule(L.LightningModule):
     """Trains `net` as the x0-predictor of `process`.
 
     optimizer / scheduler: partials taking parameters / the optimizer (Hydra `_partial_`).
-    sampler: a partial of `udm.sample` (process, model, x_T, generator=...) for the validation grid.
+    sampler: a udm sampler (udm.samplers), called as sampler(process, net, x_T, generator=...) for the validation grid.
     recipe: the plain config needed to rebuild process and net; stored in every checkpoint.
     """
 
@@ -43,30 +52,32 @@ class DiffusionModule(L.LightningModule):
     ):
         super().__init__()
         self.process, self.net = process, net
-        if not getattr(process, "trains_net", True):  # e.g. the encoding model's autoencoder stage
+        if not process.trains_net:  # e.g. the encoding model's autoencoder stage
             net.requires_grad_(False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.sampler, self.val_samples, self.sample_seed = sampler, val_samples, sample_seed
         self.recipe = recipe or {}
         self.last_samples: Tensor | None = None
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return self.net(x_t, t)
+    def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        return predict(self.net, x_t, t, cond)
 
-    def diffusion_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return self.process.training_loss(self.net, x0, generator)
+    def diffusion_loss(self, x0: Tensor, generator: torch.Generator | None = None, cond=None) -> Tensor:
+        return self.process.training_loss(self.net, x0, generator, cond)
 
-    def training_step(self, x0: Tensor, batch_idx: int) -> Tensor:
-        loss = self.diffusion_loss(x0)
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x0, cond = split_batch(batch)
+        loss = self.diffusion_loss(x0, cond=cond)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, x0: Tensor, batch_idx: int) -> Tensor:
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        x0, cond = split_batch(batch)
         if batch_idx == 0 and self.val_samples:  # inside the epoch, so under the EMA weights the callback swapped in
             self.log_samples(x0[: self.val_samples])
         # the same t and eps every validation, so the curve reflects the weights alone
         generator = torch.Generator(x0.device).manual_seed(self.sample_seed + batch_idx)
-        loss = self.diffusion_loss(x0, generator)
+        loss = self.diffusion_loss(x0, generator, cond)
         self.log("val/loss", loss, prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
         return loss
 
@@ -75,11 +86,12 @@ class DiffusionModule(L.LightningModule):
             return
         self.last_samples = samples = self.generate(reference)
         datamodule = self.trainer.datamodule
+        modality = recipe_modality(self.recipe) if self.recipe else None
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
-            if samples.dim() == 4 and hasattr(experiment, "add_image"):
+            if modality == "image" and hasattr(experiment, "add_image"):
                 experiment.add_image("samples", as_grid_array(samples), self.global_step)
-            elif hasattr(datamodule, "decode") and hasattr(experiment, "add_text"):
+            elif modality == "text" and hasattr(experiment, "add_text"):
                 experiment.add_text("samples", "\n\n".join(datamodule.decode(samples)), self.global_step)
         if self.trainer.is_global_zero:
             path = Path(self.trainer.default_root_dir) / "samples" / f"step{self.global_step:06d}"

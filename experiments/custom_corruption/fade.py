@@ -3,7 +3,7 @@
 from torch import Tensor
 
 from udm.processes import Cold
-from udm.processes.base import expand_as
+from udm.processes.base import per_sample
 
 
 class Fade(Cold):
@@ -14,5 +14,5 @@ class Fade(Cold):
         self.level = level
 
     def degrade(self, x0: Tensor, t: Tensor) -> Tensor:
-        w = expand_as(t / self.T, x0)
+        w = per_sample(t / self.T, x0)
         return (1 - w) * x0 + w * self.level

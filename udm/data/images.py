@@ -55,6 +55,7 @@ class ImageData(InMemoryData):
     def shape(self) -> tuple[int, int, int]:
         return (self.channels, self.image_size, self.image_size)
 
+    modality = "image"  # [C, H, W] in [-1, 1]
     derived: dict = {}  # images fill nothing in the process/net configs (they interpolate ${data.image_size})
 
     def recipe(self) -> dict:

@@ -24,6 +24,7 @@ class Rows(Dataset):
 class InMemoryData(L.LightningDataModule):
     """A data module whose setup() fills `train` and `test` tensors; batching is the same for all."""
 
+    modality: str  # what a row is: "image", "text" or "points" (written into every checkpoint's recipe)
     train: Tensor | None = None
     test: Tensor | None = None
     batch_size: int = 64

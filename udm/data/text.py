@@ -96,6 +96,8 @@ class TextData(InMemoryData):
                            f"set data.length or fix the text")
         return torch.tensor(ids, dtype=torch.long)
 
+    modality = "text"  # token ids [L], decoded by the tokenizer stored in the recipe
+
     @property
     def derived(self) -> dict[str, Any]:
         """What the process and net configs may leave as ??? to be filled from the data."""

@@ -35,6 +35,7 @@ def moons_points(n: int, noise: float, seed: int) -> Tensor:
 
 class Toy2D(InMemoryData):
     name = "toy2d"
+    modality = "points"
     derived = {"dim": 2}
 
     def __init__(self, kind: str = "mixture", n: int = 20000, noise: float = 0.05, batch_size: int = 256,

@@ -67,13 +67,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
-from udm.checkpoint import build_from_checkpoint, find_checkpoint, load_checkpoint
+from udm.checkpoint import recipe_modality
 from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.grid import save_grid
-from udm.jobs.sample import fresh_path, pick_device, reference_batch
-from udm.lit import CHECKPOINT_KEY
-from udm.processes import TokenMask
+from udm.jobs.sample import fresh_path
+from udm.models import open_model
 
 SCHEMA = "udm-eval/1"
 METRICS = ("fid", "kid", "bpd", "text", "nelbo")
@@ -85,13 +84,13 @@ class CountingModel:
     def __init__(self, net):
         self.net, self.rows = net, 0
 
-    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
         self.rows += int(x_t.shape[0])
-        return self.net(x_t, t)
+        return self.net(x_t, t) if cond is None else self.net(x_t, t, cond)
 
 
 def modality(recipe: dict[str, Any]) -> str:
-    return "text" if "tokenizer" in recipe else "image" if len(recipe["shape"]) == 3 else "other"
+    return recipe_modality(recipe)
 
 
 def bpd_levels(data, cfg: DictConfig) -> int | None:
@@ -126,9 +125,7 @@ def why_not(metric: str, process, recipe: dict[str, Any], data, cfg: DictConfig)
             return (f"{metric} needs the feature extractor, a classifier trained on labelled images, and "
                     f"{type(data).__name__} data has no class labels (and no extractor is cached for it)")
     if metric == "bpd":
-        from udm.metrics.likelihood import is_plain_gaussian
-
-        if kind != "image" or not is_plain_gaussian(process):
+        if kind != "image" or process.capabilities.likelihood != "bits/dim":
             return (f"bits/dim applies to Gaussian processes (udm.processes.Gaussian) of images; "
                     f"this checkpoint's process is {process.describe()}")
         if cfg.bpd_samples < 1:
@@ -139,7 +136,7 @@ def why_not(metric: str, process, recipe: dict[str, Any], data, cfg: DictConfig)
     if metric == "text" and kind != "text":
         return f"the text measures apply to text checkpoints; this one holds {kind} data"
     if metric == "nelbo":
-        if not isinstance(process, TokenMask):
+        if process.capabilities.likelihood != "token nelbo":
             return (f"the token negative ELBO applies to the [MASK] (absorbing) token process; "
                     f"this checkpoint's process is {process.describe()}")
         if cfg.nelbo_samples < 1:
@@ -163,19 +160,17 @@ def choose_metrics(asked, process, recipe: dict[str, Any], data, cfg: DictConfig
     return names
 
 
-def build_sampler(cfg: DictConfig, process, net, ckpt_path: Path, recipe: dict[str, Any]):
-    """The configured sampler and the steps it takes: capped at T for text (as udm-generate does), and
-    made ready by udm.analytic (which estimates Analytic-DPM's moments once per checkpoint when it needs them)."""
-    from udm.analytic import prepare_sampler
-
+def build_sampler(cfg: DictConfig, model):
+    """The configured sampler, made ready for the model (Analytic-DPM estimates its moments once per checkpoint),
+    and the steps it takes: capped at T for text (as udm-generate does)."""
     sampler_cfg = cfg.sampler.copy()
-    steps = sampler_cfg.get("steps")
-    if modality(recipe) == "text" and "steps" in sampler_cfg:
-        sampler_cfg.steps = steps = min(steps or process.T, process.T)
-    return prepare_sampler(sampler_cfg, process, net, ckpt_path, recipe, progress=cfg.progress), steps or process.T
+    if model.modality == "text" and "steps" in sampler_cfg:
+        sampler_cfg.steps = min(sampler_cfg.steps or model.process.T, model.process.T)
+    sampler = model.sampler(sampler_cfg)
+    return sampler, len(sampler.timesteps(model.process))
 
 
-def draw_samples(cfg: DictConfig, process, net, recipe, sampler, device: torch.device, fabric=None) -> tuple[Tensor, dict[str, float]]:
+def draw_samples(cfg: DictConfig, model, sampler, device: torch.device, fabric=None) -> tuple[Tensor, dict[str, float]]:
     """n samples from the prior through the sampler, with their wall time and network evaluations.
 
     Batch i starts from the i-th slice of one x_T draw and samples with its own generator
@@ -184,28 +179,24 @@ def draw_samples(cfg: DictConfig, process, net, recipe, sampler, device: torch.d
     in order, the same tensor a single process draws.
     """
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    if modality(recipe) == "text":
-        reference = torch.zeros(cfg.n, *recipe["shape"], dtype=torch.long, device=device)
-    else:
-        reference = reference_batch(recipe, cfg.n, getattr(process, "prior_needs_data", False)).to(device)
-    starts = torch.cat([process.prior(batch, generator) for batch in reference.split(cfg.batch_size)])
+    starts = model.prior(cfg.n, generator, cfg.batch_size)
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
-    model = CountingModel(instantiate(cfg.fast)(net, device=device))
+    counting = CountingModel(instantiate(cfg.fast)(model.net, device=device))
     mine, start = {}, time.perf_counter()
     for i, x_T in enumerate(starts.split(cfg.batch_size)):
         if i % world == rank:
             batch_generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + i)
-            mine[i] = sampler(process, model, x_T, generator=batch_generator, progress=cfg.progress and rank == 0).cpu()
+            mine[i] = sampler(model.process, counting, x_T, generator=batch_generator, progress=cfg.progress and rank == 0).cpu()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds, rows = time.perf_counter() - start, model.rows
+    seconds, rows = time.perf_counter() - start, counting.rows
     if fabric is not None:  # gather every rank's batches (objects: ranks hold different numbers of them)
         gathered: list[Any] = [None] * world
         torch.distributed.all_gather_object(gathered, (mine, seconds, rows))
         mine = {i: x for part, _, _ in gathered for i, x in part.items()}
         seconds, rows = max(g[1] for g in gathered), sum(g[2] for g in gathered)
     samples = torch.cat([mine[i] for i in sorted(mine)])
-    return samples, {"net": describe_net(model.net), "seconds_per_sample": seconds / cfg.n, "nfe_per_sample": rows / cfg.n, "sampling_seconds": seconds,
+    return samples, {"net": describe_net(counting.net), "seconds_per_sample": seconds / cfg.n, "nfe_per_sample": rows / cfg.n, "sampling_seconds": seconds,
                      "sampling_processes": world}
 
 
@@ -239,15 +230,18 @@ def image_metrics(cfg: DictConfig, metrics: list[str], samples: Tensor, data, re
     return out
 
 
-def held_out_bpd(cfg: DictConfig, process, net, data, device: torch.device) -> dict[str, Any]:
+def held_out_bpd(cfg: DictConfig, model, data, device: torch.device) -> dict[str, Any]:
     """Bits/dim of the variational bound on the first bpd_samples held-out images (udm.metrics.likelihood)."""
+    from udm.analytic import model_eps_moments
     from udm.metrics.likelihood import bits_per_dim
 
+    process, net = model.process, model.net
+    gamma = model_eps_moments(process, net, model.checkpoint_path, model.recipe, cfg.progress) if cfg.bpd_variance == "analytic" else None
     x0, levels = data.test[: cfg.bpd_samples], bpd_levels(data, cfg)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     start = time.perf_counter()
     bpd = torch.cat([bits_per_dim(process, net, batch.to(device), generator=generator, progress=cfg.progress,
-                                  variance=cfg.bpd_variance, levels=levels).cpu() for batch in x0.split(cfg.batch_size)])
+                                  variance=cfg.bpd_variance, levels=levels, gamma=gamma).cpu() for batch in x0.split(cfg.batch_size)])
     sem = float(bpd.std() / len(bpd) ** 0.5) if len(bpd) > 1 else None
     return {"bpd": float(bpd.mean()), "bpd_sem": sem, "bpd_images": len(x0), "bpd_levels": levels,
             "bpd_variance": cfg.bpd_variance, "bpd_seconds": time.perf_counter() - start}
@@ -267,17 +261,17 @@ def held_out_nelbo(cfg: DictConfig, process, net, data, device: torch.device) ->
     return {"nelbo_per_token": float(nelbo.mean()), "nelbo_texts": len(nelbo), "nelbo_skipped": int(unseen.sum())}
 
 
-def recipe_summary(checkpoint: dict[str, Any], ckpt_path: Path, process, net) -> dict[str, Any]:
-    recipe = checkpoint[CHECKPOINT_KEY]
+def recipe_summary(model) -> dict[str, Any]:
+    recipe = model.recipe
     return {
-        "ckpt": str(ckpt_path.resolve()),
-        "run": str(ckpt_path.resolve().parent.parent),
-        "global_step": checkpoint.get("global_step"),
-        "modality": modality(recipe),
-        "process": process.describe(),
+        "ckpt": str(model.checkpoint_path.resolve()),
+        "run": str(model.run_dir),
+        "global_step": model.global_step,
+        "modality": model.modality,
+        "process": model.process.describe(),
         "process_target": recipe["process"].get("_target_"),
         "net": recipe["net"].get("_target_"),
-        "net_params": sum(p.numel() for p in net.parameters()),
+        "net_params": sum(p.numel() for p in model.net.parameters()),
         "data": recipe.get("data", {}).get("_target_"),
     }
 
@@ -350,34 +344,30 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     if cfg.n < 2:
         raise UdmError(f"n must be at least 2 samples, got {cfg.n}")
-    ckpt_path = find_checkpoint(cfg.ckpt)
-    checkpoint = load_checkpoint(ckpt_path)
-    recipe = checkpoint[CHECKPOINT_KEY]
-    process, net = build_from_checkpoint(checkpoint)
-    data = instantiate(recipe["data"])
-    data.setup("test")
+    model = open_model(cfg.ckpt, "cpu", progress=cfg.progress)
+    process, net, recipe, ckpt_path = model.process, model.net, model.recipe, model.checkpoint_path
+    data = model.data("test")
     asked = cfg.get("metrics")
     metrics = choose_metrics(OmegaConf.to_container(asked) if isinstance(asked, ListConfig) else asked, process, recipe, data, cfg)
     if {"fid", "kid"} & set(metrics) and cfg.n > len(data.test):
         raise UdmError(f"the held-out split of {type(data).__name__} has {len(data.test)} images, fewer than n={cfg.n}; "
                        f"FID/KID compare the samples with the held-out images, so use n<={len(data.test)}")
     fabric = launch(cfg)
-    device = fabric.device if fabric is not None else pick_device(cfg.device)
-    process.to(device), net.to(device)
+    device = model.to(fabric.device if fabric is not None else cfg.device).device
     prepare_start = time.perf_counter()
-    sampler, steps = build_sampler(cfg, process, net, ckpt_path, recipe)
+    sampler, steps = build_sampler(cfg, model)
     prepare_seconds = time.perf_counter() - prepare_start
 
-    samples, cost = draw_samples(cfg, process, net, recipe, sampler, device, fabric)
+    samples, cost = draw_samples(cfg, model, sampler, device, fabric)
     if fabric is not None and fabric.global_rank != 0:  # rank 0 scores the gathered samples and writes the files
         return {}
-    result: dict[str, Any] = {"schema": SCHEMA, **recipe_summary(checkpoint, ckpt_path, process, net),
+    result: dict[str, Any] = {"schema": SCHEMA, **recipe_summary(model),
                               **sampler_summary(cfg, steps), "device": str(device), **cost,
                               "sampler_prepare_seconds": prepare_seconds}
     if {"fid", "kid"} & set(metrics):
         result.update(image_metrics(cfg, metrics, samples, data, recipe, device))
     if "bpd" in metrics:
-        result.update(held_out_bpd(cfg, process, net, data, device))
+        result.update(held_out_bpd(cfg, model, data, device))
     if "text" in metrics or "nelbo" in metrics:
         from udm.metrics.text import text_metrics
 

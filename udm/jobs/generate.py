@@ -1,4 +1,4 @@
-"""generate_text(cfg): checkpoint -> token process + net -> the one sampling loop -> n texts.
+"""generate_text(cfg): checkpoint -> token process + net -> a sampler -> n texts.
 
 The texts are printed and written one per line to a .txt file (never over an existing
 one), with their measures (form accuracy, copying, distinct characters) beside it in
@@ -19,13 +19,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from udm.checkpoint import build_from_checkpoint, find_checkpoint, load_checkpoint
-from udm.data.tokenizers import encode, tokenizer_from_state, unknown_characters
+from udm.data.tokenizers import encode, unknown_characters
 from udm.errors import UdmError
 from udm.fast import describe_net
-from udm.jobs.sample import fresh_path, pick_device
-from udm.lit import CHECKPOINT_KEY
+from udm.jobs.sample import fresh_path
 from udm.metrics.text import text_metrics
+from udm.models import open_model
 from udm.processes import Latent, TokenMask, TokenProcess
 
 
@@ -56,8 +55,8 @@ def keep_fixed(model, fixed: torch.Tensor, known: torch.Tensor, vocab_size: int)
     """
     certain = torch.nn.functional.one_hot(fixed[known], vocab_size).float() * 2e4 - 1e4  # [known, V]
 
-    def wrapped(x_t, t):
-        out = model(x_t, t)
+    def wrapped(x_t, t, cond=None):
+        out = model(x_t, t) if cond is None else model(x_t, t, cond)
         out[:, known] = certain.to(out.dtype)
         return out
 
@@ -115,33 +114,26 @@ def latent_starts(cfg: DictConfig, process: Latent, net, length: int, generator,
 def generate_text(cfg: DictConfig) -> dict[str, Any]:
     if cfg.n < 1:
         raise UdmError(f"n must be a positive number of texts, got {cfg.n}")
-    ckpt_path = find_checkpoint(cfg.ckpt)
-    checkpoint = load_checkpoint(ckpt_path)
-    recipe = checkpoint[CHECKPOINT_KEY]
-    if "tokenizer" not in recipe:
-        raise UdmError(f"{ckpt_path} holds an image model ({recipe['process'].get('_target_')}); use udm-sample for it")
-    process, net = build_from_checkpoint(checkpoint)
-    tok = tokenizer_from_state(recipe["tokenizer"])
-    device = pick_device(cfg.device)
-    process.to(device), net.to(device)
+    opened = open_model(cfg.ckpt, cfg.device, expect="text", progress=cfg.progress)
+    process, device, tok, ckpt_path = opened.process, opened.device, opened.tokenizer(), opened.checkpoint_path
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    fast = instantiate(cfg.fast)(net, device=device)
+    fast = instantiate(cfg.fast)(opened.net, device=device)
     if isinstance(process, TokenProcess):
         model, starts, t_start, steps, tps = token_starts(cfg, process, fast, tok, generator, device)
     elif isinstance(process, Latent):
-        model, starts, t_start, steps, tps = latent_starts(cfg, process, fast, recipe["shape"][-1], generator, device)
+        model, starts, t_start, steps, tps = latent_starts(cfg, process, fast, opened.shape[-1], generator, device)
     else:
         raise UdmError(f"{ckpt_path} holds {process.describe()}, which does not generate tokens")
-    sampler = instantiate(cfg.sampler, steps=min(steps, t_start))
+    sampler = opened.sampler(instantiate(cfg.sampler, steps=min(steps, t_start)))
 
     start = time.perf_counter()
     chunks = [sampler(process, model, x, generator=generator, progress=cfg.progress, t_start=t_start).cpu()
               for x in starts.split(cfg.batch_size)]
     seconds = time.perf_counter() - start
     ids = torch.cat(chunks)
-    texts = [tok.decode(row, skip_special_tokens=False) for row in ids.tolist()]
+    texts = opened.decode(ids)
 
-    folder = Path(cfg.out_dir) if cfg.get("out_dir") else ckpt_path.parent.parent / "samples"
+    folder = Path(cfg.out_dir) if cfg.get("out_dir") else opened.run_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     pace = f"{tps}perstep" if tps else f"{min(steps, t_start)}steps"
     stem = f"{cfg.sampler_name}-{pace}-n{len(texts)}-seed{cfg.seed}" + ("-infill" if cfg.get("template") else "")
@@ -150,9 +142,7 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"texts": texts, "txt": str(txt), "seconds": seconds, "steps": min(steps, t_start), "net": describe_net(fast),
                               "tokens_per_second": ids.numel() / seconds, "texts_per_second": len(texts) / seconds}
     if cfg.metrics:
-        data = instantiate(recipe["data"])
-        data.setup("fit")
-        result["metrics"] = text_metrics(texts, data.train_texts)
+        result["metrics"] = text_metrics(texts, opened.data("fit").train_texts)
     json_path = txt.with_suffix(".json")
     json_path.write_text(json.dumps({k: v for k, v in result.items() if k != "texts"}, indent=2, ensure_ascii=False))
 

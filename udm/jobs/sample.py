@@ -1,4 +1,4 @@
-"""sample_images(cfg): checkpoint -> process + net -> the one sampling loop -> PNG grid + tensor file."""
+"""sample_images(cfg): checkpoint -> process + net -> a sampler -> PNG grid + tensor file."""
 
 from __future__ import annotations
 
@@ -10,18 +10,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from udm.analytic import prepare_sampler
-from udm.checkpoint import build_from_checkpoint, check_compatible, find_checkpoint, load_checkpoint
 from udm.errors import UdmError
 from udm.fast import describe_net
-from udm.grid import save_grid
-from udm.lit import CHECKPOINT_KEY
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from udm.models import open_model
 
 
 def fresh_path(folder: Path, stem: str, suffix: str) -> Path:
@@ -31,16 +22,6 @@ def fresh_path(folder: Path, stem: str, suffix: str) -> Path:
         i += 1
         path = folder / f"{stem}-{i}{suffix}"
     return path
-
-
-def reference_batch(recipe: dict[str, Any], n: int, needs_data: bool) -> torch.Tensor:
-    """x0 references for the prior: held-out data when the prior depends on it, else zeros of the right shape."""
-    if not needs_data:
-        return torch.zeros(n, *recipe["shape"])
-    data = instantiate(recipe["data"])
-    data.setup("test")
-    idx = torch.randint(0, len(data.test), (n,), generator=torch.Generator().manual_seed(0))
-    return data.test[idx]
 
 
 def load_input(path: str, shape: list[int]) -> torch.Tensor:
@@ -61,54 +42,43 @@ def load_input(path: str, shape: list[int]) -> torch.Tensor:
 def sample_images(cfg: DictConfig) -> dict[str, Any]:
     if cfg.n < 1:
         raise UdmError(f"n must be a positive number of samples, got {cfg.n}")
-    ckpt_path = find_checkpoint(cfg.ckpt)
-    checkpoint = load_checkpoint(ckpt_path)
-    recipe = checkpoint[CHECKPOINT_KEY]
-    if "tokenizer" in recipe:
-        raise UdmError(f"{ckpt_path} holds a text model; generate text with udm-generate ckpt={cfg.ckpt}")
     asked = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("process", "net") if cfg.get(k)}
-    if asked:
-        check_compatible(ckpt_path, recipe, asked, partial=True)
-    process, net = build_from_checkpoint(checkpoint)
+    model = open_model(cfg.ckpt, cfg.device, expect=("image", "points"), check=asked, progress=cfg.progress)
+    process, device = model.process, model.device
     if cfg.get("prior_noise") is not None:
-        if not hasattr(process, "prior_noise"):
+        if not process.capabilities.prior_needs_data or not hasattr(process, "prior_noise"):
             raise UdmError(f"prior_noise applies to cold processes; this checkpoint's is {process.describe()}")
         process.prior_noise = float(cfg.prior_noise)
-    device = pick_device(cfg.device)
-    process.to(device), net.to(device)
-    sampler = prepare_sampler(cfg.sampler, process, net, ckpt_path, recipe, progress=cfg.progress)  # float32 net: its moments are exact
-    model = instantiate(cfg.fast)(net, device=device)
+    sampler = model.sampler(cfg.sampler)  # float32 net: Analytic-DPM's moments are exact
+    net = instantiate(cfg.fast)(model.net, device=device)
 
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    t_start = cfg.get("input_t") or process.T
+    t_start = cfg.get("input_t") or None
     if cfg.get("input"):  # restoration: start from the user's (degraded) images at t_start
-        starts = load_input(cfg.input, recipe["shape"]).to(device)
+        t_start = t_start or process.T
+        starts = load_input(cfg.input, model.shape).to(device)
         if cfg.degrade_input:
             t = torch.full((len(starts),), t_start, dtype=torch.long, device=device)
             starts = process(starts, t, process.sample_noise(starts, generator))
     else:
-        reference = reference_batch(recipe, cfg.n, getattr(process, "prior_needs_data", False)).to(device)
-        starts = torch.cat([process.prior(batch, generator) for batch in reference.split(cfg.batch_size)])
+        starts = model.prior(cfg.n, generator, cfg.batch_size)
     chunks, start = [], time.perf_counter()
     for x_T in starts.split(cfg.batch_size):
-        chunks.append(sampler(process, model, x_T, generator=generator, progress=cfg.progress, t_start=t_start).cpu())
+        chunks.append(sampler(process, net, x_T, generator=generator, progress=cfg.progress, t_start=t_start).cpu())
     seconds = time.perf_counter() - start
     samples = torch.cat(chunks)
     n = len(samples)
 
-    folder = Path(cfg.out_dir) if cfg.get("out_dir") else ckpt_path.parent.parent / "samples"
+    folder = Path(cfg.out_dir) if cfg.get("out_dir") else model.run_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    steps = cfg.sampler.get("steps") or t_start
+    steps = len(sampler.timesteps(process, t_start))
     stem = f"{cfg.sampler_name}-{steps}steps-n{n}-seed{cfg.seed}" + (f"-restored-t{t_start}" if cfg.get("input") else "")
     grid = torch.cat([starts.cpu(), samples]) if cfg.get("input") else samples  # inputs above, restorations below
-    if len(recipe["shape"]) == 3:
-        png = save_grid(grid, fresh_path(folder, stem, ".png"), nrow=min(n, 16) if cfg.get("input") else None)
-    else:  # points and other non-image data draw themselves
-        png = instantiate(recipe["data"]).save_samples(samples, fresh_path(folder, stem, ".png"))
+    png = model.save_samples(grid, fresh_path(folder, stem, ".png").with_suffix(""), nrow=min(n, 16) if cfg.get("input") else None)
     tensor_path = fresh_path(folder, stem, ".pt")
     torch.save(samples, tensor_path)
     print(f"udm-sample: {n} samples in {seconds:.1f}s ({n / seconds:.1f}/s) with {cfg.sampler_name}, {steps} steps, "
-          f"net in {describe_net(model)}")
+          f"net in {describe_net(net)}")
     print(f"udm-sample: grid written to {png}")
     print(f"udm-sample: tensor [{', '.join(map(str, samples.shape))}] in [-1, 1] written to {tensor_path}")
     return {"png": str(png), "tensor": str(tensor_path), "seconds": seconds}

@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from udm.callbacks import SaveOnSignal
-from udm.checkpoint import check_compatible, find_checkpoint, load_checkpoint
+from udm.checkpoint import CHECKPOINT_KEY, check_compatible, find_checkpoint, load_checkpoint
 from udm.errors import UdmError
-from udm.lit import CHECKPOINT_KEY, DiffusionModule
+from udm.lit import DiffusionModule
 
 
 def resume_path(resume: str | None, runs_root: Path) -> Path | None:
@@ -80,6 +80,7 @@ def build_recipe(cfg: DictConfig, datamodule) -> dict[str, Any]:
         "net": OmegaConf.to_container(cfg.net, resolve=True),
         "shape": list(datamodule.shape),
         "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "modality": datamodule.modality,
         **datamodule.recipe(),
     }
 
@@ -94,6 +95,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     fill_from_data(cfg.process, datamodule.derived, "process")
     fill_from_data(cfg.net, datamodule.derived, "net")
     process, net = instantiate(cfg.process), instantiate(cfg.net)
+    parts = process.parts_checkpoint()
+    if parts:  # e.g. the encoding model's stage two: E and D from a stage-one run (the process itself reads no files)
+        process.load_parts(load_checkpoint(parts)["state_dict"], str(find_checkpoint(parts)))
     if cfg.get("channels_last"):  # convolutions then run NHWC whatever the input's layout; checkpoints load either way
         net = net.to(memory_format=torch.channels_last)
     recipe = build_recipe(cfg, datamodule)

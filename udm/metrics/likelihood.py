@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from rich.progress import track
@@ -27,7 +28,8 @@ from torch import Tensor
 
 from udm.errors import UdmError
 from udm.processes import Gaussian, TokenMask
-from udm.sampling import Model
+
+Model = Callable[..., Tensor]
 
 BOUND_VARIANCES = ("beta", "posterior", "analytic")
 
@@ -71,8 +73,8 @@ def check_images(x0: Tensor, levels: int) -> None:
 
 
 def is_plain_gaussian(process) -> bool:
-    """A Gaussian whose x_t and x0_hat are those of the data (not, e.g., of a learned latent code)."""
-    return isinstance(process, Gaussian) and type(process).forward is Gaussian.forward and type(process).x0_hat is Gaussian.x0_hat
+    """A process that declares DDPM's bound in bits/dim (a VP Gaussian of the data, not of a learned code)."""
+    return process.capabilities.likelihood == "bits/dim"
 
 
 def unclipped(process: Gaussian, clip: bool) -> Gaussian:
@@ -82,15 +84,19 @@ def unclipped(process: Gaussian, clip: bool) -> Gaussian:
     return view
 
 
-def bound_variance(process: Gaussian, t: int, variance: str) -> Tensor:
-    """sigma_t^2 of p(x_{t-1} | x_t) for t >= 2, a float64 scalar."""
+def bound_variance(process: Gaussian, t: int, variance: str, gamma: Tensor | None = None) -> Tensor:
+    """sigma_t^2 of p(x_{t-1} | x_t) for t >= 2, a float64 scalar; 'analytic' needs the model's Gamma_0..T."""
     beta = 1 - process.alphabar[t] / process.alphabar[t - 1]
     if variance == "beta":
         return beta.double()
     if variance == "posterior":
         return (process.b[t - 1] ** 2 / process.b[t] ** 2 * beta).double()
+    from udm.analytic import analytic_variance
+
+    if gamma is None:
+        raise UdmError("variance='analytic' needs the model's eps moments Gamma_t (udm.analytic.eps_moments); pass gamma=...")
     t_, s_ = (torch.tensor([i], device=process.alphabar.device) for i in (t, t - 1))
-    return process.analytic_variance(t_, s_, eta=1.0)[1][0].double()
+    return analytic_variance(process, gamma.to(process.alphabar.device), t_, s_, eta=1.0)[1][0].double()
 
 
 def decoder_variance(process: Gaussian) -> Tensor:
@@ -112,6 +118,7 @@ def vlb_terms(
     clip_denoised: bool = False,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    gamma: Tensor | None = None,
 ) -> Tensor:
     """The terms L_0 .. L_T of DDPM's bound in nats, [B, T + 1] float64: column i holds L_i.
 
@@ -122,7 +129,7 @@ def vlb_terms(
     sampler instead (as Analytic-DPM's code evaluates it); both are valid bounds, of different models.
     `variance` picks sigma_t^2 for t >= 2: 'beta' (beta_t, DDPM's choice for its reported NLL,
     the default), 'posterior' (beta~_t) or 'analytic' (Analytic-DDPM's optimal variance with
-    lambda^2 = beta~_t; needs process.set_eps_moments). sigma_1^2 of the decoder is beta~_2 for all.
+    lambda^2 = beta~_t; needs the model's Gamma_0..T as `gamma`). sigma_1^2 of the decoder is beta~_2 for all.
     """
     if not is_plain_gaussian(process):
         raise UdmError(f"the variational bound in bits/dim is implemented for the Gaussian (VP) process of data; got {process.describe()}")
@@ -146,7 +153,7 @@ def vlb_terms(
         beta = 1 - ab_t / ab_s
         posterior_var = (1 - ab_s) / (1 - ab_t) * beta
         coef_x0 = ab_s.sqrt() * beta / (1 - ab_t)  # mu~_t(x_t, x0) - mu~_t(x_t, x0_hat) = coef_x0 (x0 - x0_hat)
-        kl = gaussian_kl(coef_x0 * x0_64, posterior_var, coef_x0 * x0_hat, bound_variance(process, t_int, variance))
+        kl = gaussian_kl(coef_x0 * x0_64, posterior_var, coef_x0 * x0_hat, bound_variance(process, t_int, variance, gamma))
         terms[:, t_int - 1] = kl.flatten(1).sum(1)
     return terms
 
@@ -160,10 +167,11 @@ def bits_per_dim(
     variance: str = "beta",
     levels: int = 256,
     clip_denoised: bool = False,
+    gamma: Tensor | None = None,
 ) -> Tensor:
     """Negative log-likelihood bound of x0 in [-1, 1] ([B, ...], on a grid of `levels` values) in
     bits/dim, [B] float64: (L_T + sum_{t>=2} L_{t-1} + L_0) / (D ln 2). See `vlb_terms`."""
-    terms = vlb_terms(process, model, x0, variance, levels, clip_denoised, generator, progress)
+    terms = vlb_terms(process, model, x0, variance, levels, clip_denoised, generator, progress, gamma)
     return terms.sum(1) / (x0[0].numel() * math.log(2))
 
 
@@ -192,7 +200,7 @@ def token_nelbo(
     -log p(x0 | x_1). The sum over t = 1..T is exact with one draw of x_t per t (steps with
     n_t = 0 add nothing and cost no network call); the result is divided by L.
     """
-    if not isinstance(process, TokenMask):
+    if process.capabilities.likelihood != "token nelbo":
         raise UdmError(
             f"the token negative ELBO is implemented for [MASK] (absorbing) processes only; got {process.describe()} "
             "(the replacement process's reverse model has no tractable likelihood here)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from udm.nets.unet import timestep_embedding
+from udm.nets.conditioning import refuse_condition
 
 
 class MLP(nn.Module):
@@ -17,7 +18,8 @@ class MLP(nn.Module):
         self.out = nn.Linear(hidden, dim)
         self.act = nn.SiLU()
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        refuse_condition(self, cond)
         emb = self.time(timestep_embedding(t, self.hidden))
         h = self.inp(x_t)
         for block in self.blocks:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from udm.nets.unet import timestep_embedding
+from udm.nets.conditioning import refuse_condition
 
 
 class Transformer(nn.Module):
@@ -65,7 +66,8 @@ class Transformer(nn.Module):
             self.time = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
             nn.init.zeros_(self.time[-1].weight), nn.init.zeros_(self.time[-1].bias)
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        refuse_condition(self, cond)
         length = x_t.shape[1]
         if length > self.length:
             raise ValueError(f"the net was built for sequences of {self.length} tokens, got {length}")

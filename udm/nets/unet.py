@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from udm.nets.conditioning import refuse_condition
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of (possibly fractional) times t [B] -> [B, dim] (Transformer, DDPM)."""
@@ -140,7 +142,8 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
+        refuse_condition(self, cond)
         emb = self.time_mlp(timestep_embedding(t, self.channels))
         if self.patch_size > 1:
             x = F.pixel_unshuffle(x, self.patch_size)

@@ -14,21 +14,22 @@ import abc
 import torch
 from torch import Tensor, nn
 
+from udm.processes.capabilities import Capabilities
+
 
 class ForwardProcess(nn.Module, abc.ABC):
     """Abstract x_t = F_t(x0, eps). Time t is a LongTensor [B] with 0 = data, T = prior.
 
     Subclasses set `T` and implement `forward` (F_t), `sample_noise` (q), `x0_hat`
-    and `loss`; invertible ones also implement `inverse`. Processes whose q is the
-    standard normal set `noise_is_normal = True`, which enables the mixed step.
+    and `loss`; invertible ones also implement `inverse`. What a process supports is
+    declared once, in `capabilities` (a class attribute, or a property where it depends
+    on the settings); samplers and metrics check it when they are built.
     Schedules live in non-persistent buffers so they follow the model's device
     but never enter checkpoints: they are rebuilt from the config.
     """
 
     T: int
-    noise_is_normal: bool = False
-    extrapolates_x0: bool = True  # multistep solvers may extrapolate x0_hat linearly (DPM-Solver++)
-    extrapolates_x0_reason: str = ""
+    capabilities: Capabilities = Capabilities()
 
     @abc.abstractmethod
     def forward(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
@@ -36,11 +37,7 @@ class ForwardProcess(nn.Module, abc.ABC):
 
     def inverse(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """F_t^{-1}(x0, x_t): the eps with F_t(x0, eps) = x_t."""
-        raise NotImplementedError(f"{type(self).__name__} has no inverse in eps; use method='baseline'")
-
-    @property
-    def invertible(self) -> bool:
-        return type(self).inverse is not ForwardProcess.inverse
+        raise NotImplementedError(f"{type(self).__name__} has no inverse in eps; use the baseline step (sampler=naive)")
 
     @abc.abstractmethod
     def sample_noise(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -64,33 +61,46 @@ class ForwardProcess(nn.Module, abc.ABC):
     def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """Scalar training loss of the raw output `out` for the pair (x0, x_t = F_t(x0, eps))."""
 
-    def training_loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The training objective for a batch of data: t ~ U{1..T}, eps ~ q, x_t = F_t(x0, eps), loss(net(x_t, t)).
+    def training_loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None = None, cond=None) -> Tensor:
+        """The training objective for a batch of data: t ~ U{1..T}, eps ~ q, x_t = F_t(x0, eps), loss(net(x_t, t, cond)).
 
         Processes with trainable parts (the encoding model) override it.
         """
         t = self.sample_t(x0.shape[0], x0.device, generator)
         eps = self.sample_noise(x0, generator)
         x_t = self(x0, t, eps)
-        return self.loss(net(x_t, t), x0, x_t, t, eps)
+        return self.loss(predict(net, x_t, t, cond), x0, x_t, t, eps)
 
-    def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "ddim") -> tuple[Tensor, Tensor]:
+    def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "eta") -> tuple[Tensor, Tensor]:
         """(sqrt(1 - r^2), r) of the mixed step x_s = F_s(x0_hat, sqrt(1 - r^2) eps_hat + r z).
 
-        The generic choice is r = eta: eta = 0 is the inverse step, eta = 1 the
+        The generic choice, variance 'eta', is r = eta: eta = 0 is the inverse step, eta = 1 the
         baseline. Gaussian processes override it with the DDPM/DDIM variances.
         """
-        if variance != "ddim":
-            raise ValueError(f"{type(self).__name__} supports only variance='ddim', got {variance!r}")
+        if variance not in self.capabilities.variances:
+            raise ValueError(f"{self.describe()} knows the variances {list(self.capabilities.variances)}, not {variance!r}")
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1] for {type(self).__name__}, got {eta}")
         r = torch.full(t.shape, float(eta), device=t.device)
         return (1 - r**2).sqrt(), r
 
-    def unchanged(self, ts: list[int]) -> list[bool]:
+    def steps_without_change(self, ts: list[int]) -> list[bool]:
         """For the loop's steps t_1 > ... > t_n (then 0): whether the step t_i -> t_{i+1} leaves x as it is,
         so the loop may skip the network there (masked diffusion with more steps than tokens). Default: none."""
         return [False] * len(ts)
+
+    @property
+    def trains_net(self) -> bool:
+        """Whether training updates the net (False for a stage that trains the process's own parts alone)."""
+        return True
+
+    def parts_checkpoint(self) -> str | None:
+        """A checkpoint the process's trainable parts start from (the encoding model's stage one), which the
+        train job reads and hands to `load_parts`; processes never read files themselves. Default: none."""
+        return None
+
+    def load_parts(self, state_dict: dict[str, Tensor], source: str = "") -> None:
+        raise NotImplementedError(f"{self.describe()} has no trainable parts to load")
 
     def solver_time(self, t: Tensor) -> Tensor:
         """lambda(t), the time variable multistep solvers extrapolate x0_hat in (increasing toward the data).
@@ -108,6 +118,12 @@ class ForwardProcess(nn.Module, abc.ABC):
         return f"{type(self).__name__}(T={self.T})"
 
 
-def expand_as(coef: Tensor, x: Tensor) -> Tensor:
-    """A per-sample coefficient [B] broadcast against x [B, ...], in x's dtype."""
+def per_sample(coef: Tensor, x: Tensor) -> Tensor:
+    """A per-sample coefficient [B] shaped [B, 1, ..., 1] to broadcast against x [B, ...], in x's dtype."""
     return coef.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def predict(model, x_t: Tensor, t: Tensor, cond=None):
+    """The network's raw output at (x_t, t): `model(x_t, t, cond)`, or `model(x_t, t)` when there is no condition,
+    so unconditional callables with two arguments keep working."""
+    return model(x_t, t) if cond is None else model(x_t, t, cond)

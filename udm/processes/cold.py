@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from udm.processes.base import ForwardProcess, expand_as
+from udm.processes.base import ForwardProcess, per_sample
+from udm.processes.capabilities import Capabilities
 
 
 class Cold(ForwardProcess):
@@ -29,8 +30,6 @@ class Cold(ForwardProcess):
     degraded image keeps almost nothing, so generation needs that fresh randomness (seed 001).
     """
 
-    prior_needs_data = True
-
     def __init__(self, T: int = 50, sigma: float = 0.0, prior_noise: float = 0.002):
         super().__init__()
         if T < 1 or sigma < 0 or prior_noise < 0:
@@ -38,8 +37,9 @@ class Cold(ForwardProcess):
         self.T, self.sigma, self.prior_noise = T, sigma, prior_noise
 
     @property
-    def noise_is_normal(self) -> bool:  # the mixed step needs Gaussian e; sigma = 0 has none
-        return self.sigma > 0
+    def capabilities(self) -> Capabilities:  # the mixed step's fresh noise needs Gaussian e; sigma = 0 has none
+        return Capabilities(invertible=True, gaussian_noise=self.sigma > 0, variances=("eta",) if self.sigma > 0 else (),
+                            extrapolates_x0=True, prior_needs_data=True)
 
     @abc.abstractmethod
     def degrade(self, x0: Tensor, t: Tensor) -> Tensor:
@@ -95,7 +95,7 @@ class Blur(Cold):
         ext = torch.cat([ext, ext.flip(-1)], -1)  # period 2H x 2W, symmetric
         fy = torch.fft.fftfreq(2 * H, device=x0.device, dtype=torch.float64)[:, None]
         fx = torch.fft.rfftfreq(2 * W, device=x0.device, dtype=torch.float64)[None, :]
-        var = expand_as(self.std[t] ** 2, x0).double()
+        var = per_sample(self.std[t] ** 2, x0).double()
         gain = torch.exp(-2 * math.pi**2 * var * (fy**2 + fx**2))
         out = torch.fft.irfft2(torch.fft.rfft2(ext.double()) * gain, s=(2 * H, 2 * W))
         return out[..., :H, :W].to(x0.dtype)
@@ -165,5 +165,5 @@ class Pixelate(Cold):
         if x0.shape[-1] != self.image_size or x0.shape[-2] != self.image_size:
             raise ValueError(f"Pixelate was built for {self.image_size}x{self.image_size} images, got {list(x0.shape[-2:])}")
         P, Q = self.coarse[t].to(x0.dtype)[:, None], self.fine[t].to(x0.dtype)[:, None]
-        w = expand_as(self.w[t], x0)
+        w = per_sample(self.w[t], x0)
         return (1 - w) * (P @ x0 @ P.transpose(-1, -2)) + w * (Q @ x0 @ Q.transpose(-1, -2))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from udm.processes.base import ForwardProcess
+from udm.processes.capabilities import Capabilities
 
 SCHEDULES = ("count", "linear", "cosine")
 ORDERS = ("random", "confidence")
@@ -55,6 +56,8 @@ class TokenProcess(ForwardProcess):
     temperature scales the logits when x0_hat is drawn (0 = argmax); order picks which
     corrupted positions are restored first. loss_on: 'corrupted' or 'all' positions.
     """
+
+    capabilities = Capabilities(invertible=True, real_valued=False, why_not_extrapolate="x0_hat is token ids")
 
     def __init__(
         self,
@@ -204,7 +207,9 @@ class TokenMask(TokenProcess):
     def prior(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.full(x0.shape, self.mask_id, dtype=torch.long, device=x0.device)
 
-    def unchanged(self, ts: list[int]) -> list[bool]:
+    capabilities = Capabilities(invertible=True, real_valued=False, likelihood="token nelbo", why_not_extrapolate="x0_hat is token ids")
+
+    def steps_without_change(self, ts: list[int]) -> list[bool]:
         """A step between times with equal counts k(t) = k(s) reveals no position: x_s = x_t, no network needed."""
         k = self.k.tolist()  # once per sampling run, on the host
         return [k[t] == k[s] for t, s in zip(ts, ts[1:] + [0])]

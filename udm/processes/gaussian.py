@@ -14,11 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from udm.errors import UdmError
-from udm.processes.base import ForwardProcess, expand_as
+from udm.processes.base import ForwardProcess, per_sample
+from udm.processes.capabilities import Capabilities
 
 PARAMETRIZATIONS = ("eps", "x0", "v")
-VARIANCES = ("ddim", "beta", "analytic")
 
 
 def linear_alphabar(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
@@ -41,9 +40,8 @@ SCHEDULES = {"linear": linear_alphabar, "cosine": cosine_alphabar}
 class Gaussian(ForwardProcess):
     """VP Gaussian diffusion; the network predicts eps (default), x0 or v = a_t eps - b_t x0."""
 
-    noise_is_normal = True
-    # Analytic-DPM's clip of the last noisy step: (s, max sigma) while udm.analytic.sample runs
-    sigma_cap: tuple[int, float] | None = None
+    capabilities = Capabilities(invertible=True, gaussian_noise=True, variances=("posterior", "beta"), score=True,
+                                analytic_variance=True, likelihood="bits/dim", extrapolates_x0=True)
 
     def __init__(
         self,
@@ -67,13 +65,12 @@ class Gaussian(ForwardProcess):
         self.register_buffer("alphabar", alphabar, persistent=False)
         self.register_buffer("a", alphabar.sqrt(), persistent=False)
         self.register_buffer("b", (1 - alphabar).sqrt(), persistent=False)
-        self.register_buffer("eps_moments", None, persistent=False)  # Gamma_0..T of Analytic-DPM, see set_eps_moments
 
     def forward(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        return expand_as(self.a[t], x0) * x0 + expand_as(self.b[t], x0) * eps
+        return per_sample(self.a[t], x0) * x0 + per_sample(self.b[t], x0) * eps
 
     def inverse(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        return (x_t - expand_as(self.a[t], x_t) * x0) / expand_as(self.b[t], x_t)
+        return (x_t - per_sample(self.a[t], x_t) * x0) / per_sample(self.b[t], x_t)
 
     def sample_noise(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -82,7 +79,7 @@ class Gaussian(ForwardProcess):
         return self.sample_noise(x0, generator)
 
     def x0_hat(self, out: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        a, b = expand_as(self.a[t], x_t), expand_as(self.b[t], x_t)
+        a, b = per_sample(self.a[t], x_t), per_sample(self.b[t], x_t)
         if self.parametrization == "eps":
             x0 = (x_t - b * out) / a
         elif self.parametrization == "v":
@@ -93,7 +90,7 @@ class Gaussian(ForwardProcess):
 
     def eps_hat(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """The net's estimate of eps, whatever it predicts (v = a eps - b x0 gives eps = b x_t + a v)."""
-        a, b = expand_as(self.a[t], x_t), expand_as(self.b[t], x_t)
+        a, b = per_sample(self.a[t], x_t), per_sample(self.b[t], x_t)
         if self.parametrization == "eps":
             return out
         if self.parametrization == "v":
@@ -102,7 +99,7 @@ class Gaussian(ForwardProcess):
 
     def score(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """grad log p_t(x_t) = -eps_theta / b_t (t >= 1)."""
-        return -self.eps_hat(out, x_t, t) / expand_as(self.b[t], x_t)
+        return -self.eps_hat(out, x_t, t) / per_sample(self.b[t], x_t)
 
     def noise_scale(self, t: Tensor) -> Tensor:
         return self.b[t]
@@ -116,26 +113,25 @@ class Gaussian(ForwardProcess):
         if self.parametrization == "eps":
             return eps
         if self.parametrization == "v":
-            return expand_as(self.a[t], x0) * eps - expand_as(self.b[t], x0) * x0
+            return per_sample(self.a[t], x0) * eps - per_sample(self.b[t], x0) * x0
         return x0
 
     def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         return F.mse_loss(out, self.target(x0, t, eps))
 
-    def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "ddim") -> tuple[Tensor, Tensor]:
+    def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "posterior") -> tuple[Tensor, Tensor]:
         """Mixed-step coefficients (r_eps, r_z) of x_s = a_s x0_hat + b_s (r_eps eps_hat + r_z z).
 
-        'ddim' (Song et al. 2021, eq. 16): sigma_t^2 = eta^2 * (1 - alphabar_s) / (1 - alphabar_t)
+        'posterior' (DDIM, Song et al. 2021, eq. 16): sigma_t^2 = eta^2 * (1 - alphabar_s) / (1 - alphabar_t)
         * (1 - alphabar_t / alphabar_s); eta = 1 is DDPM's posterior variance, eta = 0 deterministic
         DDIM. The step is x_s = a_s x0_hat + sqrt(b_s^2 - sigma_t^2) eps_hat + sigma_t z, i.e.
         r_eps = sqrt(b_s^2 - sigma_t^2) / b_s and r_z = sigma_t / b_s.
         'beta' keeps the posterior mean (eta = 1 direction) and draws noise with
         sigma_t^2 = eta^2 (1 - alphabar_t / alphabar_s), DDPM's sigma_t^2 = beta_t when s = t - 1.
-        'analytic' keeps the mean of the eta-member of the DDIM family, lambda^2 = eta^2 * posterior
-        variance, and draws noise with Analytic-DPM's optimal sigma^2 (see `analytic_variance`).
+        Analytic-DPM's variance is a step rule of its own (udm.samplers.analytic).
         """
-        if variance not in VARIANCES:
-            raise ValueError(f"unknown variance {variance!r}; choose one of {list(VARIANCES)}")
+        if variance not in self.capabilities.variances:
+            raise ValueError(f"unknown variance {variance!r}; choose one of {list(self.capabilities.variances)}")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         ab_t, ab_s = self.alphabar[t], self.alphabar[s]
@@ -143,74 +139,15 @@ class Gaussian(ForwardProcess):
         beta_ts = 1 - ab_t / ab_s  # the one-jump beta from s to t
         posterior_var = b2_s / (1 - ab_t) * beta_ts
         safe_b2_s = torch.where(b2_s > 0, b2_s, torch.ones_like(b2_s))
-        if variance == "ddim":
+        if variance == "posterior":
             r2 = (eta**2 * posterior_var / safe_b2_s).clamp(max=1.0)
             r_eps, r_z = (1 - r2).sqrt(), r2.sqrt()
-        elif variance == "beta":
+        else:
             r_eps = (1 - posterior_var / safe_b2_s).clamp(min=0.0).sqrt()
             r_z = eta * (beta_ts / safe_b2_s).sqrt()
-        else:
-            lambda2, sigma2 = self.analytic_variance(t, s, eta)
-            if self.sigma_cap is not None:
-                cap_s, max_sigma = self.sigma_cap
-                sigma2 = torch.where(s == cap_s, sigma2.clamp(max=max_sigma**2), sigma2)
-            r_eps = ((b2_s - lambda2) / safe_b2_s).clamp(min=0.0).sqrt()
-            r_z = (sigma2 / safe_b2_s).sqrt()
         # at s = 0, F_0 ignores eps (b_0 = 0): x_0 = x0_hat
         zero = b2_s <= 0
         return torch.where(zero, 0.0, r_eps), torch.where(zero, 0.0, r_z)
-
-    def set_eps_moments(self, gamma: Tensor) -> None:
-        """Attach Gamma_t = E ||eps_theta(x_t, t)||^2 / d for t = 0..T (udm.analytic estimates it).
-
-        A non-persistent buffer: it follows the device, never enters checkpoints, and is
-        what variance='analytic' reads.
-        """
-        gamma = torch.as_tensor(gamma, dtype=torch.float64)
-        if gamma.shape != (self.T + 1,):
-            raise ValueError(f"eps moments must hold one value per t = 0..T ({self.T + 1} values), got shape {list(gamma.shape)}")
-        if not torch.isfinite(gamma).all() or (gamma < 0).any():
-            raise ValueError("eps moments are mean squares: they must be finite and >= 0")
-        self.eps_moments = gamma.to(self.alphabar.device)
-
-    def analytic_variance(self, t: Tensor, s: Tensor, eta: float = 1.0) -> tuple[Tensor, Tensor]:
-        """(lambda^2, sigma*^2) of Analytic-DPM (Bao et al. 2022) for the jump t -> s < t.
-
-        The reverse step of the DDIM family, q_lambda(x_s | x_t, x0) = N(a_s x0 + sqrt(b_s^2 - lambda^2)
-        (x_t - a_t x0) / b_t, lambda^2 I) with lambda^2 = eta^2 * posterior variance, has the
-        optimal variance (their Theorem 1, on a shorter trajectory for s < t - 1)
-
-            sigma*^2 = lambda^2 + (sqrt(b_t^2 / alpha_{t|s}) - sqrt(b_s^2 - lambda^2))^2 (1 - Gamma_t),
-
-        alpha_{t|s} = alphabar_t / alphabar_s and Gamma_t = b_t^2 E||grad log q_t||^2 / d, estimated
-        as E||eps_theta||^2 / d. Written with the data's variance given x_t,
-        Var(x0 | x_t) = b_t^2 / a_t^2 (1 - Gamma_t), it is
-
-            sigma*^2 = lambda^2 + (a_s - sqrt((b_s^2 - lambda^2) a_t^2 / b_t^2))^2 Var(x0 | x_t),
-
-        i.e. the fixed-x0_hat step plus the spread of an x0_hat drawn with variance Var(x0 | x_t)
-        (DESIGN.md's sigmabar_t^2), which enters x_s with the factor a_s - sqrt(b_s^2 - lambda^2) a_t / b_t.
-        Var(x0 | x_t) is clipped to [0, ((b - a) / 2)^2 = 1] for data in [a, b] = [-1, 1]
-        (their Theorem 2: lambda^2 <= sigma*^2 <= the bound for bounded data); the upper clip
-        applies when clip_denoised declares the data bounded. eta = 1 is Analytic-DDPM, eta = 0
-        Analytic-DDIM.
-        """
-        if self.eps_moments is None:
-            raise UdmError(
-                "variance='analytic' needs Analytic-DPM's moments Gamma_t = E||eps_theta||^2 / d of this model: "
-                "sample with udm-sample sampler=analytic_ddim (or analytic_ddpm), which estimates and caches them, "
-                "or call process.set_eps_moments(udm.analytic.eps_moments(process, net, train_data)) first"
-            )
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"Analytic-DPM's family needs 0 <= eta <= 1, got {eta}")
-        ab_t, ab_s = self.alphabar[t], self.alphabar[s]
-        b2_t, b2_s = 1 - ab_t, 1 - ab_s
-        lambda2 = eta**2 * b2_s / b2_t * (1 - ab_t / ab_s)
-        x0_var = (b2_t / ab_t * (1 - self.eps_moments[t])).clamp(min=0.0)
-        if self.clip_denoised:
-            x0_var = x0_var.clamp(max=1.0)
-        coef = (ab_s.sqrt() - ((b2_s - lambda2).clamp(min=0.0) * ab_t / b2_t).sqrt()) ** 2
-        return lambda2, lambda2 + coef * x0_var
 
     def describe(self) -> str:
         return f"Gaussian(T={self.T}, schedule={self.schedule}, parametrization={self.parametrization})"

@@ -17,8 +17,12 @@ Stages (by config):
     joint        E, D and the net trained together on latent_weight * |out - target|^2
                  + decoder_weight * -log q(x0 | z0_hat(x_t)) (the seed's -log q(x0 | x_t))
     autoencoder  stage one of two: E and D alone on -log q(x0 | E(x0)); the net is not used
-    frozen       stage two: E and D read from a stage-one checkpoint and frozen; the net
-                 learns the latent diffusion (latent diffusion models' recipe)
+    frozen       stage two: E and D from a stage-one checkpoint (the train job reads it and
+                 hands the weights to `load_parts`), frozen; the net learns the latent
+                 diffusion (latent diffusion models' recipe)
+
+The Gaussian arithmetic is a `Gaussian` process held as `self.latent` (composition, not a
+subclass: x_0 lives in data space and x_t in latent space, which a Gaussian never does).
 """
 
 from __future__ import annotations
@@ -27,17 +31,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from udm.errors import UdmError
+from udm.processes.base import ForwardProcess, predict
+from udm.processes.capabilities import Capabilities
 from udm.processes.gaussian import Gaussian
 
 STAGES = ("joint", "autoencoder", "frozen")
 
 
-class Latent(Gaussian):
+class Latent(ForwardProcess):
     """VP Gaussian diffusion of z0 = E(x0) with a decoder q(x0 | z); see the module docstring."""
 
-    extrapolates_x0 = False
-    extrapolates_x0_reason = ("x0_hat is a decoded image (or tokens) that is re-encoded every step, and "
-                              "E(a linear combination) is not that combination of codes; use ddim or ddpm")
+    capabilities = Capabilities(
+        invertible=True, gaussian_noise=True, variances=("posterior", "beta"), score=True, trainable_parts=True,
+        why_not_extrapolate=("x0_hat is a decoded image (or tokens) that is re-encoded every step, and "
+                             "E(a linear combination) is not that combination of codes; use ddim or ddpm"),
+    )
 
     def __init__(
         self,
@@ -54,18 +63,19 @@ class Latent(Gaussian):
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
     ):
-        super().__init__(T, schedule, parametrization, clip_denoised, beta_start, beta_end)
+        super().__init__()
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
         if latent_weight < 0 or decoder_weight < 0:
             raise ValueError(f"loss weights must be >= 0, got latent_weight={latent_weight}, decoder_weight={decoder_weight}")
+        self.latent = Gaussian(T, schedule, parametrization, clip_denoised, beta_start, beta_end)
+        self.T = T
         self.encoder, self.decoder, self.stage = encoder, decoder, stage
         self.latent_weight, self.decoder_weight = latent_weight, decoder_weight
+        self.autoencoder_ckpt = autoencoder_ckpt
         self._latent_shapes: dict[tuple, tuple] = {}
         self._memo: tuple[Tensor, Tensor] | None = None
-        self.pretrained = bool(autoencoder_ckpt)  # a rebuilt checkpoint gets E and D from its own state dict instead
-        if autoencoder_ckpt:
-            self.load_autoencoder(autoencoder_ckpt)
+        self.pretrained = False  # set by load_parts; a rebuilt checkpoint gets E and D from its own state dict instead
         if stage == "frozen":
             self.encoder.requires_grad_(False), self.decoder.requires_grad_(False)
         elif stage == "joint" and decoder_weight == 0:  # an unused decoder would hold parameters without gradients (DDP)
@@ -76,21 +86,21 @@ class Latent(Gaussian):
         """Stage one trains E and D alone; the module then freezes the net (DDP needs every trained parameter used)."""
         return self.stage != "autoencoder"
 
-    def load_autoencoder(self, path: str) -> None:
-        """E and D from a udm checkpoint (read safely) whose process has the same encoder and decoder."""
-        from udm.checkpoint import load_checkpoint  # udm.checkpoint imports the package's processes
-        from udm.errors import UdmError
+    def parts_checkpoint(self) -> str | None:
+        return self.autoencoder_ckpt or None
 
-        state = load_checkpoint(path)["state_dict"]
+    def load_parts(self, state_dict: dict[str, Tensor], source: str = "") -> None:
+        """E and D from the state dict of a udm checkpoint whose process has the same encoder and decoder."""
         for name in ("encoder", "decoder"):
             prefix = f"process.{name}."
-            weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            weights = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
             if not weights:
-                raise UdmError(f"{path} has no {name} weights: autoencoder_ckpt must be a checkpoint of a latent-process run")
+                raise UdmError(f"{source} has no {name} weights: autoencoder_ckpt must be a checkpoint of a latent-process run")
             try:
                 getattr(self, name).load_state_dict(weights)
             except RuntimeError as e:
-                raise UdmError(f"the {name} in {path} does not fit this config's {name}: {str(e).splitlines()[0]}") from None
+                raise UdmError(f"the {name} in {source} does not fit this config's {name}: {str(e).splitlines()[0]}") from None
+        self.pretrained = True
 
     def encode(self, x0: Tensor) -> Tensor:
         """E(x0). Without gradients the last result is reused for the same tensor: a reverse step
@@ -117,23 +127,38 @@ class Latent(Gaussian):
             return x0  # x_0 = x0: the last reverse step returns x0_hat itself
         if not bool(t.all()):
             raise ValueError("Latent: x_0 lives in data space and x_t (t >= 1) in latent space; do not mix t = 0 with t >= 1 in one batch")
-        return super().forward(self.encode(x0), t, eps)
+        return self.latent(self.encode(x0), t, eps)
 
     def inverse(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        return super().inverse(self.encode(x0), x_t, t)
+        return self.latent.inverse(self.encode(x0), x_t, t)
 
     def sample_noise(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        device = x0.device
-        return torch.randn(self.latent_shape(x0), generator=generator, device=device, dtype=self.latent_dtype())
+        return torch.randn(self.latent_shape(x0), generator=generator, device=x0.device, dtype=self.latent_dtype())
+
+    def prior(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.sample_noise(x0, generator)
+
+    def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "posterior") -> tuple[Tensor, Tensor]:
+        return self.latent.noise_ratio(t, s, eta, variance)
+
+    def score(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The score of the latent x_t."""
+        return self.latent.score(out, x_t, t)
+
+    def noise_scale(self, t: Tensor) -> Tensor:
+        return self.latent.noise_scale(t)
+
+    def solver_time(self, t: Tensor) -> Tensor:
+        return self.latent.solver_time(t)
 
     def z0_hat(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """The net's prediction of the latent code E(x0) (clipped only if clip_denoised)."""
-        return super().x0_hat(out, x_t, t)
+        return self.latent.x0_hat(out, x_t, t)
 
     def x0_hat(self, out: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self.decoder.decode(self.z0_hat(out, x_t, t), generator)
 
-    def training_loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def training_loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None = None, cond=None) -> Tensor:
         if self.stage == "autoencoder":
             return self.decoder.nll(self.encode(x0), x0)
         if self.stage == "frozen" and not self.pretrained:
@@ -141,8 +166,8 @@ class Latent(Gaussian):
         z0 = self.code(x0)
         t = self.sample_t(x0.shape[0], x0.device, generator)
         eps = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-        x_t = Gaussian.forward(self, z0, t, eps)
-        return self.loss(net(x_t, t), x0, x_t, t, eps, z0)
+        x_t = self.latent(z0, t, eps)
+        return self.loss(predict(net, x_t, t, cond), x0, x_t, t, eps, z0)
 
     def code(self, x0: Tensor) -> Tensor:
         """E(x0) for training: with gradients into E only when E trains (stage joint)."""
@@ -152,11 +177,12 @@ class Latent(Gaussian):
     def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor, z0: Tensor | None = None) -> Tensor:
         """latent_weight * |out - target(z0)|^2 + decoder_weight * -log q(x0 | z0_hat); z0 = E(x0) if not given."""
         z0 = self.code(x0) if z0 is None else z0
-        loss = self.latent_weight * F.mse_loss(out, self.target(z0, t, eps))
+        loss = self.latent_weight * F.mse_loss(out, self.latent.target(z0, t, eps))
         if self.decoder_weight:
             loss = loss + self.decoder_weight * self.decoder.nll(self.z0_hat(out, x_t, t), x0)
         return loss
 
     def describe(self) -> str:
-        return (f"Latent(stage={self.stage}, T={self.T}, schedule={self.schedule}, parametrization={self.parametrization}, "
+        g = self.latent
+        return (f"Latent(stage={self.stage}, T={self.T}, schedule={g.schedule}, parametrization={g.parametrization}, "
                 f"encoder={type(self.encoder).__name__}, decoder={type(self.decoder).__name__})")

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from udm.processes.base import ForwardProcess, expand_as
+from udm.processes.base import ForwardProcess, per_sample
+from udm.processes.capabilities import Capabilities
 
 
 def geometric_sigmas(T: int, sigma_min: float, sigma_max: float) -> Tensor:
@@ -26,7 +27,7 @@ def geometric_sigmas(T: int, sigma_min: float, sigma_max: float) -> Tensor:
 
 
 class VarianceExploding(ForwardProcess):
-    noise_is_normal = True
+    capabilities = Capabilities(invertible=True, gaussian_noise=True, variances=("posterior",), score=True, extrapolates_x0=True)
 
     def __init__(self, T: int = 100, sigma_min: float = 0.01, sigma_max: float = 10.0, clip_denoised: bool = False):
         super().__init__()
@@ -38,10 +39,10 @@ class VarianceExploding(ForwardProcess):
         self.register_buffer("sigma", geometric_sigmas(T, sigma_min, sigma_max), persistent=False)
 
     def forward(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        return x0 + expand_as(self.sigma[t], x0) * eps
+        return x0 + per_sample(self.sigma[t], x0) * eps
 
     def inverse(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        return (x_t - x0) / expand_as(self.sigma[t], x_t)
+        return (x_t - x0) / per_sample(self.sigma[t], x_t)
 
     def sample_noise(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -50,12 +51,12 @@ class VarianceExploding(ForwardProcess):
         return self.sigma_max * self.sample_noise(x0, generator)
 
     def x0_hat(self, out: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        x0 = x_t - expand_as(self.sigma[t], x_t) * out
+        x0 = x_t - per_sample(self.sigma[t], x_t) * out
         return x0.clamp(-1, 1) if self.clip_denoised else x0
 
     def score(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """grad log p_t(x_t) = -eps_theta / sigma_t."""
-        return -out / expand_as(self.sigma[t], x_t)
+        return -out / per_sample(self.sigma[t], x_t)
 
     def noise_scale(self, t: Tensor) -> Tensor:
         """The std of the noise in x_t (what Langevin step sizes scale with)."""
@@ -64,10 +65,10 @@ class VarianceExploding(ForwardProcess):
     def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         return F.mse_loss(out, eps)
 
-    def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "ddim") -> tuple[Tensor, Tensor]:
+    def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "posterior") -> tuple[Tensor, Tensor]:
         """r^2 = eta^2 (sigma_t^2 - sigma_s^2) / sigma_t^2: eta = 1 is the posterior (ancestral) step, 0 deterministic."""
-        if variance != "ddim":
-            raise ValueError(f"VarianceExploding supports only variance='ddim', got {variance!r}")
+        if variance not in self.capabilities.variances:
+            raise ValueError(f"VarianceExploding supports only variance='posterior', got {variance!r}")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         s2_t, s2_s = self.sigma[t] ** 2, self.sigma[s] ** 2

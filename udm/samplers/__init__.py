@@ -1,0 +1,20 @@
+"""Samplers as objects: a time grid, a step rule, an optional x0_hat transform and corrector, run by one loop.
+
+Every sampler is called as sampler(process, model, x_T, generator=None, t_start=None, cond=None,
+callback=None, progress=False). A new sampler is one class (a `Sampler` built from its parts, or
+a class with the same call) plus one YAML file in udm/conf/sampler/.
+"""
+
+from udm.samplers.analytic import AnalyticDPM, AnalyticStep
+from udm.samplers.grids import Explicit, SolverTime, Uniform
+from udm.samplers.langevin import AnnealedLangevin, Langevin
+from udm.samplers.loop import Sampler, Step, reverse_loop
+from udm.samplers.named import DDIM, DDPM, DPMSolver, Improved, Naive, PredictorCorrector
+from udm.samplers.solvers import DPMSolver2M, dpm_solver_2m
+from udm.samplers.steps import Baseline, Inverse, Mixed, StepRule
+
+__all__ = [
+    "DDIM", "DDPM", "AnalyticDPM", "AnalyticStep", "AnnealedLangevin", "Baseline", "DPMSolver", "DPMSolver2M",
+    "Explicit", "Improved", "Inverse", "Langevin", "Mixed", "Naive", "PredictorCorrector", "Sampler", "SolverTime",
+    "Step", "StepRule", "Uniform", "dpm_solver_2m", "reverse_loop",
+]

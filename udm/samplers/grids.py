@@ -1,0 +1,80 @@
+"""Time grids: which noisy times t_1 > ... > t_n >= 1 a sampler visits before it ends at t = 0.
+
+A grid is called as grid(process, steps, start) with `steps` the number of network steps
+(None: every integer time from `start` down) and `start` the time x_T really sits at (T for
+generation, lower when restoring a partly degraded input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from udm.errors import UdmError
+
+
+def check_start(T: int, start: int | None) -> int:
+    start = T if start is None else int(start)
+    if not 1 <= start <= T:
+        raise UdmError(f"the starting step must lie in 1..T = 1..{T}, got {start}")
+    return start
+
+
+def check_steps(steps: int | None, start: int, T: int) -> int:
+    steps = start if steps is None else int(steps)
+    if not 1 <= steps <= start:
+        raise UdmError(f"steps must lie in 1..{start} (the starting step; T = {T}), got {steps}")
+    return steps
+
+
+class Uniform:
+    """`steps` times evenly spaced from `start` down ("trailing" spacing): t_i = round(start * i / steps)."""
+
+    def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[int]:
+        start = check_start(process.T, start)
+        steps = check_steps(steps, start, process.T)
+        return [round(start * i / steps) for i in range(steps, 0, -1)]
+
+
+class SolverTime:
+    """`steps` times evenly spaced in the process's solver time lambda(t) (log-SNR for Gaussian processes,
+    as DPM-Solver recommends), rounded to distinct integers; every time when steps is None."""
+
+    def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[int]:
+        start = check_start(process.T, start)
+        if steps is None:
+            return Uniform()(process, None, start)
+        steps = check_steps(steps, start, process.T)
+        lam = process.solver_time(torch.arange(1, start + 1)).double()  # lam[t - 1] = lambda(t), increasing toward t = 1
+        # The grid starts below the steep end of the schedule: where one integer step jumps further in
+        # lambda than the grid's spacing (cosine's clipped last betas), evenly spaced targets would all
+        # round to the top few t. The first step stays at `start`.
+        low = start
+        while low > 1 and float(lam[low - 2] - lam[low - 1]) > float(lam[0] - lam[low - 1]) / max(steps - 1, 1):
+            low -= 1
+        targets = torch.linspace(float(lam[low - 1]), float(lam[0]), steps, dtype=torch.float64)
+        ts = [int((lam - v).abs().argmin()) + 1 for v in targets]  # t_1 ~ low, ..., t_n = 1
+        ts[0] = start
+        for i in range(1, steps):  # distinct and decreasing, leaving room for the steps still to come
+            ts[i] = max(min(ts[i], ts[i - 1] - 1), steps - i)
+        return ts
+
+
+class Explicit:
+    """The times given, e.g. [999, 600, 300, 50]: strictly decreasing, in 1..T."""
+
+    def __init__(self, timesteps: Sequence[int]):
+        self.timesteps = [int(t) for t in timesteps]
+        if not self.timesteps:
+            raise UdmError("timesteps is empty")
+        if any(a <= b for a, b in zip(self.timesteps, self.timesteps[1:])):
+            raise UdmError(f"timesteps must be strictly decreasing, got {self.timesteps}")
+
+    def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[int]:
+        if steps is not None and steps != len(self.timesteps):
+            raise UdmError(f"an explicit grid of {len(self.timesteps)} timesteps fixes the steps; got steps={steps} (leave it unset)")
+        top = check_start(process.T, start)
+        if any(t < 1 or t > top for t in self.timesteps):
+            raise UdmError(f"timesteps must lie in 1..{top} (the starting step; T = {process.T}), got {self.timesteps}")
+        return list(self.timesteps)

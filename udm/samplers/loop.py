@@ -1,0 +1,104 @@
+"""The one reverse loop of the unified model (DESIGN.md section 1) and the sampler that runs it.
+
+For each pair t > s of the time grid (ending at s = 0):
+
+    x0_hat = p(x0 | x_t)              process.x0_hat of the net's output (optionally reshaped by a solver's transform)
+    x_s   ~ p(x_s | x_t, x0_hat)      the step rule (baseline / inverse / mixed, or Analytic-DPM's)
+    x_s   <- corrector(x_s)           optional Langevin steps where the process has a score
+
+DDPM (both variances), DDIM at any eta, step skipping, DPM-Solver++(2M), predictor-corrector,
+Analytic-DPM and the improved cold and token samplers are all this loop with different parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from rich.progress import track
+from torch import Tensor
+
+from udm.errors import UdmError
+from udm.processes.base import predict
+from udm.samplers.grids import Uniform
+from udm.samplers.steps import StepRule
+
+
+class Step(NamedTuple):
+    """What a sampler's callback sees after every step: index, times, the state before and after, and x0_hat."""
+
+    i: int
+    t: int
+    s: int
+    x_t: Any
+    x0_hat: Any
+    x_s: Any
+
+
+@torch.no_grad()
+def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, transform=None, corrector=None,
+                 generator: torch.Generator | None = None, cond=None, callback: Callable[[Step], None] | None = None,
+                 progress: bool = False) -> Tensor:
+    """From x = x_{ts[0]} through ts[1:] to x_0. `model(x_t, t[, cond])` gives the net's raw output;
+    `step` and `transform` are already bound to this run (their `bind(process, ts)`)."""
+    pairs = list(zip(ts, ts[1:] + [0]))
+    idle = process.steps_without_change(ts)  # e.g. [MASK] diffusion with more steps than tokens: no network call
+    for i, (t_int, s_int) in enumerate(track(pairs, description="sampling", disable=not progress, transient=True)):
+        if idle[i]:
+            continue
+        t = torch.full((x.shape[0],), t_int, dtype=torch.long, device=x.device)
+        s = torch.full((x.shape[0],), s_int, dtype=torch.long, device=x.device)
+        x0_hat = process.x0_hat(predict(model, x, t, cond), x, t, generator)
+        if transform is not None:
+            x0_hat = transform(x0_hat, i)
+        x_t, x = x, step(process, x, x0_hat, t, s, generator)
+        if corrector is not None and s_int > 0:
+            x = corrector(process, model, x, s, generator, cond)
+        if callback is not None:
+            callback(Step(i, t_int, s_int, x_t, x0_hat, x))
+    return x
+
+
+class Sampler:
+    """A time grid, a step rule, an optional x0_hat transform and an optional corrector, run by `reverse_loop`.
+
+    Every sampler is called the same way: sampler(process, model, x_T, generator=None, t_start=None,
+    cond=None, callback=None, progress=False), where t_start < T says x_T is really x_{t_start}
+    (restoring a partly degraded input) and callback(Step) watches every step. `steps` is the number
+    of network steps on the grid (None: every time from t_start down).
+    """
+
+    def __init__(self, step: StepRule, steps: int | None = None, grid=None, transform=None, corrector=None):
+        if steps is not None and int(steps) < 1:
+            raise UdmError(f"steps must be a positive number of steps (or null for all), got {steps}")
+        self.step, self.steps = step, None if steps is None else int(steps)
+        self.grid = grid if grid is not None else Uniform()
+        self.transform, self.corrector = transform, corrector
+
+    def check(self, process) -> None:
+        """Refuse, before sampling, a process that one of the parts or knobs does not apply to."""
+        self.step.check(process)
+        if self.transform is not None:
+            self.transform.check(process)
+            if not self.step.uses_inverse:
+                raise UdmError(f"{type(self.transform).__name__} extrapolates x0_hat for the inverse step; "
+                               f"the {type(self.step).__name__} step redraws x_s from fresh noise instead")
+        if self.corrector is not None:
+            self.corrector.check(process)
+
+    def prepare(self, process, model, source=None) -> Sampler:
+        """The sampler ready for this model; a sampler that needs the model's statistics (Analytic-DPM) returns a new one."""
+        self.check(process)
+        return self
+
+    def timesteps(self, process, t_start: int | None = None) -> list[int]:
+        return self.grid(process, self.steps, t_start)
+
+    def __call__(self, process, model, x_T: Tensor, generator: torch.Generator | None = None, t_start: int | None = None,
+                 cond=None, callback: Callable[[Step], None] | None = None, progress: bool = False) -> Tensor:
+        self.check(process)
+        ts = self.timesteps(process, t_start)
+        transform = self.transform.bind(process, ts) if self.transform is not None else None
+        return reverse_loop(process, model, x_T, ts, self.step.bind(process, ts), transform, self.corrector,
+                            generator, cond, callback, progress)

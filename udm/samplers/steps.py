@@ -1,0 +1,86 @@
+"""Step rules: x_s ~ p(x_s | x_t, x0 = x0_hat) for s < t, the three generic choices of DESIGN.md section 1.
+
+    Baseline  x_s = F_s(x0_hat, z),                              z ~ q fresh
+    Inverse   x_s = F_s(x0_hat, eps_hat),                        eps_hat = F_t^{-1}(x0_hat, x_t)
+    Mixed     x_s = F_s(x0_hat, sqrt(1 - r^2) eps_hat + r z),    q = N(0, I), r = r(t, s, eta) from the process
+
+A rule is called as rule(process, x_t, x0_hat, t, s, generator) with t, s LongTensors [B];
+`check(process)` refuses, before any sampling, a process the rule (or one of its knobs) does not apply to;
+`bind(process, ts)` returns the rule for one run over the times ts (rules that need no per-run state return themselves).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from udm.errors import UdmError
+from udm.processes.base import per_sample
+from udm.processes.capabilities import require
+
+
+class StepRule:
+    uses_inverse = False  # whether x_s is built from eps_hat = F_t^{-1}(x0_hat, x_t) (what x0 extrapolation relies on)
+
+    def check(self, process) -> None:
+        pass
+
+    def bind(self, process, ts: list[int]) -> StepRule:
+        return self
+
+    def __call__(self, process, x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+class Baseline(StepRule):
+    """x_s = F_s(x0_hat, fresh eps): works for every process (cold diffusion's naive sampler)."""
+
+    def __call__(self, process, x_t, x0_hat, t, s, generator=None):
+        return process(x0_hat, s, process.sample_noise(x0_hat, generator))
+
+
+class Inverse(StepRule):
+    """x_s = F_s(x0_hat, F_t^{-1}(x0_hat, x_t)): deterministic (DDIM, cold diffusion's improved sampler, Gibbs-like unmasking)."""
+
+    uses_inverse = True
+
+    def check(self, process) -> None:
+        require(process, "invertible", "the inverse step", "use the baseline step (sampler=naive)")
+
+    def __call__(self, process, x_t, x0_hat, t, s, generator=None):
+        return process(x0_hat, s, process.inverse(x0_hat, x_t, t))
+
+
+class Mixed(StepRule):
+    """x_s = F_s(x0_hat, r_eps eps_hat + r_z z) with (r_eps, r_z) = process.noise_ratio(t, s, eta, variance).
+
+    eta = 0 is the inverse step (no noise is drawn); eta = 1 with variance 'posterior' is DDPM's ancestral
+    step on a Gaussian process. `variance` names sigma_t among the process's (capabilities.variances);
+    None takes its first.
+    """
+
+    uses_inverse = True
+
+    def __init__(self, eta: float = 0.0, variance: str | None = None):
+        if not 0.0 <= float(eta) <= 1.0:
+            raise UdmError(f"eta must lie in [0, 1] (0: deterministic, 1: the full posterior noise), got {eta}")
+        self.eta, self.variance = float(eta), variance
+
+    def check(self, process) -> None:
+        require(process, "invertible", "the mixed step", "use the baseline step (sampler=naive)")
+        if self.eta > 0:
+            require(process, "gaussian_noise", f"eta={self.eta} (fresh noise in the mixed step, e.g. sampler=ddpm or pc)",
+                    "use eta=0 (sampler=ddim or improved) or the baseline step (sampler=naive)")
+        variances = process.capabilities.variances
+        if self.variance is not None and self.variance not in variances:
+            known = f"knows only {list(variances)}" if variances else "draws no fresh noise"
+            raise UdmError(f"variance={self.variance!r} does not apply to {process.describe()}, which {known}")
+
+    def __call__(self, process, x_t, x0_hat, t, s, generator=None):
+        eps_hat = process.inverse(x0_hat, x_t, t)
+        if self.eta == 0:
+            return process(x0_hat, s, eps_hat)
+        variance = self.variance or process.capabilities.variances[0]
+        r_eps, r_z = process.noise_ratio(t, s, self.eta, variance)
+        z = process.sample_noise(x0_hat, generator)
+        return process(x0_hat, s, per_sample(r_eps, eps_hat) * eps_hat + per_sample(r_z, z) * z)
