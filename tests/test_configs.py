@@ -1,5 +1,6 @@
 """Every config composes and every group option instantiates (template's test_configs)."""
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def test_every_experiment_composes_and_builds(experiment):
     else:  # tokens: logits over the tokenizer's vocabulary
         assert out.shape == (*x0.shape, len(data.tokenizer))
     instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    assert callable(instantiate(cfg.sampler))
+    instantiate(cfg.sampler).check(process)  # the experiment's sampler fits its process (or says why not)
 
 
 @pytest.mark.parametrize("group", ["process", "net", "sampler", "trainer"])
@@ -64,7 +65,30 @@ def test_every_group_option_instantiates(group):
                 instantiate(cfg[group], logger=False)
             continue
         obj = instantiate(cfg[group], logger=False) if group == "trainer" else instantiate(cfg[group])
-        assert obj is not None, option
+        check_built(group, option, obj, cfg)
+
+
+def check_built(group, option, obj, cfg):
+    """What each group's objects must do once built (not merely exist)."""
+    import lightning as L
+
+    from udm.errors import UdmError
+    from udm.processes import ForwardProcess, Gaussian
+
+    if group == "process":
+        assert isinstance(obj, ForwardProcess) and obj.T >= 1 and obj.describe().startswith(type(obj).__name__), option
+    elif group == "net":  # the model call takes a condition; an unconditional net refuses one instead of ignoring it
+        params = inspect.signature(obj.forward).parameters
+        assert list(params)[-1] == "cond" and params["cond"].default is None, option
+        with pytest.raises(UdmError, match="unconditional net"):
+            obj.forward(None, None, cond=torch.zeros(1))
+    elif group == "sampler":  # every sampler grids the times it visits the same way: decreasing, inside 1..T
+        ts = obj.timesteps(Gaussian(T=100), None)
+        steps = cfg.sampler.get("steps")
+        assert ts[0] == 100 and ts == sorted(set(ts), reverse=True) and ts[-1] >= 1, option
+        assert len(ts) == (min(steps, 100) if steps else 100), option
+    else:
+        assert isinstance(obj, L.Trainer) and obj.max_steps == cfg.trainer.max_steps, option
 
 
 def test_data_options_compose():
@@ -80,4 +104,4 @@ def test_readme_names_exist():
     cfg = compose_train("process=gaussian", "net=unet", "data=mnist", "sampler=ddim", "sampler.steps=50", "sampler.eta=0")
     assert cfg.sampler.steps == 50 and cfg.trainer.max_steps > 0
     cfg = compose_train("sampler=ddpm", "trainer.max_steps=20", "data=digits")
-    assert cfg.trainer.max_steps == 20 and cfg.sampler.steps is None and cfg.sampler.eta == 1.0
+    assert cfg.trainer.max_steps == 20 and cfg.sampler.steps is None and instantiate(cfg.sampler).step.eta == 1.0
