@@ -152,3 +152,24 @@ def test_out_of_range_settings_are_refused_when_built():
         Sampler(Mixed(eta=1.0, variance="beta")).check(build_process("ve"))
     with pytest.raises(UdmError, match="steps must lie in 1..40"):
         DDIM(steps=41).timesteps(build_process("gaussian"))
+
+
+class Heun(Sampler):
+    """A user's sampler in one class: the inverse step at the times of a Karras-like rho grid (for the test)."""
+
+    def __init__(self, steps: int = 4, rho: float = 7.0):
+        from udm.samplers import Explicit, Inverse
+
+        super().__init__(Inverse(), grid=Explicit(sorted({max(1, round(40 * (i / steps) ** rho)) for i in range(1, steps + 1)}, reverse=True)))
+
+
+def test_a_new_sampler_is_one_class_and_one_yaml(tmp_path):
+    (tmp_path / "sampler").mkdir()
+    (tmp_path / "sampler" / "heun.yaml").write_text("_target_: tests.test_contract.Heun\nsteps: 5\nrho: 3.0\n")
+    cfg = compose_train(f"hydra.searchpath=[file://{tmp_path}]", "sampler=heun", "process=gaussian", "process.T=40")
+    process, sampler = instantiate(cfg.process).double(), instantiate(cfg.sampler)
+    assert sampler.timesteps(process) == [40, 20, 9, 3, 1]
+    g = torch.Generator().manual_seed(0)
+    x0 = data_for(process, g)
+    x_T = process(x0, torch.full((3,), 40), process.sample_noise(x0, g))
+    torch.testing.assert_close(sampler(process, oracle(process, x0), x_T), x0, rtol=0, atol=1e-9)

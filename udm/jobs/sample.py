@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.models import open_model
+from udm.processes import Cold
 
 
 def fresh_path(folder: Path, stem: str, suffix: str) -> Path:
@@ -46,7 +47,7 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
     model = open_model(cfg.ckpt, cfg.device, expect=("image", "points"), check=asked, progress=cfg.progress)
     process, device = model.process, model.device
     if cfg.get("prior_noise") is not None:
-        if not process.capabilities.prior_needs_data or not hasattr(process, "prior_noise"):
+        if not isinstance(process, Cold):  # x_T = D_T(x0) + prior_noise z is cold diffusion's prior
             raise UdmError(f"prior_noise applies to cold processes; this checkpoint's is {process.describe()}")
         process.prior_noise = float(cfg.prior_noise)
     sampler = model.sampler(cfg.sampler)  # float32 net: Analytic-DPM's moments are exact
