@@ -34,7 +34,7 @@ from rich.progress import Progress
 from torch import Tensor
 
 from udm.errors import UdmError
-from udm.jobs.sample import pick_device
+from udm.models import pick_device
 from udm.nets.classifier import Classifier
 
 FORMAT = "udm-fid-extractor/1"

@@ -4,7 +4,7 @@
 
 A process supplies F_t, its inverse in eps where one exists, q(eps), the prior
 x_T, how the network's raw output becomes x0_hat, and the training loss. The
-one reverse loop in `udm.sampling` needs nothing else.
+one reverse loop in `udm.samplers` needs nothing else.
 """
 
 from __future__ import annotations

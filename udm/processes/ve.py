@@ -5,7 +5,7 @@
 The net predicts eps (denoising score matching: score(x_t) = -eps / sigma_t), the prior is
 N(0, sigma_max^2), and the mixed step with eta = 1 is the ancestral step of the VE posterior
 q(x_s | x_t, x0) = N(x0 + sigma_s^2/sigma_t^2 (x_t - x0), sigma_s^2 (sigma_t^2 - sigma_s^2) / sigma_t^2).
-Annealed Langevin dynamics and predictor-corrector sampling (udm.sampling) use `score`.
+Annealed Langevin dynamics and predictor-corrector sampling (udm.samplers) use `score`.
 """
 
 from __future__ import annotations
