@@ -38,7 +38,8 @@ def fake_eval(folder: Path, sampler: str, steps: int, fid: float, **extra) -> Pa
     return stem.with_suffix(".json")
 
 
-def fake_run(sweep: Path, num: int, settings: dict, evals=(), checkpoint=True, hydra=True) -> Path:
+def fake_run(sweep: Path, num: int, settings: dict, evals=(), checkpoint=True, hydra=True, record=False) -> Path:
+    """A run folder; record: its evals hold the run's overrides as udm-eval now records them (run_overrides)."""
     overrides = [f"{k}={v}" for k, v in {**COMMON, **settings}.items()]
     run = sweep / f"{num}_{','.join(overrides)}"
     run.mkdir(parents=True)
@@ -49,7 +50,7 @@ def fake_run(sweep: Path, num: int, settings: dict, evals=(), checkpoint=True, h
         (run / "checkpoints").mkdir()
         (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     for sampler, steps, fid in evals:
-        fake_eval(run / "eval", sampler, steps, fid)
+        fake_eval(run / "eval", sampler, steps, fid, **({"run_overrides": overrides} if record else {}))
     return run
 
 
@@ -161,6 +162,31 @@ def test_a_plain_folder_of_eval_jsons_is_grouped_by_run(tmp_path):
     assert [row[:3] for row in out["rows"]] == [["a", "ddim", "10"], ["a", "ddim", "20"]]
     assert out["problems"] == ["loose: notes.json is not a udm-eval result (no udm-eval schema key)"]
     assert out["markdown"] == tmp_path / "report" / "compare.md"
+
+
+def test_settings_come_from_what_each_eval_recorded(tmp_path, capsys):
+    """udm-eval records the run's overrides (run_overrides): a run that lost its .hydra folder, or eval JSONs
+    copied out of their runs, keep their settings; older JSONs fall back to .hydra/overrides.yaml, then to '?'."""
+    sweep = tmp_path / "sweep"
+    fake_run(sweep, 0, {"process": "gaussian"}, [("ddim", 10, 31.5)], record=True)
+    fake_run(sweep, 1, {"process": "blur"}, [("improved", 50, 55.0)], hydra=False, record=True)  # no multirun.yaml either
+    fake_run(sweep, 2, {"process": "inpaint"}, [("improved", 50, 60.0)])                          # an older eval JSON
+    fake_run(sweep, 3, {"process": "fade"}, [("improved", 50, 65.0)], hydra=False)                # older, no .hydra
+    recorded = fake_run(sweep, 4, {"process": "pixelate"}, [("improved", 50, 70.0)], record=True)
+    (recorded / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["process=changed_since"]))  # the record wins
+    out = compare(compare_cfg(sweep))
+    assert out["swept"] == ["process"]
+    assert [row[1] for row in out["rows"]] == ["gaussian", "blur", "inpaint", "?", "pixelate"]  # no multirun.yaml
+    assert len(out["problems"]) == 1 and "3_experiment" in out["problems"][0] and "its settings are unknown" in out["problems"][0]
+    loose = tmp_path / "loose"
+    for i, json_file in enumerate(sorted(sweep.glob("[01]_*/eval/*.json"))):
+        (loose / f"{i}.json").parent.mkdir(exist_ok=True)
+        (loose / f"{i}.json").write_text(json_file.read_text())
+    out = compare(compare_cfg(loose))
+    assert out["header"][:2] == ["run", "process"] and [row[1] for row in out["rows"]] == ["gaussian", "blur"]
+    import udm.jobs.compare
+
+    assert "hydra._internal" not in Path(udm.jobs.compare.__file__).read_text()  # what it reads is recorded, not rebuilt
 
 
 def test_nothing_to_compare_is_one_clear_error(tmp_path, monkeypatch, capsys):

@@ -7,13 +7,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from udm.cli import CONF_DIR
 from udm.data import Digits
+from udm.data.text import PUNCTUATION
 from udm.errors import UdmError
 from udm.jobs.features import cache_path, default_cache_dir, load_extractor
 from udm.jobs.train import build_recipe, fill_from_data
 from udm.metrics.fid import frechet_distance, kernel_distance
+from udm.metrics.text import text_metrics
 
 from .conftest import compose_train, run_cli
 from .test_cli import SMOKE
@@ -122,6 +125,9 @@ def test_eval_writes_json_with_metrics_cost_and_grid(trained, extractor):
     assert report["sampler"] == "ddim" and report["sampler_eta"] == 0.0 and report["n"] == 16
     assert Path(report["samples_file"]).is_file() and report["samples_file"].endswith(".png")
     assert "FID" in proc.stdout and "NFE/sample" in proc.stdout
+    # what udm-compare reads: the run's overrides as Hydra recorded them, and this evaluation's own
+    assert report["run_overrides"] == OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
+    assert "experiment=digits_smoke" in report["run_overrides"] and "n=16" in report["eval_overrides"]
 
 
 def fake_checkpoint(path: Path, *overrides: str, experiment: str = "digits_smoke") -> Path:
@@ -168,9 +174,18 @@ def test_a_text_checkpoint_gets_text_measures_and_the_token_nelbo(tmp_path):
     cfg = compose_config("eval", f"ckpt={ckpt}", "n=4", "sampler=improved", "nelbo_samples=8", f"out_dir={tmp_path}", "progress=false")
     report = evaluate(cfg)
     assert report["modality"] == "text" and report["steps"] == 32 and report["nfe_per_sample"] == 32
-    assert 0 <= report["form_accuracy"] <= 1 and report["nelbo_per_token"] > 0
+    assert report["nelbo_per_token"] > 0
     assert report["nelbo_texts"] + report["nelbo_skipped"] == 8 and "fid" not in report and "bpd" not in report
-    assert len(Path(report["samples_file"]).read_text(encoding="utf-8").splitlines()) == 4
+    texts = Path(report["samples_file"]).read_text(encoding="utf-8").splitlines()
+    assert len(texts) == 4
+    # the text measures are those of the texts written, against the checkpoint's training texts
+    data = instantiate(torch.load(ckpt, weights_only=True)["udm"]["data"])
+    data.setup("fit")
+    measured, keys = text_metrics(texts, data.train_texts), ("form_accuracy", "copy_rate", "distinct_chars")
+    assert {k: report[k] for k in keys} == {k: measured[k] for k in keys}
+    # form, written out for seven-character quatrains: punctuation after every 7 characters and nowhere else
+    form = [len(t) == 32 and [i for i, c in enumerate(t) if c in PUNCTUATION] == [7, 15, 23, 31] for t in texts]
+    assert report["form_accuracy"] == sum(form) / 4
     with pytest.raises(UdmError, match="metrics asks for fid, but fid applies to image checkpoints"):
         evaluate(compose_config("eval", f"ckpt={ckpt}", "n=4", "metrics=[fid]", f"out_dir={tmp_path}"))
 
@@ -193,3 +208,49 @@ def test_sampling_shared_by_two_processes_gives_the_single_process_scores(traine
     assert two["fid"] == pytest.approx(one["fid"], rel=1e-9) and two["kid_mean"] == pytest.approx(one["kid_mean"], rel=1e-9)
     assert two["nfe_per_sample"] == one["nfe_per_sample"] == 5
     assert Path(one["samples_file"]).read_bytes() == Path(two["samples_file"]).read_bytes()
+
+
+from udm.metrics import Metric, Row  # noqa: E402  (beside the one metric class this test module defines)
+
+
+class MeanPixel(Metric):
+    """A metric written the way a newcomer would: this class and one YAML file, nothing else."""
+
+    columns = ("mean_pixel", "mean_pixel_scale")
+    table = (Row("mean_pixel", "mean pixel", "{:.4f}", note="x {mean_pixel_scale}", compare_label="mean px"),)
+
+    def __init__(self, scale: float = 1.0, needs: str = "image"):
+        self.scale, self.needs = scale, needs
+
+    def why_not(self, model, context):
+        return None if model.modality == self.needs else f"mean pixel applies to {self.needs} checkpoints"
+
+    def compute(self, model, samples, context):
+        return {"mean_pixel": self.scale * float(samples.float().mean()), "mean_pixel_scale": self.scale}
+
+
+def test_a_new_metric_is_one_class_and_one_yaml_file(tmp_path, capsys):
+    """The class above and metric/mean_pixel.yaml in a config folder on Hydra's search path: udm-eval scores it
+    (its settings overridable), lists it among the known metrics, writes its column and its table row, and
+    udm-compare gives it a column."""
+    from udm.jobs.compare import compare
+    from udm.jobs.evaluate import evaluate
+
+    conf = tmp_path / "conf"
+    (conf / "metric").mkdir(parents=True)
+    (conf / "metric" / "mean_pixel.yaml").write_text(f"_target_: {__name__}.MeanPixel\nscale: 1.0\nneeds: image\n")
+    ckpt = fake_checkpoint(tmp_path / "gauss.ckpt")
+    search = f"hydra.searchpath=[file://{conf}]"
+    base = [f"ckpt={ckpt}", "n=4", "sampler.steps=2", f"out_dir={tmp_path / 'out'}", "progress=false", search]
+    report = evaluate(compose_config("eval", *base, "metrics=[mean_pixel]", "+metric.mean_pixel.scale=2.5"))
+    assert report["mean_pixel_scale"] == 2.5 and -2.5 <= report["mean_pixel"] <= 2.5
+    written = json.loads(Path(report["json"]).read_text())
+    assert written["mean_pixel"] == report["mean_pixel"] and "fid" not in written and "nfe_per_sample" in written
+    table = capsys.readouterr().out
+    assert "mean pixel" in table and f"{report['mean_pixel']:.4f}" in table and "x 2.5" in table
+    with pytest.raises(UdmError, match=r"unknown metric\(s\) nope; choose from fid, kid, bpd, text, nelbo, mean_pixel"):
+        evaluate(compose_config("eval", *base, "metrics=[nope]"))
+    with pytest.raises(UdmError, match="metrics asks for mean_pixel, but mean pixel applies to text checkpoints"):
+        evaluate(compose_config("eval", *base, "metrics=[mean_pixel]", "+metric.mean_pixel.needs=text"))
+    out = compare(compose_config("compare", f"dir='{tmp_path / 'out'}'", search))
+    assert "mean px" in out["header"] and out["rows"][0][out["header"].index("mean px")] == f"{report['mean_pixel']:.4f}"

@@ -6,23 +6,28 @@
 
 writes into the folder (or out_dir), never over an existing file (<name>-1, <name>-2, ...):
 
-    <name>.md              one row per (run, eval): the run's swept settings (the keys of its
-                           .hydra/overrides.yaml whose values differ between runs), the eval's
-                           sampler and steps (and its other settings where they differ between
-                           evals of one sampler), and the metrics udm-eval computed
+    <name>.md              one row per (run, eval): the run's swept settings (the keys of the
+                           overrides it was trained with whose values differ between runs), the
+                           eval's sampler and steps (and its other settings where they differ
+                           between evals of one sampler), and the metrics udm-eval computed (a
+                           column for each row of each metric's `table`, udm.metrics)
     <name>-samples.png     the scored sample grid of each run side by side (its best-FID eval)
     <name>-fid-steps.png   FID against sampling steps and against seconds per sample, one line
                            per run and sampler (only when the steps vary)
 
 The folder may be a Hydra multirun (multirun.yaml beside numbered run folders), any folder of
-run folders, one run folder, or a folder of loose eval JSON files. Runs that failed (no
-checkpoint), were never evaluated, hold an unreadable JSON or lost their .hydra folder, and
-sweep jobs that never started, each get one line on stderr and under "Missing"; the report
-covers everything else. Only a folder with nothing at all to report is an error.
+run folders, one run folder, or a folder of loose eval JSON files. A run's overrides are those
+its eval JSONs recorded (run_overrides, which udm-eval reads from the run's .hydra/overrides.yaml);
+for older JSONs, the run's .hydra/overrides.yaml itself; failing that, its job's in the sweep's
+multirun.yaml. Runs that failed (no checkpoint), were never evaluated, hold an unreadable JSON or
+whose overrides are unknown, and sweep jobs that never started, each get one line on stderr and
+under "Missing"; the report covers everything else. Only a folder with nothing at all to report
+is an error.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -36,17 +41,11 @@ import yaml
 from omegaconf import DictConfig
 
 from udm.errors import UdmError
+from udm.metrics.base import fmt, metric_classes
 
 SCHEMA_PREFIX = "udm-eval/"
-# (JSON key, column header, format) in table order; a column appears when any eval has the key
-METRICS = (
-    ("fid", "FID", "{:.2f}"),
-    ("kid_mean", "KID", "{:.4f}"),
-    ("bpd", "bits/dim", "{:.3f}"),
-    ("form_accuracy", "form acc.", "{:.1%}"),
-    ("copy_rate", "copied lines", "{:.1%}"),
-    ("distinct_chars", "distinct chars", "{:.1f}"),
-    ("nelbo_per_token", "NELBO/token", "{:.3f}"),
+# (JSON key, column header, format) of the costs, after the metrics' columns (udm.metrics: each metric's `table`)
+COST = (
     ("seconds_per_sample", "s/sample", "{:.3g}"),
     ("nfe_per_sample", "NFE/sample", "{:.4g}"),
 )
@@ -75,12 +74,12 @@ def parse_overrides(lines: list[str]) -> dict[str, str]:
 
 
 def sweep_jobs(root: Path) -> list[list[str]] | None:
-    """The override list of every job a multirun folder's multirun.yaml asked for, in job-number order
-    (as Hydra's basic sweeper expands them); None when the folder is not a basic-sweeper multirun."""
+    """The override list of every job a multirun folder's multirun.yaml asked for, in job-number order (the
+    product of its sweeps, in the order Hydra's basic sweeper runs them); None when the folder is not a
+    basic-sweeper multirun."""
     path = root / "multirun.yaml"
     if not path.is_file():
         return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -88,8 +87,16 @@ def sweep_jobs(root: Path) -> list[list[str]] | None:
         hydra_cfg = yaml.safe_load(path.read_text())["hydra"]
         if "BasicSweeper" not in str(hydra_cfg["sweeper"]["_target_"]) or hydra_cfg["sweeper"].get("params"):
             return None
-        overrides = OverridesParser.create().parse_overrides(hydra_cfg["overrides"]["task"])
-        return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+        choices: dict[str, list[str]] = {}  # a key given twice keeps its first place and its last values
+        for o in OverridesParser.create().parse_overrides(hydra_cfg["overrides"]["task"]):
+            key = o.get_key_element()
+            if not o.is_sweep_override():
+                choices[key] = [f"{key}={o.get_value_element_as_str()}"]
+            elif o.is_discrete_sweep():
+                choices[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            else:  # interval sweeps: not the basic sweeper's
+                return None
+        return [list(job) for job in itertools.product(*choices.values())]
     except (OSError, yaml.YAMLError, KeyError, TypeError, HydraException):  # costs only the jobs never started
         return None
 
@@ -136,13 +143,23 @@ def read_evals(files: list[Path], root: Path, problems: list[str], owner: str) -
     return results
 
 
+def recorded_overrides(evals: list[dict[str, Any]]) -> list[str] | None:
+    """The run's overrides as its (first recording) eval JSON recorded them; None when none did (older udm-eval)."""
+    return next((r["run_overrides"] for r in evals if isinstance(r.get("run_overrides"), list)), None)
+
+
 def read_run(folder: Path, root: Path, jobs: list[list[str]] | None, problems: list[str]) -> Run:
     """A run folder's settings and evals; what is wrong with it goes to `problems`, one line each."""
     name = rel(folder, root)
     match = re.match(r"(\d+)(_|$)", folder.name) if jobs is not None else None
     run = Run(label=f"#{match.group(1)}" if match else name, folder=folder, num=int(match.group(1)) if match else None)
+    files, unreadable = sorted((folder / "eval").glob("*.json")), []
+    run.evals = read_evals(files, root, unreadable, name)
     overrides = folder / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
+    recorded = recorded_overrides(run.evals)
+    if recorded is not None:
+        run.settings = parse_overrides(recorded)
+    elif overrides.is_file():
         try:
             run.settings = parse_overrides(yaml.safe_load(overrides.read_text()) or [])
         except (yaml.YAMLError, TypeError, AttributeError) as e:
@@ -152,8 +169,7 @@ def read_run(folder: Path, root: Path, jobs: list[list[str]] | None, problems: l
         problems.append(f"{name}: no .hydra folder; settings taken from the sweep's multirun.yaml (job {run.num})")
     else:
         problems.append(f"{name}: no .hydra folder; its settings are unknown")
-    files = sorted((folder / "eval").glob("*.json"))
-    run.evals = read_evals(files, root, problems, name)
+    problems += unreadable
     if not files:
         if (folder / "checkpoints" / "last.ckpt").is_file():
             problems.append(f"{name}: no eval JSON in eval/; evaluate it with udm-eval ckpt={folder}")
@@ -169,8 +185,11 @@ def loose_runs(files: list[Path], root: Path, problems: list[str]) -> list[Run]:
     runs: dict[str, Run] = {}
     for result in read_evals(files, root, problems, rel(root, root.parent)):
         name = Path(str(result.get("run") or result["json"])).name
-        run = runs.setdefault(name, Run(label=name, settings={"process": str(result.get("process", UNKNOWN))}))
+        run = runs.setdefault(name, Run(label=name))
         run.evals.append(result)
+    for run in runs.values():  # the overrides its evals recorded, else its process
+        recorded = recorded_overrides(run.evals)
+        run.settings = parse_overrides(recorded) if recorded is not None else {"process": str(run.evals[0].get("process", UNKNOWN))}
     return list(runs.values())
 
 
@@ -209,17 +228,6 @@ def eval_settings(results: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if k in varying]
 
 
-def fmt(value: Any, spec: str = "{}") -> str:
-    if value is None:
-        return UNSET
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    try:
-        return spec.format(value)
-    except (ValueError, TypeError):
-        return str(value)
-
-
 def cell(text: str) -> str:
     return str(text).replace("|", r"\|").replace("\n", " ")
 
@@ -247,10 +255,17 @@ def describe(run: Run, swept: list[str]) -> str:
     return ", ".join(f"{k}={setting(run, k)}" for k in swept)
 
 
-def build_table(runs: list[Run], swept: list[str]) -> Table:
+def metric_columns(classes) -> list[tuple[str, str, str]]:
+    """(JSON key, header, format) of every row of every metric's table, in metric order, then the costs."""
+    columns = {row.key: (row.key, row.compare_label or row.label, row.compare_fmt or row.fmt)
+               for cls in classes for row in cls.table}
+    return [*columns.values(), *(c for c in COST if c[0] not in columns)]
+
+
+def build_table(runs: list[Run], swept: list[str], classes) -> Table:
     results = [r for run in runs for r in run.evals]
     extra = eval_settings(results)
-    metrics = [(k, h, f) for k, h, f in METRICS if any(k in r for r in results)]
+    metrics = [(k, h, f) for k, h, f in metric_columns(classes) if any(k in r for r in results)]
     header = ["run", *swept, "sampler", "steps", *(k.removeprefix("sampler_") for k in extra), *(h for _, h, _ in metrics)]
     align = ["l"] * (1 + len(swept) + 1) + ["r"] * (1 + len(extra) + len(metrics))
     rows = []
@@ -259,22 +274,6 @@ def build_table(runs: list[Run], swept: list[str]) -> Table:
             rows.append([run.label, *(setting(run, k) for k in swept), str(r["sampler"]), fmt(r["steps"]),
                          *(fmt(r.get(k)) for k in extra), *(fmt(r.get(k), f) for k, _, f in metrics)])
     return Table(header, align, rows)
-
-
-def extractor_note(results: list[dict[str, Any]]) -> str | None:
-    """The FID feature extractor, once: FIDs compare only under one extractor id."""
-    seen = {}
-    for r in results:
-        if "fid_extractor" in r:
-            seen.setdefault(r["fid_extractor"], r)
-    if not seen:
-        return None
-    parts = [f"`{id_}` (held-out accuracy {fmt(r.get('fid_extractor_accuracy'), '{:.1%}')}, "
-             f"{fmt(r.get('fid_real_images'))} real images)" for id_, r in seen.items()]
-    note = "FID and KID are computed on the features of udm's classifier " + "; ".join(parts) + "."
-    if len(seen) > 1:
-        note += " **These are different extractors: FIDs compare only between rows of the same one.**"
-    return note
 
 
 def best_eval(run: Run) -> dict[str, Any]:
@@ -400,7 +399,7 @@ def fresh_stem(folder: Path, stem: str, suffixes: tuple[str, ...]) -> str:
 
 
 def report(root: Path, runs: list[Run], problems: list[str], swept: list[str], table: Table,
-           figures: list[tuple[str, Path]], out_dir: Path, title: str) -> str:
+           figures: list[tuple[str, Path]], out_dir: Path, title: str, classes=()) -> str:
     results = [r for run in runs for r in run.evals]
     shared = {}
     known = [run.settings for run in runs if run.settings is not None]
@@ -412,9 +411,9 @@ def report(root: Path, runs: list[Run], problems: list[str], swept: list[str], t
     if shared:
         lines.append("Same in every run: " + ", ".join(f"`{k}={v}`" for k, v in shared.items()) + ".")
     lines += ["", table.markdown(), ""]
-    note = extractor_note(results)
-    if note:
-        lines += [note, ""]
+    for note in dict.fromkeys(cls.compare_note(results) for cls in classes):  # e.g. fid's and kid's extractor, once
+        if note:
+            lines += [note, ""]
     lines += [("s/sample: wall seconds of the sampling loop per sample (on the device each eval names); "
                "NFE/sample: network evaluations per sample."), ""]
     for caption, path in figures:
@@ -442,7 +441,8 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
         raise UdmError(f"nothing to compare in {root}: {found}; run udm-eval ckpt=<run> on the sweep's runs first")
 
     swept = differing([run.settings for run in runs if run.settings is not None])
-    table = build_table(runs, swept)
+    classes = list(metric_classes(cfg, strict=False).values())  # a metric whose class is not importable here: no column
+    table = build_table(runs, swept, classes)
     out_dir = Path(str(cfg.out_dir)).expanduser() if cfg.get("out_dir") else root
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = fresh_stem(out_dir, cfg.name, (".md", "-samples.png", "-fid-steps.png"))
@@ -454,7 +454,8 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     if steps:
         figures.append(("FID against sampling steps and sampling cost", steps))
     markdown = out_dir / f"{stem}.md"
-    markdown.write_text(report(root, runs, problems, swept, table, figures, out_dir, cfg.title or f"udm-compare: {root.name}"))
+    markdown.write_text(report(root, runs, problems, swept, table, figures, out_dir, cfg.title or f"udm-compare: {root.name}",
+                                classes))
 
     warn(problems)
     print(table.markdown())

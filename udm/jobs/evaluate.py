@@ -2,13 +2,15 @@
 
     udm-eval ckpt=RUN n=500 sampler=ddim sampler.steps=50 [metrics=[fid,kid,bpd]] [seed=0]
 
-draws n samples with the sampler, scores them, and writes (never over an existing file)
+opens the checkpoint, chooses the metrics, draws n samples with the sampler, scores them with each metric
+and writes (never over an existing file)
 
     <run>/eval/<sampler>-<steps>steps-n<n>-seed<seed>.json   (or out_dir=...)
     <run>/eval/<same stem>.png                               the scored samples (texts: .txt)
 
-Metrics (`metrics=null` computes every one that applies and skips the rest silently;
-naming one that does not apply is an error):
+Metrics are udm.metrics.Metric objects, one YAML file each in the config group `metric` (udm/conf/metric/,
+and metric/ in any folder added with hydra.searchpath=[file://...]); `metrics=null` computes every one that
+applies and skips the rest silently; naming one that does not apply is an error. udm's own:
     fid, kid  image checkpoints: FID and KID of the samples against every held-out image of
               the checkpoint's data (n may not exceed their number), in the feature space of
               udm's own classifier (udm-features; trained on the fly when not cached)
@@ -18,7 +20,9 @@ naming one that does not apply is an error):
               50-step DDIM
     text      text checkpoints: form accuracy, copied lines, distinct characters (udm.metrics.text)
     nelbo     token processes: negative ELBO per token on the first nelbo_samples held-out texts
-The sampling cost (seconds and network evaluations per sample) is always measured.
+Their settings are eval.yaml's bpd_*, kid_* and nelbo_samples keys (interpolated into their YAML files);
+`+metric.<name>.<key>=value` sets any metric's setting by its own name. The sampling cost (seconds and
+network evaluations per sample) is always measured.
 
 The JSON is one flat object (udm-compare reads it from multirun folders); keys whose
 metric was not computed are absent:
@@ -39,6 +43,9 @@ metric was not computed are absent:
     nfe_per_sample         network evaluations per sample: rows fed through the net / n
     sampling_seconds       wall seconds of the sampling loop
     sampler_prepare_seconds  one-off preparation before sampling (Analytic-DPM's moments; ~0 otherwise)
+    run_overrides          the overrides the run was trained with (its .hydra/overrides.yaml; absent without one)
+    eval_overrides         this evaluation's own command-line overrides (absent when not run through Hydra)
+  then the `columns` of each metric computed (documented in its class):
     fid                    FID on the extractor's features
     kid_mean, kid_std      KID over kid_subsets subsets of kid_subset_size images
     kid_subsets, kid_subset_size
@@ -51,6 +58,7 @@ metric was not computed are absent:
     form_accuracy, copy_rate, distinct_chars   text measures of the generated texts
     nelbo_per_token, nelbo_texts               negative ELBO per token (nats) and the held-out texts it averages over
     nelbo_skipped          held-out texts left out for holding characters unseen in training ([UNK])
+  and last:
     samples_file, json     the PNG grid (or .txt of texts) and this file
     eval_seconds           wall seconds of the whole evaluation
 """
@@ -63,19 +71,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
-from udm.checkpoint import recipe_modality
 from udm.errors import UdmError
 from udm.fast import describe_net
-from udm.grid import save_grid
 from udm.jobs.sample import fresh_path
-from udm.models import open_model
+from udm.metrics.base import Context, Metric, Row, load_metrics
+from udm.models import TrainedModel, open_model
 
 SCHEMA = "udm-eval/1"
-METRICS = ("fid", "kid", "bpd", "text", "nelbo")
+COST = (  # the table's last rows: measured for every evaluation
+    Row("seconds_per_sample", "seconds/sample", "{:.4g}", note="{sampling_seconds:.1f}s on {device}, net in {net}"),
+    Row("nfe_per_sample", "NFE/sample", "{:.1f}", note="network evaluations"),
+)
 
 
 class CountingModel:
@@ -89,75 +100,24 @@ class CountingModel:
         return self.net(x_t, t) if cond is None else self.net(x_t, t, cond)
 
 
-def modality(recipe: dict[str, Any]) -> str:
-    return recipe_modality(recipe)
-
-
-def bpd_levels(data, cfg: DictConfig) -> int | None:
-    """The number of pixel levels of the held-out images: bpd_levels when set, else the regular grid
-    over [-1, 1] they lie on (256 for 8-bit pixels, 17 for scikit-learn's digits); None when off-grid."""
-    if cfg.get("bpd_levels"):
-        return int(cfg.bpd_levels)
-    values = torch.unique(data.test[: cfg.bpd_samples].double())
-    if len(values) < 2 or values.min() < -1 - 1e-6 or values.max() > 1 + 1e-6:
-        return None
-    levels = round(2 / float(values.diff().min())) + 1
-    grid = (values + 1) * (levels - 1) / 2
-    return levels if levels <= 65536 and (grid - grid.round()).abs().max() < 1e-3 else None
-
-
-def has_labels(data, recipe: dict[str, Any], cfg: DictConfig) -> bool:
-    """Whether the FID feature extractor exists or can be trained: a cached one, or class labels to train one."""
-    from udm.jobs.features import cache_path
-
-    if cache_path(recipe["data"], cfg.cache_dir).is_file():
-        return True
-    return hasattr(data, "load_labels") and data.load_labels() is not None
-
-
-def why_not(metric: str, process, recipe: dict[str, Any], data, cfg: DictConfig) -> str | None:
-    """Why `metric` does not apply to this checkpoint, its data and the config (None: it applies)."""
-    kind = modality(recipe)
-    if metric in ("fid", "kid"):
-        if kind != "image":
-            return f"{metric} applies to image checkpoints; this one holds {kind} data"
-        if not has_labels(data, recipe, cfg):
-            return (f"{metric} needs the feature extractor, a classifier trained on labelled images, and "
-                    f"{type(data).__name__} data has no class labels (and no extractor is cached for it)")
-    if metric == "bpd":
-        if kind != "image" or process.capabilities.likelihood != "bits/dim":
-            return (f"bits/dim applies to Gaussian processes (udm.processes.Gaussian) of images; "
-                    f"this checkpoint's process is {process.describe()}")
-        if cfg.bpd_samples < 1:
-            return "bpd_samples=0 turns bits/dim off; set bpd_samples to a positive number of held-out images"
-        if bpd_levels(data, cfg) is None:
-            return ("bits/dim needs images on a grid of pixel levels, and the held-out images are not on one "
-                    "(resized?); set bpd_levels to the data's number of levels")
-    if metric == "text" and kind != "text":
-        return f"the text measures apply to text checkpoints; this one holds {kind} data"
-    if metric == "nelbo":
-        if process.capabilities.likelihood != "token nelbo":
-            return (f"the token negative ELBO applies to the [MASK] (absorbing) token process; "
-                    f"this checkpoint's process is {process.describe()}")
-        if cfg.nelbo_samples < 1:
-            return "nelbo_samples=0 turns the negative ELBO off; set nelbo_samples to a positive number of held-out texts"
-    return None
-
-
-def choose_metrics(asked, process, recipe: dict[str, Any], data, cfg: DictConfig) -> list[str]:
-    """Every metric that applies when none are named; exactly the named ones otherwise (each must apply)."""
+def choose_metrics(cfg: DictConfig, model: TrainedModel, context: Context) -> list[Metric]:
+    """Every metric that applies when none are named (metrics=null); exactly the named ones otherwise, each of
+    which must apply; then each one's checks of the request, before anything is sampled."""
+    asked = cfg.get("metrics")
+    if isinstance(asked, ListConfig):
+        asked = OmegaConf.to_container(asked)
     if asked is None:
-        return [m for m in METRICS if why_not(m, process, recipe, data, cfg) is None]
-    names = [asked] if isinstance(asked, str) else list(asked)
-    unknown = [m for m in names if m not in METRICS]
-    if unknown:
-        raise UdmError(f"unknown metric(s) {', '.join(map(str, unknown))}; choose from {', '.join(METRICS)} "
-                       f"(e.g. metrics=[fid,kid]), or metrics=null for all that apply")
-    for m in names:
-        reason = why_not(m, process, recipe, data, cfg)
-        if reason:
-            raise UdmError(f"metrics asks for {m}, but {reason}")
-    return names
+        metrics = [m for m in load_metrics(cfg) if m.why_not(model, context) is None]
+    else:
+        names = [asked] if isinstance(asked, str) else list(asked)
+        metrics = load_metrics(cfg, list(dict.fromkeys(str(name) for name in names)))
+        for metric in metrics:
+            reason = metric.why_not(model, context)
+            if reason:
+                raise UdmError(f"metrics asks for {metric.name}, but {reason}")
+    for metric in metrics:
+        metric.check(model, context)
+    return metrics
 
 
 def build_sampler(cfg: DictConfig, model):
@@ -215,50 +175,12 @@ def launch(cfg: DictConfig):
     return fabric
 
 
-def image_metrics(cfg: DictConfig, metrics: list[str], samples: Tensor, data, recipe, device: torch.device) -> dict[str, Any]:
-    from udm.jobs.features import ensure_extractor
-    from udm.metrics.fid import frechet_distance, kernel_distance
-
-    classifier, info = ensure_extractor(recipe["data"], cfg.extractor, cfg.cache_dir, device, progress=cfg.progress, who="udm-eval")
-    out: dict[str, Any] = {"fid_real_images": len(data.test), "fid_extractor": info["id"],
-                           "fid_extractor_accuracy": info["test_accuracy"]}
-    if "fid" in metrics:
-        out["fid"] = frechet_distance(data.test, samples, classifier)
-    if "kid" in metrics:
-        mean, std, size = kernel_distance(data.test, samples, classifier, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
-        out.update(kid_mean=mean, kid_std=std, kid_subsets=cfg.kid_subsets, kid_subset_size=size)
+def score(metric: Metric, model: TrainedModel, samples: Tensor, context: Context) -> dict[str, Any]:
+    out = metric.compute(model, samples, context)
+    undeclared = sorted(set(out) - set(metric.columns))
+    if undeclared:
+        raise TypeError(f"metric {metric.name} ({type(metric).__name__}) wrote {undeclared}, which its `columns` do not declare")
     return out
-
-
-def held_out_bpd(cfg: DictConfig, model, data, device: torch.device) -> dict[str, Any]:
-    """Bits/dim of the variational bound on the first bpd_samples held-out images (udm.metrics.likelihood)."""
-    from udm.analytic import model_eps_moments
-    from udm.metrics.likelihood import bits_per_dim
-
-    process, net = model.process, model.net
-    gamma = model_eps_moments(process, net, model.checkpoint_path, model.recipe, cfg.progress) if cfg.bpd_variance == "analytic" else None
-    x0, levels = data.test[: cfg.bpd_samples], bpd_levels(data, cfg)
-    generator = torch.Generator(device).manual_seed(cfg.seed)
-    start = time.perf_counter()
-    bpd = torch.cat([bits_per_dim(process, net, batch.to(device), generator=generator, progress=cfg.progress,
-                                  variance=cfg.bpd_variance, levels=levels, gamma=gamma).cpu() for batch in x0.split(cfg.batch_size)])
-    sem = float(bpd.std() / len(bpd) ** 0.5) if len(bpd) > 1 else None
-    return {"bpd": float(bpd.mean()), "bpd_sem": sem, "bpd_images": len(x0), "bpd_levels": levels,
-            "bpd_variance": cfg.bpd_variance, "bpd_seconds": time.perf_counter() - start}
-
-
-def held_out_nelbo(cfg: DictConfig, process, net, data, device: torch.device) -> dict[str, Any]:
-    """Negative ELBO per token on the first nelbo_samples held-out texts (udm.metrics.likelihood)."""
-    from udm.metrics.likelihood import token_nelbo
-
-    x0 = data.test[: cfg.nelbo_samples]
-    unseen = process.special_mask.cpu()[x0].any(1)  # characters missing from the training text became [UNK]
-    if unseen.all():
-        raise UdmError(f"all {len(x0)} held-out texts hold characters the tokenizer does not know; no negative ELBO to compute")
-    generator = torch.Generator(device).manual_seed(cfg.seed)
-    nelbo = torch.cat([token_nelbo(process, net, batch.to(device), generator=generator).cpu()
-                       for batch in x0[~unseen].split(cfg.batch_size)])
-    return {"nelbo_per_token": float(nelbo.mean()), "nelbo_texts": len(nelbo), "nelbo_skipped": int(unseen.sum())}
 
 
 def recipe_summary(model) -> dict[str, Any]:
@@ -290,27 +212,28 @@ def sampler_summary(cfg: DictConfig, steps: int) -> dict[str, Any]:
     return out
 
 
-def decode(samples: Tensor, recipe: dict[str, Any]) -> list[str]:
-    """Token ids -> texts with the checkpoint's own tokenizer, as udm-generate decodes them."""
-    from udm.data.tokenizers import tokenizer_from_state
-
-    tok = tokenizer_from_state(recipe["tokenizer"])
-    return [tok.decode(row, skip_special_tokens=False) for row in samples.tolist()]
-
-
-def save_samples(samples: Tensor, recipe: dict[str, Any], data, path: Path) -> Path:
-    """What was scored, beside the JSON: a PNG grid of images, the texts one per line, or the data's own plot."""
-    kind = modality(recipe)
-    if kind == "image":
-        return save_grid(samples, path.with_suffix(".png"))
-    if kind == "text":
-        path = path.with_suffix(".txt")
-        path.write_text("\n".join(decode(samples, recipe)) + "\n", encoding="utf-8")
-        return path
-    return data.save_samples(samples, path)
+def run_overrides(model: TrainedModel) -> list[str] | None:
+    """The overrides the run was trained with, as Hydra recorded them in <run>/.hydra/overrides.yaml (None without)."""
+    path = model.run_dir / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # an unreadable record is no record
+        return None
+    return [str(o) for o in overrides] if isinstance(overrides, list) else None
 
 
-def print_table(result: dict[str, Any]) -> None:
+def eval_overrides(cfg: DictConfig) -> list[str] | None:
+    """This evaluation's own overrides (key=value as typed): from cfg's hydra node when it has one, else from the
+    running Hydra app; None when it does not run under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    task = OmegaConf.select(cfg, "hydra.overrides.task", default=None)
+    if task is None and HydraConfig.initialized():
+        task = HydraConfig.get().overrides.task
+    return None if task is None else [str(o) for o in task]
+
+
+def print_table(result: dict[str, Any], metrics: list[Metric]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -318,75 +241,46 @@ def print_table(result: dict[str, Any]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("note")
-    extractor = (f"extractor accuracy {result.get('fid_extractor_accuracy', 0):.2%}, "
-                 f"{result.get('fid_real_images')} held-out images")
-    rows = [
-        ("FID", "fid", "{:.3f}", extractor),
-        ("KID", "kid_mean", "{:.4f}", f"± {result.get('kid_std', 0):.4f} over {result.get('kid_subsets')} subsets of "
-                                     f"{result.get('kid_subset_size')}; {extractor}"),
-        ("bits/dim", "bpd", "{:.3f}", f"± {result.get('bpd_sem') or 0:.3f}, {result.get('bpd_images')} held-out images, "
-                                     f"{result.get('bpd_levels')} levels, {result.get('bpd_seconds', 0):.0f}s"),
-        ("form accuracy", "form_accuracy", "{:.1%}", ""),
-        ("copied lines", "copy_rate", "{:.1%}", ""),
-        ("distinct chars", "distinct_chars", "{:.1f}", "per text"),
-        ("NELBO/token", "nelbo_per_token", "{:.3f}", f"nats, {result.get('nelbo_texts')} held-out texts "
-                                                    f"({result.get('nelbo_skipped')} with unseen characters left out)"),
-        ("seconds/sample", "seconds_per_sample", "{:.4g}", f"{result['sampling_seconds']:.1f}s on {result['device']}, net in {result['net']}"),
-        ("NFE/sample", "nfe_per_sample", "{:.1f}", "network evaluations"),
-    ]
-    for label, key, fmt, note in rows:
-        if key in result:
-            table.add_row(label, fmt.format(result[key]), note)
+    for row in [row for metric in metrics for row in metric.table] + list(COST):
+        if row.key in result:
+            table.add_row(row.label, row.fmt.format(result[row.key]), row.note_for(result))
     Console().print(table)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Open the model, choose the metrics, draw the samples, score them with each metric, write JSON, samples
+    and table."""
     start = time.perf_counter()
     if cfg.n < 2:
         raise UdmError(f"n must be at least 2 samples, got {cfg.n}")
     model = open_model(cfg.ckpt, "cpu", progress=cfg.progress)
-    process, net, recipe, ckpt_path = model.process, model.net, model.recipe, model.checkpoint_path
-    data = model.data("test")
-    asked = cfg.get("metrics")
-    metrics = choose_metrics(OmegaConf.to_container(asked) if isinstance(asked, ListConfig) else asked, process, recipe, data, cfg)
-    if {"fid", "kid"} & set(metrics) and cfg.n > len(data.test):
-        raise UdmError(f"the held-out split of {type(data).__name__} has {len(data.test)} images, fewer than n={cfg.n}; "
-                       f"FID/KID compare the samples with the held-out images, so use n<={len(data.test)}")
+    context = Context(cfg, model.data("test"))
+    metrics = choose_metrics(cfg, model, context)
+
     fabric = launch(cfg)
-    device = model.to(fabric.device if fabric is not None else cfg.device).device
+    context.device = model.to(fabric.device if fabric is not None else cfg.device).device
     prepare_start = time.perf_counter()
     sampler, steps = build_sampler(cfg, model)
     prepare_seconds = time.perf_counter() - prepare_start
-
-    samples, cost = draw_samples(cfg, model, sampler, device, fabric)
+    samples, cost = draw_samples(cfg, model, sampler, context.device, fabric)
     if fabric is not None and fabric.global_rank != 0:  # rank 0 scores the gathered samples and writes the files
         return {}
-    result: dict[str, Any] = {"schema": SCHEMA, **recipe_summary(model),
-                              **sampler_summary(cfg, steps), "device": str(device), **cost,
-                              "sampler_prepare_seconds": prepare_seconds}
-    if {"fid", "kid"} & set(metrics):
-        result.update(image_metrics(cfg, metrics, samples, data, recipe, device))
-    if "bpd" in metrics:
-        result.update(held_out_bpd(cfg, model, data, device))
-    if "text" in metrics or "nelbo" in metrics:
-        from udm.metrics.text import text_metrics
 
-        if "text" in metrics:
-            measures = text_metrics(decode(samples, recipe), data.train_texts)
-            result.update({k: v for k, v in measures.items() if k != "n"})
-        if "nelbo" in metrics:
-            result.update(held_out_nelbo(cfg, process, net, data, device))
+    result: dict[str, Any] = {"schema": SCHEMA, **recipe_summary(model), **sampler_summary(cfg, steps),
+                              "device": str(context.device), **cost, "sampler_prepare_seconds": prepare_seconds}
+    recorded = {"run_overrides": run_overrides(model), "eval_overrides": eval_overrides(cfg)}
+    result.update({k: v for k, v in recorded.items() if v is not None})
+    for metric in metrics:
+        result.update(score(metric, model, samples, context))
 
-    folder = Path(cfg.out_dir) if cfg.get("out_dir") else ckpt_path.resolve().parent.parent / "eval"
+    folder = Path(cfg.out_dir) if cfg.get("out_dir") else model.run_dir / "eval"
     folder.mkdir(parents=True, exist_ok=True)
     json_path = fresh_path(folder, f"{cfg.sampler_name}-{steps}steps-n{cfg.n}-seed{cfg.seed}", ".json")
-    result["samples_file"] = str(save_samples(samples, recipe, data, json_path))
+    result["samples_file"] = str(model.save_samples(samples, json_path.with_suffix("")))
     result["json"] = str(json_path)
     result["eval_seconds"] = time.perf_counter() - start
     json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    print_table(result)
+    print_table(result, metrics)
     print(f"udm-eval: samples written to {result['samples_file']}")
     print(f"udm-eval: metrics written to {json_path}")
     return result
-
-

@@ -15,10 +15,9 @@ import warnings
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 
 from udm.errors import UdmError
+from udm.metrics.base import Context, Metric, Row, fmt
 
 
 class Penultimate(nn.Module):
@@ -60,6 +59,8 @@ def feed(metric, images: Tensor, real: bool, batch_size: int) -> None:
 
 def frechet_distance(real: Tensor, fake: Tensor, classifier: nn.Module, batch_size: int = 256) -> float:
     """FID between real and generated images [N, C, H, W] in [-1, 1] on the classifier's features."""
+    from torchmetrics.image.fid import FrechetInceptionDistance  # here: udm-compare imports this file for FID's columns
+
     check_images(real, fake)
     device = next(classifier.parameters()).device
     # sync_on_compute=False: one process scores all samples (udm-eval gathers them on rank 0 first)
@@ -72,6 +73,8 @@ def frechet_distance(real: Tensor, fake: Tensor, classifier: nn.Module, batch_si
 def kernel_distance(real: Tensor, fake: Tensor, classifier: nn.Module, subsets: int = 100, subset_size: int = 1000,
                     seed: int = 0, batch_size: int = 256) -> tuple[float, float, int]:
     """KID (mean, std over `subsets` random subsets) and the subset size used: at most the smaller set's size."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
     check_images(real, fake)
     subset_size = min(subset_size, len(real), len(fake))
     device = next(classifier.parameters()).device
@@ -85,3 +88,82 @@ def kernel_distance(real: Tensor, fake: Tensor, classifier: nn.Module, subsets: 
         torch.manual_seed(seed)
         mean, std = metric.compute()
     return float(mean), float(std), subset_size
+
+
+# -- the metrics fid and kid (conf/metric/fid.yaml, kid.yaml; KID's class is in udm/metrics/kid.py) --------------
+
+
+def has_labels(model, context: Context) -> bool:
+    """Whether the FID feature extractor exists or can be trained: a cached one, or class labels to train one."""
+    from udm.jobs.features import cache_path
+
+    if cache_path(model.recipe["data"], context.cfg.get("cache_dir")).is_file():
+        return True
+    return hasattr(context.data, "load_labels") and context.data.load_labels() is not None
+
+
+def extractor(model, context: Context) -> tuple[nn.Module, dict]:
+    """The data's feature extractor on the model's device (trained when not cached), loaded once per evaluation."""
+    if "extractor" not in context.shared:
+        from udm.jobs.features import ensure_extractor
+
+        context.shared["extractor"] = ensure_extractor(model.recipe["data"], context.cfg.extractor, context.cfg.get("cache_dir"),
+                                                       context.device, progress=context.progress, who="udm-eval")
+    return context.shared["extractor"]
+
+
+EXTRACTOR_COLUMNS = ("fid_real_images", "fid_extractor", "fid_extractor_accuracy")
+EXTRACTOR_NOTE = "extractor accuracy {fid_extractor_accuracy:.2%}, {fid_real_images} held-out images"
+
+
+class FeatureMetric(Metric):
+    """A distance between the samples and every held-out image of an image checkpoint, in the feature space of
+    udm's own classifier (udm-features; trained on the fly when not cached, which takes class labels)."""
+
+    def why_not(self, model, context: Context) -> str | None:
+        if model.modality != "image":
+            return f"{self.name} applies to image checkpoints; this one holds {model.modality} data"
+        if not has_labels(model, context):
+            return (f"{self.name} needs the feature extractor, a classifier trained on labelled images, and "
+                    f"{type(context.data).__name__} data has no class labels (and no extractor is cached for it)")
+        return None
+
+    def check(self, model, context: Context) -> None:
+        held_out = len(context.data.test)
+        if context.n > held_out:
+            raise UdmError(f"the held-out split of {type(context.data).__name__} has {held_out} images, fewer than n={context.n}; "
+                           f"FID/KID compare the samples with the held-out images, so use n<={held_out}")
+
+    def features(self, model, context: Context) -> tuple[nn.Module, dict]:
+        classifier, info = extractor(model, context)
+        return classifier, {"fid_real_images": len(context.data.test), "fid_extractor": info["id"],
+                            "fid_extractor_accuracy": info["test_accuracy"]}
+
+    @classmethod
+    def compare_note(cls, results: list[dict]) -> str | None:
+        """The feature extractor, once: FIDs compare only under one extractor id."""
+        seen: dict = {}
+        for r in results:
+            if "fid_extractor" in r:
+                seen.setdefault(r["fid_extractor"], r)
+        if not seen:
+            return None
+        parts = [f"`{id_}` (held-out accuracy {fmt(r.get('fid_extractor_accuracy'), '{:.1%}')}, "
+                 f"{fmt(r.get('fid_real_images'))} real images)" for id_, r in seen.items()]
+        note = "FID and KID are computed on the features of udm's classifier " + "; ".join(parts) + "."
+        if len(seen) > 1:
+            note += " **These are different extractors: FIDs compare only between rows of the same one.**"
+        return note
+
+
+class FID(FeatureMetric):
+    """fid: Frechet distance of the samples' features to the held-out images' (frechet_distance)."""
+
+    columns = (*EXTRACTOR_COLUMNS, "fid")
+    table = (Row("fid", "FID", "{:.3f}", note=EXTRACTOR_NOTE, compare_fmt="{:.2f}"),)
+    order = 10
+
+    def compute(self, model, samples: Tensor, context: Context) -> dict:
+        classifier, out = self.features(model, context)
+        out["fid"] = frechet_distance(context.data.test, samples, classifier)
+        return out
