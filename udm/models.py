@@ -23,6 +23,9 @@ from udm.errors import UdmError
 from udm.processes import ForwardProcess
 
 
+MODEL_OF = {"image": "an image model", "text": "a text model", "points": "a model of points"}
+
+
 def pick_device(name: str | torch.device) -> torch.device:
     """'auto' (CUDA when available, else CPU) or a torch device name, checked before anything is loaded on it."""
     if str(name) == "auto":
@@ -83,7 +86,7 @@ class TrainedModel:
 
     def tokenizer(self):
         if self.modality != "text":
-            raise UdmError(f"{self.checkpoint_path} holds a {self.modality} model, which has no tokenizer")
+            raise UdmError(f"{self.checkpoint_path} holds {MODEL_OF[self.modality]}, which has no tokenizer")
         from udm.data.tokenizers import tokenizer_from_state
 
         if "_tokenizer" not in self._data:
@@ -145,7 +148,7 @@ def open_model(path: str | Path, device: str | torch.device = "cpu", expect: str
     modality = recipe_modality(recipe)
     if expect is not None and modality not in ([expect] if isinstance(expect, str) else expect):
         tool = "udm-generate" if modality == "text" else "udm-sample"
-        raise UdmError(f"{ckpt_path} holds a {modality} model ({recipe['process'].get('_target_')}); use {tool} ckpt={path}")
+        raise UdmError(f"{ckpt_path} holds {MODEL_OF[modality]} ({recipe['process'].get('_target_')}); use {tool} ckpt={path}")
     if check:
         check_compatible(ckpt_path, recipe, check, partial=True)
     device = pick_device(device)

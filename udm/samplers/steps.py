@@ -54,9 +54,9 @@ class Inverse(StepRule):
 class Mixed(StepRule):
     """x_s = F_s(x0_hat, r_eps eps_hat + r_z z) with (r_eps, r_z) = process.noise_ratio(t, s, eta, variance).
 
-    eta = 0 is the inverse step (no noise is drawn); eta = 1 with variance 'posterior' is DDPM's ancestral
-    step on a Gaussian process. `variance` names sigma_t among the process's (capabilities.variances);
-    None takes its first.
+    eta = 0 with variance 'posterior' is the inverse step (DDIM); eta = 1 is DDPM's ancestral step on a
+    Gaussian process. `variance` names sigma_t among the process's (capabilities.variances); None takes its
+    first. On a process without Gaussian noise only eta = 0 applies, and the step is the inverse step.
     """
 
     uses_inverse = True
@@ -78,9 +78,10 @@ class Mixed(StepRule):
 
     def __call__(self, process, x_t, x0_hat, t, s, generator=None):
         eps_hat = process.inverse(x0_hat, x_t, t)
-        if self.eta == 0:
+        if not process.capabilities.gaussian_noise:  # eta = 0 here (check refuses more): the inverse step
             return process(x0_hat, s, eps_hat)
-        variance = self.variance or process.capabilities.variances[0]
-        r_eps, r_z = process.noise_ratio(t, s, self.eta, variance)
+        r_eps, r_z = process.noise_ratio(t, s, self.eta, self.variance or process.capabilities.variances[0])
+        # z is drawn at eta = 0 too, so the random stream (and any later draw from the generator, e.g. a
+        # sampling decoder's) does not depend on eta; it costs one randn per step
         z = process.sample_noise(x0_hat, generator)
         return process(x0_hat, s, per_sample(r_eps, eps_hat) * eps_hat + per_sample(r_z, z) * z)
