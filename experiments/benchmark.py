@@ -14,7 +14,7 @@ AttnUpBlock2D at 16x16) have the same layers and parameter count; diffusers is g
 GroupNorm groups (8) and attention head width (32) so that both do the same arithmetic.
 
 * train: images/s of forward + MSE loss + backward + AdamW step on a fixed noisy batch.
-* sample: images/s of DDIM with eta = 0, udm.sample(Gaussian(T=1000), net, x_T, steps=50)
+* sample: images/s of DDIM with eta = 0, udm.samplers.DDIM(steps=50)(Gaussian(T=1000), net, x_T)
   against diffusers' DDIMScheduler loop (linear betas, clip_sample, "trailing" spacing, which
   visits the same 50 noise levels as udm's, and eps re-derived from the clipped x0 as udm's
   inverse step does), from the same x_T: given the same eps-model both loops return the
@@ -226,14 +226,14 @@ def ddim_sampler(impl: str, net: nn.Module, x_T: Tensor, variant: Variant) -> Ca
     x_T = variant.images(x_T)
     net.eval()
     if impl == "udm":
-        import udm
         from udm.processes import Gaussian
+        from udm.samplers import DDIM
 
         process = Gaussian(T=T_TRAIN)
 
         def sample(steps: int) -> Tensor:
             with variant.autocast():
-                return udm.sample(process, model, x_T, steps=steps, eta=0.0)
+                return DDIM(steps=steps, eta=0.0)(process, model, x_T)
 
         return sample
 

@@ -13,10 +13,9 @@ import time
 
 import torch
 
-import udm
-from udm.checkpoint import build_from_checkpoint, find_checkpoint, load_checkpoint
 from udm.grid import save_grid
-from udm.jobs.sample import reference_batch
+from udm.models import open_model
+from udm.samplers import Improved, Naive
 
 
 def main() -> None:
@@ -29,15 +28,15 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for run in args.runs:
-        checkpoint = load_checkpoint(find_checkpoint(run))
-        process, net = build_from_checkpoint(checkpoint)
+        model = open_model(run, device="cpu")
+        process, net = model.process, model.net
         if args.prior_noise is not None:
             process.prior_noise = args.prior_noise
-        reference = reference_batch(checkpoint["udm"], args.n, getattr(process, "prior_needs_data", False))
+        reference = model.references(args.n)  # held-out images where the prior needs data (cold processes)
         x_T = process.prior(reference, torch.Generator().manual_seed(args.seed))
-        for method in ("baseline", "inverse"):
+        for method, sampler in (("baseline", Naive(steps=None)), ("inverse", Improved(steps=None))):
             start = time.perf_counter()
-            rows.append(udm.sample(process, net, x_T, method=method, generator=torch.Generator().manual_seed(args.seed)))
+            rows.append(sampler(process, net, x_T, generator=torch.Generator().manual_seed(args.seed)))
             print(f"{run}: {process.describe()} {method:>8}: {time.perf_counter() - start:.1f}s for {args.n}")
     print(f"written to {save_grid(torch.cat(rows), args.out, nrow=args.n)}")
 

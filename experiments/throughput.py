@@ -45,7 +45,7 @@ def main(argv: list[str]) -> dict:
     process, net = instantiate(cfg.process), instantiate(cfg.net)
     parameters = [p for module in (process, net) for p in module.parameters() if p.requires_grad]
     optimizer = instantiate(cfg.optimizer)(parameters)
-    sampler = instantiate(cfg.sampler)
+    sampler = instantiate(cfg.sampler)  # a udm.samplers object, called as sampler(process, net, x_T)
     x0 = torch.rand(batch, cfg.data.channels, cfg.data.image_size, cfg.data.image_size) * 2 - 1
     x_T = process.prior(x0)
 
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> dict:
     net.eval(), process.eval()
     eval_rate = median_rate(evaluate, batch, repeats)
     sample_rate = median_rate(lambda: sampler(process, net, x_T), batch, max(1, repeats // 2), iters=1)
-    steps = cfg.sampler.steps or process.T
+    steps = len(sampler.timesteps(process))  # the network steps of the sampler's grid (steps, or T when null)
     result = {
         "overrides": overrides,
         "process": process.describe(),

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from udm.analytic import cached_eps_moments, eps_moments, moments_path, sample
+from udm.analytic import analytic_variance, cached_eps_moments, eps_moments, moments_path
 from udm.errors import UdmError
 from udm.processes import Gaussian
+from udm.samplers import AnalyticDPM, AnalyticStep, Mixed
 
 from .conftest import run_cli
 
@@ -36,6 +37,21 @@ class ExactEps:
         return eps
 
 
+def step_coefficients(rule, p, t_int, s_int, shape=(2, 1, 4, 4), seed=11):
+    """(b_s r_eps, b_s r_z) of a step rule's x_s = a_s x0_hat + b_s (r_eps eps_hat + r_z z), read off per element.
+
+    With x0_hat = 0 and x_t = b_t e (so eps_hat = e) the step is b_s (r_eps e + r_z z); the rule draws z from
+    the generator, so two runs from the same seed, at e = 0 and at the given e, separate the two terms.
+    """
+    t, s = torch.full((shape[0],), t_int), torch.full((shape[0],), s_int)
+    x0_hat = torch.zeros(shape, dtype=torch.float64)
+    e = torch.rand(shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64) + 0.5
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)  # what the rule draws
+    noise_only = rule(p, p.b[t_int] * 0 * e, x0_hat, t, s, torch.Generator().manual_seed(seed))
+    both = rule(p, p.b[t_int] * e, x0_hat, t, s, torch.Generator().manual_seed(seed))
+    return (both - noise_only) / e, noise_only / z
+
+
 def test_point_mass_moments_are_the_mean_square_of_the_true_eps_and_give_ddims_variance():
     p = Gaussian(T=50, schedule="cosine")
     data = point_mass()
@@ -51,12 +67,23 @@ def test_point_mass_moments_are_the_mean_square_of_the_true_eps_and_give_ddims_v
     assert gamma[0] == 1 and (gamma[1:] - 1).abs().max() < 6 * math.sqrt(2 / (16 * M))  # E ||eps||^2 / d = 1
     # the closed form of a point mass: Gamma_t = 1, Var(x0 | x_t) = 0, so the optimal variance is the
     # lower bound lambda^2 = eta^2 * posterior variance: Analytic-DPM's step is the DDIM step, exactly
-    p.set_eps_moments(torch.ones(51))
+    ones = torch.ones(51, dtype=torch.float64)
     for t_int, s_int in PAIRS:
         t, s = torch.tensor([t_int]), torch.tensor([s_int])
         for eta in (0.0, 0.5, 1.0):
-            for got, want in zip(p.noise_ratio(t, s, eta, "analytic"), p.noise_ratio(t, s, eta, "ddim")):
-                torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+            lam2, sigma2 = analytic_variance(p, ones, t, s, eta)
+            torch.testing.assert_close(sigma2, lam2, rtol=0, atol=1e-12)
+            analytic, ddim = AnalyticStep(ones, eta, clip_pixels=0), Mixed(eta, "posterior")
+            if s_int > 0:  # (r_eps, r_z) of both steps: read off b_s r, then divided by b_s
+                b_s = p.b[s_int].item()
+                for got, want in zip(step_coefficients(analytic, p, t_int, s_int), step_coefficients(ddim, p, t_int, s_int)):
+                    torch.testing.assert_close(got / b_s, want / b_s, rtol=0, atol=1e-12)
+            else:  # both return x0_hat
+                x0_hat = torch.rand(2, 1, 4, 4, dtype=torch.float64) * 2 - 1
+                x_t = p(x0_hat, torch.full((2,), t_int), torch.randn_like(x0_hat))
+                tt, ss = torch.full((2,), t_int), torch.full((2,), s_int)
+                for rule in (analytic, ddim):
+                    assert torch.equal(rule(p, x_t, x0_hat, tt, ss, torch.Generator().manual_seed(0)), x0_hat)
 
 
 def theorem_1(p, t, s, eta, gamma_t):
@@ -72,49 +99,60 @@ def theorem_1(p, t, s, eta, gamma_t):
 def test_analytic_variance_is_theorem_1_within_theorem_2s_bounds(schedule):
     p = Gaussian(T=50, schedule=schedule)
     gamma = torch.rand(51, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1.2
-    p.set_eps_moments(gamma)
     for t_int, s_int in PAIRS:
         for eta in (0.0, 1.0):
             lam2, sigma2, upper = theorem_1(p, t_int, s_int, eta, gamma[t_int].item())
-            got = p.analytic_variance(torch.tensor([t_int]), torch.tensor([s_int]), eta)[1].item()
+            got = analytic_variance(p, gamma, torch.tensor([t_int]), torch.tensor([s_int]), eta)[1].item()
             assert got == pytest.approx(min(max(sigma2, lam2), upper), rel=1e-10, abs=1e-15)
-            r_eps, r_z = p.noise_ratio(torch.tensor([t_int]), torch.tensor([s_int]), eta, "analytic")
+            rule = AnalyticStep(gamma, eta, clip_pixels=0)
             if s_int > 0:  # x_s = a_s x0_hat + sqrt(b_s^2 - lambda^2) eps_hat + sigma z
                 b_s = p.b[s_int].item()
-                assert (r_z * b_s).item() ** 2 == pytest.approx(got, rel=1e-10, abs=1e-15)
-                assert (r_eps * b_s).item() ** 2 == pytest.approx(b_s**2 - lam2, rel=1e-10)
-            else:
-                assert r_eps.item() == r_z.item() == 0  # the last step returns x0_hat
+                eps_coef, z_coef = step_coefficients(rule, p, t_int, s_int)
+                for c in z_coef.flatten().tolist():
+                    assert c**2 == pytest.approx(got, rel=1e-10, abs=1e-15)
+                for c in eps_coef.flatten().tolist():
+                    assert c**2 == pytest.approx(b_s**2 - lam2, rel=1e-10)
+            else:  # the last step returns x0_hat
+                x0_hat = torch.rand(2, 1, 4, 4, dtype=torch.float64) * 2 - 1
+                t, s = torch.full((2,), t_int), torch.full((2,), s_int)
+                x_t = p(x0_hat, t, torch.randn_like(x0_hat))
+                assert torch.equal(rule(p, x_t, x0_hat, t, s, torch.Generator().manual_seed(0)), x0_hat)
 
 
 def test_the_last_noisy_step_is_clipped_to_two_pixel_levels():
     p = Gaussian(T=50)
-    p.set_eps_moments(torch.zeros(51))  # Gamma = 0: the largest variance, Var(x0 | x_t) = min(b^2 / a^2, 1)
-    caps = []
-
-    def model(x_t, t):
-        caps.append(p.sigma_cap)
-        return torch.zeros_like(x_t)
-
-    sample(p, model, torch.randn(2, 1, 4, 4), steps=5, generator=torch.Generator().manual_seed(0))
+    gamma = torch.zeros(51, dtype=torch.float64)  # Gamma = 0: the largest variance, Var(x0 | x_t) = min(b^2 / a^2, 1)
+    sampler = AnalyticDPM(steps=5, eta=0.0, gamma=gamma)  # clip_pixels=2 by default
+    steps = []
+    x_T = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    sampler(p, lambda x_t, t: torch.zeros_like(x_t), x_T, generator=torch.Generator().manual_seed(0), callback=steps.append)
     cap = 2 * 2 / 255 * math.sqrt(math.pi / 2)  # E|sigma z| = sigma sqrt(2 / pi) <= 2 levels of 2/255
-    assert len(caps) == 5 and all(c[0] == 10 and c[1] == pytest.approx(cap, rel=1e-12) for c in caps)
-    assert p.sigma_cap is None  # the clip lasts one sampling run
+    ts = sampler.timesteps(p)
+    assert ts == [50, 40, 30, 20, 10] and len(steps) == 5
+    bound = sampler.step.bind(p, ts)  # the rule of one run: it clips the step into the last noisy time ts[-1]
+    assert bound.last_noisy == 10 and bound.clip_pixels == 2.0
+    assert sampler.step.last_noisy is None  # the clip lasts one sampling run: the sampler's own rule has none
+    # every step of the run was the bound rule's (replayed from the same seed: only the steps draw noise)
+    replay = torch.Generator().manual_seed(0)
+    for step in steps:
+        t, s = torch.full((2,), step.t), torch.full((2,), step.s)
+        assert torch.equal(bound(p, step.x_t, step.x0_hat, t, s, replay), step.x_s)
 
-    def sigma(t, s):
-        return (p.noise_ratio(torch.tensor([t]), torch.tensor([s]), 0.0, "analytic")[1] * p.b[s]).item()
+    def sigma(rule, t, s):
+        return step_coefficients(rule, p, t, s)[1].abs().flatten().tolist()  # b_s r_z = sigma, per element
 
-    assert sigma(20, 10) > cap and sigma(30, 20) > cap
-    p.sigma_cap = (10, cap)  # steps 50 > 40 > 30 > 20 > 10 > 0: only 20 -> 10 is clipped
-    assert sigma(20, 10) == pytest.approx(cap, rel=1e-12) and sigma(30, 20) > cap
+    assert all(v > cap for v in sigma(sampler.step, 20, 10) + sigma(sampler.step, 30, 20))
+    # steps 50 > 40 > 30 > 20 > 10 > 0: only 20 -> 10 is clipped
+    assert all(v == pytest.approx(cap, rel=1e-12) for v in sigma(bound, 20, 10))
+    assert all(v > cap for v in sigma(bound, 30, 20))
 
 
 def test_variance_analytic_without_moments_says_how_to_get_them():
     p = Gaussian(T=10)
-    with pytest.raises(UdmError, match="sampler=analytic_ddim.*set_eps_moments"):
-        p.noise_ratio(torch.tensor([5]), torch.tensor([4]), 0.0, "analytic")
-    with pytest.raises(UdmError, match="set_eps_moments"):
-        sample(p, lambda x, t: x, torch.randn(1, 1, 2, 2), steps=2)
+    with pytest.raises(UdmError, match=r"needs the eps moments.*udm-sample.*estimate them.*sampler.prepare\(process, net, model\)"):
+        AnalyticDPM(steps=2)(p, lambda x, t: x, torch.randn(1, 1, 2, 2))
+    with pytest.raises(UdmError, match=r"prepare it with the opened checkpoint \(udm.models.open_model\), or pass gamma="):
+        AnalyticDPM(steps=2).prepare(p, lambda x, t: x)
 
 
 def test_moments_are_cached_beside_the_checkpoint(tmp_path):

@@ -4,6 +4,11 @@ generate at several tokens per step, infill a template, and refuse bad requests 
 import json
 
 import pytest
+import torch
+from hydra.utils import instantiate
+
+from udm.data.text import PUNCTUATION
+from udm.metrics.text import text_metrics
 
 from .conftest import run_cli
 
@@ -34,6 +39,28 @@ def poem_run(request):
     return request.getfixturevalue(request.param)
 
 
+@pytest.fixture(scope="module")
+def training_texts():
+    """run -> the training texts its checkpoint's data recipe gives (loaded once per recipe: both runs share one)."""
+    loaded = {}
+
+    def load(run):
+        recipe = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["udm"]["data"]
+        key = json.dumps(recipe, sort_keys=True)
+        if key not in loaded:
+            data = instantiate(recipe)
+            data.setup("fit")
+            loaded[key] = data.train_texts
+        return loaded[key]
+
+    return load
+
+
+def quatrain_form(text: str) -> bool:
+    """A seven-character quatrain's form, written out: 32 characters, punctuation after every 7 and nowhere else."""
+    return len(text) == 32 and [i for i, c in enumerate(text) if c in PUNCTUATION] == [7, 15, 23, 31]
+
+
 def test_training_writes_text_samples_and_a_checkpoint_with_the_tokenizer(poem_run):
     tmp, run, proc = poem_run
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -43,7 +70,7 @@ def test_training_writes_text_samples_and_a_checkpoint_with_the_tokenizer(poem_r
 
 
 @pytest.mark.parametrize("tps", [1, 4])
-def test_generate_prints_writes_and_measures(poem_run, tps):
+def test_generate_prints_writes_and_measures(poem_run, tps, training_texts):
     tmp, run, _ = poem_run
     proc = run_cli("udm-generate", f"ckpt={run}", "n=6", f"tokens_per_step={tps}", cwd=tmp)
     txt = next(line.split(" to ")[-1] for line in proc.stdout.splitlines() if "texts written to" in line)
@@ -51,7 +78,11 @@ def test_generate_prints_writes_and_measures(poem_run, tps):
     assert len(texts) == 6 and all(len(t) == 32 and "[MASK]" not in t for t in texts)
     report = json.loads(open(txt[:-4] + ".json", encoding="utf-8").read())
     assert report["steps"] == 32 // tps
-    assert 0 <= report["metrics"]["form_accuracy"] <= 1 and report["metrics"]["n"] == 6
+    # the measures are those of the texts written, against the run's training texts
+    train = training_texts(run)
+    assert all(quatrain_form(t) for t in train)  # the layout below is the training texts' form
+    assert report["metrics"] == text_metrics(texts, train) and report["metrics"]["n"] == 6
+    assert report["metrics"]["form_accuracy"] == sum(map(quatrain_form, texts)) / 6
     if tps > 1:
         return
     again = run_cli("udm-generate", f"ckpt={run}", "n=6", f"tokens_per_step={tps}", cwd=tmp)
@@ -59,15 +90,21 @@ def test_generate_prints_writes_and_measures(poem_run, tps):
     assert txt2 != txt and open(txt2, encoding="utf-8").read().splitlines() == texts  # same seed, new file
 
 
-def test_infilling_keeps_the_template_characters(poem_run):
+def test_infilling_keeps_the_template_characters(poem_run, training_texts):
     tmp, run, _ = poem_run
     order = "confidence" if "mask" in str(run) else "random"
     proc = run_cli("udm-generate", f"ckpt={run}", "n=4", f"template='{TEMPLATE}'", f"order={order}", "tokens_per_step=2", cwd=tmp)
     txt = next(line.split(" to ")[-1] for line in proc.stdout.splitlines() if "texts written to" in line)
-    for text in open(txt, encoding="utf-8").read().splitlines():
+    texts = open(txt, encoding="utf-8").read().splitlines()
+    for text in texts:
         assert len(text) == 32
         assert all(c == t for c, t in zip(text, TEMPLATE) if t != "＿"), text
         assert "[MASK]" not in text
+    # the template holds the four marks, so the form fails only where a blank was filled with punctuation
+    report = json.loads(open(txt[:-4] + ".json", encoding="utf-8").read())
+    assert report["metrics"] == text_metrics(texts, training_texts(run))
+    assert report["metrics"]["form_accuracy"] == sum(map(quatrain_form, texts)) / 4
+    assert report["metrics"]["form_accuracy"] == sum(not PUNCTUATION.intersection(t[8:15]) for t in texts) / 4
 
 
 @pytest.mark.parametrize(

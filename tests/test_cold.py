@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-import udm
+from udm.errors import UdmError
 from udm.processes import Blur, Inpaint, Pixelate
+from udm.samplers import DDIM, DDPM, Improved, Naive
 
 S = 16
 
@@ -56,11 +57,11 @@ def test_inpaint_mask_grows_and_centre_starts_in_the_middle():
 
 
 @pytest.mark.parametrize("name", list(processes()))
-@pytest.mark.parametrize("method", ["baseline", "inverse"])
-def test_oracle_recovers_x0_exactly(name, method, x0):
+@pytest.mark.parametrize("sampler", [Naive, Improved], ids=["baseline", "inverse"])
+def test_oracle_recovers_x0_exactly(name, sampler, x0):
     p = processes()[name]
     x_T = p(x0, full(p.T), p.sample_noise(x0))
-    out = udm.sample(p, lambda xt, t: x0, x_T, method=method)
+    out = sampler(steps=None)(p, lambda xt, t: x0, x_T)
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-9)
 
 
@@ -75,20 +76,25 @@ def test_improved_sampling_does_not_accumulate_error_but_naive_does(name):
         return x0 + c + (xt - p.degrade(x0, t))
 
     x_T = p.degrade(x0, full(p.T))
-    improved = (udm.sample(p, model, x_T, method="inverse") - x0).abs().max().item()
-    naive = (udm.sample(p, model, x_T, method="baseline") - x0).abs().max().item()
+    improved = (Improved(steps=None)(p, model, x_T) - x0).abs().max().item()
+    naive = (Naive(steps=None)(p, model, x_T) - x0).abs().max().item()
     assert improved <= c + 1e-9
     assert naive > 3 * c
 
 
 def test_mixed_step_with_sigma_and_oracle(x0):
     p = Blur(T=20, std_max=S, sigma=0.05)
-    assert p.noise_is_normal and udm.sampling.resolve_method(p, "auto") == "mixed"
+    # sigma > 0: Gaussian noise e, so the mixed step with fresh noise applies (what method='auto' picked)
+    assert p.capabilities.gaussian_noise and p.capabilities.invertible
+    DDIM(steps=None, eta=0.5).check(p)
     g = torch.Generator().manual_seed(0)
     x_T = p(x0, full(p.T), p.sample_noise(x0, g))
     # eta = 0: the inverse step, which carries the start's noise e through to x_0 unchanged
-    out = udm.sample(p, lambda xt, t: x0, x_T, eta=0.0)
+    out = DDIM(steps=None, eta=0.0)(p, lambda xt, t: x0, x_T)
     torch.testing.assert_close(out - x0, x_T - p.degrade(x0, full(p.T)), rtol=0, atol=1e-9)
+    # sigma = 0 has no Gaussian noise to draw: fresh noise in the mixed step is refused, naming the process
+    with pytest.raises(UdmError, match=r"eta=1.0 .*needs Gaussian noise.*which Blur\(T=20, sigma=0.0\) does not have"):
+        DDPM()(Blur(T=20, std_max=S), lambda xt, t: x0, x_T)
 
 
 def test_prior_is_degraded_data_plus_noise(x0):

@@ -4,9 +4,9 @@ predictor recovers x0 exactly through the one sampling loop at any tokens-per-st
 import pytest
 import torch
 
-import udm
+from udm.errors import UdmError
 from udm.processes import TokenEstimate, TokenMask, TokenReplace
-from udm.sampling import reverse_step
+from udm.samplers import DDIM, DDPM, DPMSolver, Improved, Inverse, Naive
 
 L, V, SPECIAL, MASK = 12, 40, [0, 1], 2
 
@@ -66,7 +66,7 @@ def test_oracle_recovers_x0_exactly_with_the_improved_sampler(kind, steps, order
     x0 = data()
     g = torch.Generator().manual_seed(0)
     x_T = start(p, x0, g)
-    out = udm.sample(p, oracle(x0), x_T, steps=steps, method="inverse", generator=g)
+    out = Improved(steps=steps)(p, oracle(x0), x_T, generator=g)
     assert torch.equal(out, x0)
 
 
@@ -75,7 +75,7 @@ def test_oracle_recovers_x0_under_a_rate_schedule(kind):
     p = make(kind, schedule="cosine", T=200)
     x0 = data()
     g = torch.Generator().manual_seed(0)
-    out = udm.sample(p, oracle(x0), start(p, x0, g), steps=20, generator=g)
+    out = DDIM(steps=20)(p, oracle(x0), start(p, x0, g), generator=g)  # eta = 0: the inverse step
     assert torch.equal(out, x0)
 
 
@@ -87,7 +87,7 @@ def test_one_step_restores_exactly_k_t_minus_k_s_positions(kind):
     t, s = torch.full((len(x0),), 9), torch.full((len(x0),), 6)
     x_t = p(x0, t, p.sample_noise(x0, g))
     est = p.x0_hat(oracle(x0)(x_t, t), x_t, t, g)
-    x_s = reverse_step(p, x_t, est, t, s, method="inverse")
+    x_s = Inverse()(p, x_t, est, t, s)
     assert ((x_s != x0).sum(-1) == 6).all()
     assert ((x_s != x_t).sum(-1) == 3).all()  # only corrupted positions moved, each to x0
     moved = x_s != x_t
@@ -102,7 +102,7 @@ def test_confidence_order_reveals_the_most_confident_positions_first():
     logits[0, torch.arange(L), 5] = torch.linspace(0, 11, L)  # the last positions are the surest
     p.temperature = 0
     est = p.x0_hat(logits, x_t, t)
-    x_s = reverse_step(p, x_t, est, t, s, method="inverse")
+    x_s = Inverse()(p, x_t, est, t, s)
     assert (x_s[0, -2:] == 5).all() and (x_s[0, :-2] == MASK).all()
 
 
@@ -124,7 +124,7 @@ def test_baseline_recorrupts_fresh_positions(kind):
     p = make(kind)
     x0 = data()
     g = torch.Generator().manual_seed(0)
-    out = udm.sample(p, oracle(x0), start(p, x0, g), method="baseline", generator=g)
+    out = Naive(steps=None)(p, oracle(x0), start(p, x0, g), generator=g)
     assert torch.equal(out, x0)
 
 
@@ -173,7 +173,6 @@ def test_priors():
 def test_mask_steps_that_reveal_nothing_skip_the_network():
     """With T = 40 > L = 8 under the linear schedule most steps keep k(t) = k(s): only the others call the net."""
     from udm.processes import TokenMask
-    from udm.sampling import sample
 
     process = TokenMask(mask_id=9, length=8, vocab_size=10, schedule="linear", T=40)
     x0 = torch.randint(0, 9, (3, 8))
@@ -183,7 +182,22 @@ def test_mask_steps_that_reveal_nothing_skip_the_network():
         calls.append(int(t[0]))
         return torch.nn.functional.one_hot(x0, 10).float() * 50
 
-    out = sample(process, oracle, process.prior(x0), generator=torch.Generator().manual_seed(0))
+    out = DDIM(steps=None)(process, oracle, process.prior(x0), generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, x0)
     k = process.k.tolist()
     assert calls == [t for t in range(40, 0, -1) if k[t] != k[t - 1]] and len(calls) == 8
+
+
+@pytest.mark.parametrize("kind", ["mask", "replace"])
+def test_token_processes_refuse_fresh_noise_and_extrapolation(kind):
+    """Tokens have no Gaussian noise (DDPM / eta > 0) and no real-valued x0_hat (DPM-Solver): refused by name."""
+    p = make(kind)
+    x0 = data(2)
+    x_T = start(p, x0, torch.Generator().manual_seed(0))
+    name = type(p).__name__
+    with pytest.raises(UdmError, match=f"eta=1.0 .*needs Gaussian noise.*which {name}"):
+        DDPM()(p, oracle(x0), x_T)
+    with pytest.raises(UdmError, match=f"eta=0.5 .*needs Gaussian noise.*which {name}"):
+        DDIM(steps=4, eta=0.5)(p, oracle(x0), x_T)
+    with pytest.raises(UdmError, match=f"DPM-Solver.*needs real-valued data, which {name}"):
+        DPMSolver(steps=4)(p, oracle(x0), x_T)

@@ -14,7 +14,7 @@ from udm.fast import FastNet, describe_net, fast_net, resolve
 from udm.nets import UNet
 from udm.nets.transformer import Transformer
 from udm.processes import Gaussian, TokenMask
-from udm.sampling import sample
+from udm.samplers import DDIM
 
 from .conftest import run_cli
 
@@ -67,7 +67,7 @@ def test_fast_ddim_and_ddpm_samples_stay_close_to_plain():
     x_T = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     fast = fast_net(net, "cpu", "bf16-mixed", True)
     for eta in (0.0, 1.0):
-        runs = [sample(process, model, x_T, steps=10, eta=eta, generator=torch.Generator().manual_seed(2)) for model in (net, fast)]
+        runs = [DDIM(steps=10, eta=eta)(process, model, x_T, generator=torch.Generator().manual_seed(2)) for model in (net, fast)]
         gap = (runs[0] - runs[1]).abs()
         assert 0 < gap.max() < 0.1 and (runs[0].mean() - runs[1].mean()).abs() < 0.02
 
@@ -77,7 +77,8 @@ def test_fast_token_sampling_agrees_with_plain():
     net = Transformer(vocab_size=40, length=16, hidden=64, layers=2, heads=2, dropout=0.0).eval()
     process = TokenMask(length=16, vocab_size=40, mask_id=39, temperature=0.0, order="confidence")
     x_T = process.prior(torch.zeros(32, 16, dtype=torch.long))
-    plain, fast = (sample(process, m, x_T, generator=torch.Generator().manual_seed(0)) for m in (net, fast_net(net, "cpu", "bf16-mixed")))
+    plain, fast = (DDIM(steps=None)(process, m, x_T, generator=torch.Generator().manual_seed(0))
+                   for m in (net, fast_net(net, "cpu", "bf16-mixed")))
     assert (plain == fast).float().mean() >= 0.95
 
 
@@ -138,7 +139,7 @@ def test_udm_sample_plain_is_exact_and_default_is_close(tmp_path):
     process, net = build_from_checkpoint(load_checkpoint(run))
     generator = torch.Generator().manual_seed(0)
     x_T = process.prior(torch.zeros(8, 1, 8, 8), generator)
-    assert torch.equal(outs["plain"], sample(process, net, x_T, steps=10, generator=generator))
+    assert torch.equal(outs["plain"], DDIM(steps=10)(process, net, x_T, generator=generator))
     gap = (outs["plain"] - outs["auto"]).abs()
     assert gap.max() < 0.1
 

@@ -8,7 +8,7 @@ import torch
 
 from udm.processes import Gaussian
 from udm.processes.gaussian import cosine_alphabar
-from udm.sampling import reverse_step
+from udm.samplers import Mixed
 
 
 def betas_of(process):
@@ -86,17 +86,18 @@ def test_ddpm_step_is_the_posterior(t_int, s_int, schedule):
     x0 = torch.rand(3, 1, 4, 4, dtype=torch.float64) * 2 - 1
     xt = p(x0, torch.full((3,), t_int), torch.randn_like(x0))
     t, s = torch.full((3,), t_int), torch.full((3,), s_int)
-    step = lambda z, **kw: reverse_step(p, xt, x0, t, s, "mixed", z=z, **kw)  # noqa: E731
     mean, var = posterior(p, x0, xt, t_int, s_int)
-    zeros, ones = torch.zeros_like(x0), torch.ones_like(x0)
-    # eta = 1: mean and spread of DDPM's posterior variance (beta tilde)
-    torch.testing.assert_close(step(zeros, eta=1.0), mean, rtol=0, atol=1e-12)
-    torch.testing.assert_close(step(ones, eta=1.0) - step(zeros, eta=1.0), var.sqrt() * ones, rtol=0, atol=1e-12)
-    # variance='beta': the same mean, sigma^2 = beta_t (one-jump beta for s < t - 1), no noise into x_0
     beta = 1 - p.alphabar[t_int] / p.alphabar[s_int]
-    torch.testing.assert_close(step(zeros, eta=1.0, variance="beta"), mean, rtol=0, atol=1e-12)
-    spread = step(ones, eta=1.0, variance="beta") - step(zeros, eta=1.0, variance="beta")
-    torch.testing.assert_close(spread, (beta.sqrt() if s_int > 0 else 0) * ones, rtol=0, atol=1e-12)
+    for seed in (0, 1):  # the step draws z from its generator: x_s - mean must be the closed-form spread times that z
+        z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+        def step(variance):
+            return Mixed(eta=1.0, variance=variance)(p, xt, x0, t, s, torch.Generator().manual_seed(seed))
+
+        # eta = 1: mean and spread of DDPM's posterior variance (beta tilde)
+        torch.testing.assert_close(step("posterior"), mean + var.sqrt() * z, rtol=0, atol=1e-12)
+        # variance='beta': the same mean, sigma^2 = beta_t (one-jump beta for s < t - 1), no noise into x_0
+        torch.testing.assert_close(step("beta"), mean + (beta.sqrt() if s_int > 0 else 0) * z, rtol=0, atol=1e-12)
 
 
 def test_ddim_sigma_matches_the_paper():

@@ -12,7 +12,7 @@ from torch import nn
 from udm.errors import UdmError
 from udm.nets import ConvDecoder, ConvEncoder, IdentityCoder, TokenEmbedding, TokenHead, UNet
 from udm.processes import Gaussian, Latent
-from udm.sampling import sample
+from udm.samplers import DDIM, DDPM, DPMSolver
 
 from .conftest import run_cli
 
@@ -30,11 +30,11 @@ def test_identity_coders_reduce_to_the_pixel_process():
     x0 = torch.rand(6, 1, 8, 8) * 2 - 1
     losses = [p.training_loss(net, x0, torch.Generator().manual_seed(3)) for p in (gaussian, latent)]
     torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
-    for sampler in (dict(steps=10, eta=0.0), dict(eta=1.0)):  # DDIM-10 and DDPM ancestral
+    for sampler in (DDIM(steps=10, eta=0.0), DDPM()):  # DDIM-10 and DDPM ancestral
         outs = []
         for p in (gaussian, latent):
             g = torch.Generator().manual_seed(7)
-            outs.append(sample(p, net, p.prior(x0, g), generator=g, **sampler))
+            outs.append(sampler(p, net, p.prior(x0, g), generator=g))
         torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
@@ -49,7 +49,7 @@ def test_latent_forward_inverse_and_shapes():
     assert eps.shape == z0.shape and latent.prior(x0).shape == z0.shape
     t = torch.tensor([1, 10, 30, 50])
     x_t = latent(x0, t, eps)
-    torch.testing.assert_close(x_t, latent.a[t].float().view(-1, 1, 1, 1) * z0 + latent.b[t].float().view(-1, 1, 1, 1) * eps)
+    torch.testing.assert_close(x_t, latent.latent.a[t].float().view(-1, 1, 1, 1) * z0 + latent.latent.b[t].float().view(-1, 1, 1, 1) * eps)
     torch.testing.assert_close(latent.inverse(x0, x_t, t), eps, atol=1e-4, rtol=0)
     assert latent(x0, torch.zeros(4, dtype=torch.long), eps) is x0  # x_0 = x0, in data space
 
@@ -78,8 +78,8 @@ def test_token_latent_with_an_oracle_recovers_the_text_exactly():
     g = torch.Generator().manual_seed(0)
     x_T = latent.prior(torch.zeros(5, L, dtype=torch.long), g)
     assert x_T.shape == (5, L, d)
-    for kw in (dict(steps=20), dict(steps=None, eta=1.0)):
-        out = sample(latent, oracle, x_T, generator=g, **kw)
+    for sampler in (DDIM(steps=20), DDPM()):
+        out = sampler(latent, oracle, x_T, generator=g)
         assert out.dtype == torch.long and torch.equal(out, tokens.expand(5, -1))
     # a perfect x0 prediction has zero latent loss; the head's cross-entropy is all that is left
     loss = latent.training_loss(oracle, tokens.expand(3, -1), torch.Generator().manual_seed(1))
@@ -117,10 +117,27 @@ def test_two_stage_and_joint_training_through_the_console_scripts(tmp_path):
     # the stage-2 checkpoint carries E and D itself: sampling works after the stage-1 run is gone
     ae_ckpt.unlink()
     run_cli("udm-train", *SMOKE, f"hydra.run.dir={joint}", cwd=tmp_path)
+
+    def udm_sample(run, *args):
+        proc = run_cli("udm-sample", f"ckpt={run}", "n=6", "sampler.steps=5", *args, cwd=tmp_path)
+        return torch.load(proc.stdout.split("written to ")[-1].strip(), weights_only=True)
+
     for run in (lat, joint):
-        proc = run_cli("udm-sample", f"ckpt={run}", "n=6", "sampler.steps=5", cwd=tmp_path)
-        samples = torch.load(proc.stdout.split("written to ")[-1].strip(), weights_only=True)
-        assert samples.shape == (6, 1, 8, 8) and samples.abs().max() <= 1
+        samples = udm_sample(run)
+        # decoded images, one per starting code: not the [6, 2, 4, 4] codes, and no two alike
+        assert samples.shape == (6, 1, 8, 8) and samples.isfinite().all()
+        assert all(not torch.equal(samples[i], samples[j]) for i in range(6) for j in range(i))
+    other = udm_sample(joint, "seed=1")  # the seed picks the codes: every sample changes with it
+    assert all(not torch.equal(a, b) for a, b in zip(samples, other))
+
+
+def load_parts(latent):
+    """What udm-train does with process.autoencoder_ckpt: it reads the checkpoint and hands E and D to the process."""
+    from udm.checkpoint import load_checkpoint
+
+    path = latent.parts_checkpoint()
+    assert path and not latent.pretrained  # the process never reads the file itself
+    latent.load_parts(load_checkpoint(path)["state_dict"], path)
 
 
 def test_frozen_stage_refuses_missing_or_foreign_autoencoders(tmp_path):
@@ -130,12 +147,12 @@ def test_frozen_stage_refuses_missing_or_foreign_autoencoders(tmp_path):
     torch.save({"state_dict": {"net.w": torch.zeros(1)}, "udm": {"process": {"_target_": "udm.processes.Gaussian"}}}, pixel)
     coders = lambda: (ConvEncoder(1, 8, 2, 1), ConvDecoder(1, 8, 2, 1, image_size=8))  # noqa: E731
     with pytest.raises(UdmError, match="no encoder weights"):
-        Latent(*coders(), stage="frozen", autoencoder_ckpt=str(pixel))
+        load_parts(Latent(*coders(), stage="frozen", autoencoder_ckpt=str(pixel)))
     other = tmp_path / "other.ckpt"  # a latent run with a different code size
     state = {f"process.{k}": v for k, v in Latent(ConvEncoder(1, 8, 3, 1), ConvDecoder(1, 8, 3, 1, image_size=8)).state_dict().items()}
     torch.save({"state_dict": state, "udm": {"process": {}}}, other)
     with pytest.raises(UdmError, match="does not fit this config's encoder"):
-        Latent(*coders(), stage="frozen", autoencoder_ckpt=str(other))
+        load_parts(Latent(*coders(), stage="frozen", autoencoder_ckpt=str(other)))
 
 
 def test_text_through_gaussian_diffusion_of_embeddings(tmp_path):
@@ -161,5 +178,5 @@ def test_stage_one_freezes_the_net_and_solvers_refuse_to_extrapolate_decoded_ima
     assert not any(p.requires_grad for p in net.parameters())  # DDP needs every trained parameter used
     assert not any(p.requires_grad for p in Latent(*coders(), decoder_weight=0.0).decoder.parameters())
     latent = Latent(*coders(), T=50)
-    with pytest.raises(ValueError, match="does not apply to Latent"):
-        sample(latent, net, latent.prior(torch.zeros(2, 1, 8, 8)), steps=5, extrapolate="dpm_solver_2m")
+    with pytest.raises(UdmError, match="DPM-Solver.*extrapolated linearly, which Latent.*re-encoded every step"):
+        DPMSolver(steps=5)(latent, net, latent.prior(torch.zeros(2, 1, 8, 8)))

@@ -95,13 +95,16 @@ def test_bound_matches_the_term_by_term_reference(schedule, parametrization, var
     if variance == "analytic":
         t = torch.arange(21)
         gamma = torch.where(t % 2 == 0, 0.05, 1.2).double()  # Var(x0 | x_t) < 0 at odd t, > 1 at some even t (cosine)
-        p.set_eps_moments(gamma)
-        gamma = gamma.numpy()
     model = Recorded(16, p.T)
-    got = bits_per_dim(p, model, x0, generator=torch.Generator().manual_seed(0), variance=variance)
-    expected = reference_bits_per_dim(p, x0, model.calls, variance, gamma)
+    got = bits_per_dim(p, model, x0, generator=torch.Generator().manual_seed(0), variance=variance, gamma=gamma)
+    expected = reference_bits_per_dim(p, x0, model.calls, variance, None if gamma is None else gamma.numpy())
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9)
     assert len(model.calls) == p.T  # one network call per t
+
+
+def test_analytic_variance_needs_the_moments_passed_in():
+    with pytest.raises(UdmError, match="variance='analytic' needs the model's eps moments.*pass gamma="):
+        bits_per_dim(Gaussian(T=20), zero_eps, pixels(), generator=torch.Generator().manual_seed(0), variance="analytic")
 
 
 def test_terms_are_ordered_as_ddpm_writes_them():
@@ -154,8 +157,8 @@ def test_an_oracle_for_one_point_reaches_the_closed_form():
     beta = bits_per_dim(p, exact, x0, generator=g())
     assert (beta > posterior).all() and (beta < 3).all() and (worst - beta > 10).all()
     # a point mass has Gamma_t = 1: Analytic-DPM's variance is then the posterior's exactly
-    p.set_eps_moments(torch.ones(1001))
-    torch.testing.assert_close(bits_per_dim(p, exact, x0, generator=g(), variance="analytic"), posterior, rtol=1e-12, atol=0)
+    ones = torch.ones(1001, dtype=torch.float64)
+    torch.testing.assert_close(bits_per_dim(p, exact, x0, generator=g(), variance="analytic", gamma=ones), posterior, rtol=1e-12, atol=0)
 
 
 def test_levels_follow_the_data_grid():

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-import udm
+from udm.errors import UdmError
 from udm.processes import Gaussian
-from udm.sampling import make_timesteps, resolve_method
+from udm.samplers import (DDIM, DDPM, Baseline, DPMSolver, DPMSolver2M, Explicit, Inverse, Mixed, Sampler, SolverTime,
+                          Uniform)
 
 
 def oracle(process, x0):
@@ -25,33 +26,33 @@ def test_ddim_with_an_oracle_recovers_x0(parametrization, schedule, steps):
     p = Gaussian(schedule=schedule, parametrization=parametrization, clip_denoised=False).double()
     x0 = torch.rand(4, 1, 6, 6, dtype=torch.float64) * 2 - 1
     x_T = torch.randn_like(x0) * 3  # any start
-    out = udm.sample(p, oracle(p, x0), x_T, steps=steps, eta=0.0)
+    out = DDIM(steps=steps, eta=0.0)(p, oracle(p, x0), x_T)
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-9)
 
 
 def test_ddim_oracle_in_float32_and_with_explicit_timesteps():
     p = Gaussian()
     x0 = torch.rand(4, 1, 6, 6) * 2 - 1
-    out = udm.sample(p, oracle(p, x0), torch.randn_like(x0), timesteps=[999, 640, 300, 20, 3])
+    out = Sampler(Mixed(eta=0.0), grid=Explicit([999, 640, 300, 20, 3]))(p, oracle(p, x0), torch.randn_like(x0))
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("eta,variance", [(1.0, "ddim"), (0.5, "ddim"), (1.0, "beta")])
+@pytest.mark.parametrize("eta,variance", [(1.0, "posterior"), (0.5, "posterior"), (1.0, "beta")])
 def test_stochastic_samplers_with_an_oracle_still_end_at_x0(eta, variance):
     # with the true x0 every step's x0_hat is exact, so noise never reaches x_0
     p = Gaussian().double()
     x0 = torch.rand(4, 1, 6, 6, dtype=torch.float64) * 2 - 1
     g = torch.Generator().manual_seed(1)
-    out = udm.sample(p, oracle(p, x0), torch.randn_like(x0), steps=20, eta=eta, variance=variance, generator=g)
+    out = Sampler(Mixed(eta=eta, variance=variance), steps=20)(p, oracle(p, x0), torch.randn_like(x0), generator=g)
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [dict(eta=1.0), dict(eta=1.0, variance="beta"), dict(eta=0.0), dict(eta=0.5)],
+    "sampler",
+    [DDPM(variance="posterior"), DDPM(variance="beta"), DDIM(steps=None, eta=0.0), DDIM(steps=None, eta=0.5)],
     ids=["ddpm-posterior", "ddpm-beta", "ddim", "ddim-eta0.5"],
 )
-def test_exact_score_samples_the_data_distribution(kwargs):
+def test_exact_score_samples_the_data_distribution(sampler):
     # 1-D data x0 ~ N(mu, s^2): E[eps | x_t] = b_t (x_t - a_t mu) / (a_t^2 s^2 + b_t^2) exactly.
     # All T steps: with coarse steps DDIM's discretization error is real (std 0.188 at 100 steps).
     mu, s, n = 0.3, 0.2, 20000
@@ -63,17 +64,20 @@ def test_exact_score_samples_the_data_distribution(kwargs):
 
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(n, 1, dtype=torch.float64, generator=g)
-    x = udm.sample(p, model, x_T, generator=g, **kwargs)
+    x = sampler(p, model, x_T, generator=g)
     assert x.mean().item() == pytest.approx(mu, abs=4 * s / n**0.5 + 2e-3)
     assert x.std().item() == pytest.approx(s, rel=0.03)
 
 
 def test_timesteps_start_at_T_and_end_above_zero():
-    assert make_timesteps(1000, steps=4) == [1000, 750, 500, 250]
-    assert make_timesteps(10) == list(range(10, 0, -1))
-    assert make_timesteps(1000, timesteps=[900, 10]) == [900, 10]
-    assert make_timesteps(1000, steps=4, start=500) == [500, 375, 250, 125]
-    assert make_timesteps(10, start=3) == [3, 2, 1]
+    p1000, p10 = Gaussian(T=1000), Gaussian(T=10)
+    assert Uniform()(p1000, 4) == [1000, 750, 500, 250]
+    assert Uniform()(p10) == list(range(10, 0, -1))
+    assert Explicit([900, 10])(p1000) == [900, 10]
+    assert Uniform()(p1000, 4, 500) == [500, 375, 250, 125]
+    assert Uniform()(p10, None, 3) == [3, 2, 1]
+    # a sampler's grid is the one it runs on
+    assert DDIM(steps=4).timesteps(p1000) == [1000, 750, 500, 250] and DDPM().timesteps(p10, 3) == [3, 2, 1]
 
 
 def test_sampling_from_t_start_visits_only_steps_below_it():
@@ -86,45 +90,47 @@ def test_sampling_from_t_start_visits_only_steps_below_it():
         seen.append(int(t[0]))
         return p.inverse(x0, xt, t)
 
-    x = udm.sample(p, oracle, x_t, t_start=40, steps=8)
+    x = DDIM(steps=8)(p, oracle, x_t, t_start=40)
     assert seen == [40, 35, 30, 25, 20, 15, 10, 5]
     torch.testing.assert_close(x, x0)
 
 
 @pytest.mark.parametrize(
-    "kwargs,message",
+    "grid,message",
     [
-        (dict(steps=0), "steps must lie in 1..1000"),
-        (dict(steps=1001), "steps must lie in 1..1000"),
-        (dict(steps=11, start=10), "steps must lie in 1..10"),
-        (dict(start=0), "starting step must lie in 1..T"),
-        (dict(timesteps=[10, 20]), "strictly decreasing"),
-        (dict(timesteps=[1001, 5]), "must lie in 1..T"),
-        (dict(timesteps=[]), "empty"),
+        (lambda p: Uniform()(p, 0), "steps must lie in 1..1000"),
+        (lambda p: Uniform()(p, 1001), "steps must lie in 1..1000"),
+        (lambda p: Uniform()(p, 11, 10), "steps must lie in 1..10"),
+        (lambda p: Uniform()(p, None, 0), "starting step must lie in 1..T"),
+        (lambda p: Explicit([10, 20])(p), "strictly decreasing"),
+        (lambda p: Explicit([1001, 5])(p), "must lie in 1..1000"),
+        (lambda p: Explicit([])(p), "empty"),
     ],
+    ids=["steps-0", "steps-above-T", "steps-above-start", "start-0", "increasing", "above-T", "empty"],
 )
-def test_bad_timesteps_are_refused(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        make_timesteps(1000, **kwargs)
+def test_bad_timesteps_are_refused(grid, message):
+    with pytest.raises(UdmError, match=message):
+        grid(Gaussian(T=1000))
 
 
-def test_method_resolution():
+def test_gaussian_declares_the_mixed_step_and_unknown_variances_are_refused():
+    # what the old method='auto' resolved to ('mixed'): a Gaussian is invertible with N(0, I) noise
     p = Gaussian()
-    assert resolve_method(p, "auto") == "mixed"
-    with pytest.raises(ValueError, match="unknown sampling method"):
-        resolve_method(p, "fancy")
+    assert p.capabilities.invertible and p.capabilities.gaussian_noise
+    DDIM(eta=0.5).check(p)  # the mixed step with fresh noise is accepted
+    with pytest.raises(UdmError, match="variance='fancy' does not apply to Gaussian.*'posterior', 'beta'"):
+        Sampler(Mixed(eta=1.0, variance="fancy")).check(p)
 
 
 def test_baseline_and_inverse_are_the_mixed_step_at_r_1_and_r_0():
-    from udm.sampling import reverse_step
-
     p = Gaussian().double()
     x0 = torch.rand(2, 1, 3, 3, dtype=torch.float64)
     t, s = torch.tensor([600, 600]), torch.tensor([400, 400])
     xt = p(x0, t, torch.randn_like(x0))
-    z = torch.randn_like(x0)
-    torch.testing.assert_close(reverse_step(p, xt, x0, t, s, "inverse"), reverse_step(p, xt, x0, t, s, "mixed", eta=0.0, z=z))
-    torch.testing.assert_close(reverse_step(p, xt, x0, t, s, "baseline", z=z), p(x0, s, z))
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    z = torch.randn(x0.shape, generator=g(), dtype=torch.float64)  # the z a step draws from g()
+    torch.testing.assert_close(Inverse()(p, xt, x0, t, s), Mixed(eta=0.0)(p, xt, x0, t, s, g()))
+    torch.testing.assert_close(Baseline()(p, xt, x0, t, s, g()), p(x0, s, z))
 
 
 def gaussian_data_eps(process, mean, std):
@@ -142,8 +148,8 @@ def test_dpm_solver_2m_matches_its_closed_form_update():
     process = Gaussian(T=1000, schedule="linear", clip_denoised=False)
     model = gaussian_data_eps(process, 0.3, 0.2)
     x_T = torch.randn(64, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ts = udm.sampling.solver_timesteps(process, 8)
-    ours = udm.sample(process, model, x_T, steps=8, extrapolate="dpm_solver_2m", spacing="solver_time")
+    ts = SolverTime()(process, 8)
+    ours = DPMSolver(steps=8)(process, model, x_T)
 
     a, b = process.a, process.b
     lam = lambda t: float(a[t].log() - b[t].log())  # noqa: E731
@@ -165,8 +171,8 @@ def test_dpm_solver_2m_needs_far_fewer_steps_than_ddim():
     process = Gaussian(T=1000, schedule="cosine")
     model = gaussian_data_eps(process, 0.3, 0.2)
     x_T = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))
-    ddim = udm.sample(process, model, x_T, steps=10).std()
-    dpm = udm.sample(process, model, x_T, steps=10, extrapolate="dpm_solver_2m", spacing="solver_time").std()
+    ddim = DDIM(steps=10)(process, model, x_T).std()
+    dpm = DPMSolver(steps=10)(process, model, x_T).std()
     assert abs(dpm - 0.2) < 0.01 < abs(ddim - 0.2) / 4  # 0.196 vs DDIM's 0.141 at 10 evaluations
 
 
@@ -176,11 +182,11 @@ def test_dpm_solver_2m_applies_to_cold_processes_and_refuses_tokens():
     blur = Blur(T=20, prior_noise=0.0)
     x0 = torch.rand(3, 1, 8, 8) * 2 - 1
     exact = lambda x, t: x0  # noqa: E731  an oracle: the extrapolation of a constant is the constant
-    out = udm.sample(blur, exact, blur.prior(x0), steps=7, extrapolate="dpm_solver_2m", spacing="solver_time")
+    out = DPMSolver(steps=7)(blur, exact, blur.prior(x0))
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
     mask = TokenMask(vocab_size=10, length=4, mask_id=9)
-    with pytest.raises(ValueError, match="real-valued"):
-        udm.sample(mask, lambda x, t: torch.zeros(*x.shape, 10), mask.prior(torch.zeros(2, 4, dtype=torch.long)),
-                   steps=2, extrapolate="dpm_solver_2m")
-    with pytest.raises(ValueError, match="unknown spacing"):
-        udm.sample(blur, exact, blur.prior(x0), steps=2, spacing="log")
+    with pytest.raises(UdmError, match="DPM-Solver.*needs real-valued data, which TokenMask"):
+        Sampler(Inverse(), steps=2, transform=DPMSolver2M())(
+            mask, lambda x, t: torch.zeros(*x.shape, 10), mask.prior(torch.zeros(2, 4, dtype=torch.long)))
+    with pytest.raises(UdmError, match="extrapolates x0_hat for the inverse step"):  # the baseline step has no eps_hat
+        Sampler(Baseline(), steps=2, transform=DPMSolver2M())(blur, exact, blur.prior(x0))

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-import udm
+from udm.errors import UdmError
 from udm.processes import Gaussian, VarianceExploding
-from udm.sampling import annealed_langevin
+from udm.samplers import DDIM, AnnealedLangevin, PredictorCorrector
 
 W = torch.tensor([0.3, 0.7], dtype=torch.float64)
 MU = torch.tensor([-2.0, 2.0], dtype=torch.float64)
@@ -60,20 +60,20 @@ def test_exact_score_model_is_consistent():
 def test_annealed_langevin_on_ve(g):
     p = VarianceExploding(T=100, sigma_min=0.01, sigma_max=10.0)
     x_T = p.prior(torch.zeros(N, 1, dtype=torch.float64), g)
-    check(annealed_langevin(p, exact_eps(p), x_T, steps_per_level=10, step_lr=2e-5, generator=g))
+    check(AnnealedLangevin(steps_per_level=10, step_lr=2e-5)(p, exact_eps(p), x_T, generator=g))
 
 
 def test_annealed_langevin_on_vp(g):
     p = Gaussian(T=1000, clip_denoised=False)
     x_T = torch.randn(N, 1, dtype=torch.float64, generator=g)
-    check(annealed_langevin(p, exact_eps(p), x_T, steps=100, steps_per_level=20, step_lr=1e-3, generator=g))
+    check(AnnealedLangevin(steps=100, steps_per_level=20, step_lr=1e-3)(p, exact_eps(p), x_T, generator=g))
 
 
 @pytest.mark.parametrize("kind", ["ve", "vp"])
 def test_predictor_corrector(kind, g):
     p = VarianceExploding(T=100) if kind == "ve" else Gaussian(T=1000, clip_denoised=False)
     x_T = p.prior(torch.zeros(N, 1, dtype=torch.float64), g)
-    check(udm.sample(p, exact_eps(p), x_T, steps=100, eta=1.0, corrector_steps=1, snr=0.16, generator=g))
+    check(PredictorCorrector(steps=100, eta=1.0, corrector_steps=1, snr=0.16)(p, exact_eps(p), x_T, generator=g))
 
 
 def test_ve_oracle_ddim_recovers_x0_and_forward_matches_closed_form(g):
@@ -85,7 +85,7 @@ def test_ve_oracle_ddim_recovers_x0_and_forward_matches_closed_form(g):
     torch.testing.assert_close(x_t, x0 + p.sigma[20] * eps)
     torch.testing.assert_close(p.inverse(x0, x_t, t), eps)
     assert float(p.sigma[1]) == pytest.approx(0.02) and float(p.sigma[50]) == pytest.approx(5.0)
-    out = udm.sample(p, lambda x, t: p.inverse(x0, x, t), torch.randn(4, 3, dtype=torch.float64, generator=g) * 5, eta=0.0)
+    out = DDIM(steps=None, eta=0.0)(p, lambda x, t: p.inverse(x0, x, t), torch.randn(4, 3, dtype=torch.float64, generator=g) * 5)
     torch.testing.assert_close(out, x0)
 
 
@@ -93,10 +93,10 @@ def test_langevin_needs_a_score():
     from udm.processes import Blur
 
     p = Blur(T=5)
-    with pytest.raises(ValueError, match="need a score"):
-        annealed_langevin(p, lambda x, t: x, torch.zeros(1, 1, 8, 8))
-    with pytest.raises(ValueError, match="need a score"):
-        udm.sample(p, lambda x, t: x, torch.zeros(1, 1, 8, 8), corrector_steps=1)
+    with pytest.raises(UdmError, match=r"annealed Langevin dynamics .*needs a score.*which Blur\(T=5, sigma=0.0\) does not have"):
+        AnnealedLangevin()(p, lambda x, t: x, torch.zeros(1, 1, 8, 8))
+    with pytest.raises(UdmError, match=r"the Langevin corrector needs a score.*which Blur\(T=5, sigma=0.0\) does not have"):
+        PredictorCorrector(eta=0.0, corrector_steps=1)(p, lambda x, t: x, torch.zeros(1, 1, 8, 8))
 
 
 def test_toy_smld_trains_and_samples_through_the_console_scripts(tmp_path):
