@@ -16,9 +16,8 @@ from hydra.utils import instantiate
 from udm.cli import CONF_DIR
 from udm.errors import UdmError
 from udm.jobs.train import fill_from_data
-from udm.nets import IdentityCoder
-from udm.processes import ForwardProcess, Latent, TokenProcess
-from udm.samplers import DDIM, Mixed, Sampler
+from udm.processes import Blur, ForwardProcess, Gaussian, Latent, TokenProcess
+from udm.samplers import DDIM, DDPM, Baseline, Mixed, Sampler
 
 from .conftest import compose_train
 
@@ -35,7 +34,7 @@ SERVES = {  # sampler config -> the process configs it must serve; every other p
     "ddim": set(PROCESSES), "improved": set(PROCESSES), "naive": set(PROCESSES),
     "ddpm": GAUSSIAN_NOISE, "ddpm_beta": {"gaussian", "latent", "latent_tokens"},  # VE's sigma_t^2 = beta_t is not defined
     "pc": SCORE, "langevin": SCORE, "dpm_solver": EXTRAPOLATES,
-    "analytic_ddpm": {"gaussian"}, "analytic_ddim": {"gaussian"},
+    "analytic_ddpm": {"gaussian", "latent", "latent_tokens"}, "analytic_ddim": {"gaussian", "latent", "latent_tokens"},
 }
 
 
@@ -57,9 +56,9 @@ def build_process(name: str) -> ForwardProcess:
 
 
 def data_for(process: ForwardProcess, g: torch.Generator) -> torch.Tensor:
-    if isinstance(process, TokenProcess) or (isinstance(process, Latent) and not process.capabilities.real_valued):
+    if isinstance(process, TokenProcess):
         return process.regular[torch.randint(0, len(process.regular), (3, TOKENS["length"]), generator=g)]
-    if isinstance(process, Latent) and not isinstance(process.encoder, IdentityCoder):
+    if not process.capabilities.real_valued:  # the encoding model of tokens
         return torch.randint(1, TOKENS["vocab_size"] - 1, (3, TOKENS["length"]), generator=g)
     return torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64) * 1.6 - 0.8
 
@@ -73,7 +72,7 @@ def oracle(process: ForwardProcess, x0: torch.Tensor):
         if isinstance(process, Latent):
             z0 = process.encoder(x0)
             return process.latent.target(z0, t, process.latent.inverse(z0, x_t, t))
-        if hasattr(process, "target"):  # VP Gaussian: eps, x0 or v
+        if isinstance(process, Gaussian):  # eps, x0 or v
             return process.target(x0, t, process.inverse(x0, x_t, t))
         if process.capabilities.gaussian_noise and process.capabilities.score:  # VE: the net predicts eps
             return process.inverse(x0, x_t, t)
@@ -143,6 +142,20 @@ def test_eta_is_refused_where_there_is_no_gaussian_noise():
         with pytest.raises(UdmError, match=r"eta=0\.5 .*needs Gaussian noise.*" + type(process).__name__):
             DDIM(steps=3, eta=0.5).check(process)
         DDIM(steps=3, eta=0.0).check(process)  # eta = 0 is the inverse step, which they have
+
+
+def test_cold_processes_with_noise_take_the_mixed_step_and_ddpm():
+    """sigma > 0 gives cold diffusion Gaussian noise e ~ N(0, sigma^2): eta blends eps_hat with fresh noise
+    (r = eta, the 'blend' variance), so DDPM (eta = 1) is the baseline step there, drawn with the same z."""
+    blur = Blur(T=6, std_max=4.0, sigma=0.1).double()
+    g = torch.Generator().manual_seed(0)
+    x0 = data_for(blur, g)
+    x_T = blur(x0, torch.full((3,), 6), blur.sample_noise(x0, g))
+    ddpm = DDPM()(blur, lambda x, t: x0, x_T, generator=torch.Generator().manual_seed(3))
+    naive = Sampler(Baseline())(blur, lambda x, t: x0, x_T, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ddpm, naive, rtol=0, atol=1e-12)
+    with pytest.raises(UdmError, match="variance='posterior' does not apply to Blur.*knows only \\['blend'\\]"):
+        DDPM(variance="posterior").check(blur)
 
 
 def test_out_of_range_settings_are_refused_when_built():

@@ -243,7 +243,14 @@ def test_a_new_metric_is_one_class_and_one_yaml_file(tmp_path, capsys):
     search = f"hydra.searchpath=[file://{conf}]"
     base = [f"ckpt={ckpt}", "n=4", "sampler.steps=2", f"out_dir={tmp_path / 'out'}", "progress=false", search]
     report = evaluate(compose_config("eval", *base, "metrics=[mean_pixel]", "+metric.mean_pixel.scale=2.5"))
-    assert report["mean_pixel_scale"] == 2.5 and -2.5 <= report["mean_pixel"] <= 2.5
+    assert report["mean_pixel_scale"] == 2.5
+    # the scored samples, as saved beside the JSON (8-bit PNG: the mean moves by at most half a level)
+    import numpy as np
+    from PIL import Image
+
+    saved = np.asarray(Image.open(report["samples_file"]).convert("L"), dtype=np.float64)[::8, ::8]  # grids upscale 8x8 images 8x
+    cells = [saved[2 + 10 * r: 10 + 10 * r, 2 + 10 * c: 10 + 10 * c] for r in range(2) for c in range(2)]
+    assert report["mean_pixel"] == pytest.approx(2.5 * (np.mean(cells) / 127.5 - 1), abs=2.5 / 255)
     written = json.loads(Path(report["json"]).read_text())
     assert written["mean_pixel"] == report["mean_pixel"] and "fid" not in written and "nfe_per_sample" in written
     table = capsys.readouterr().out

@@ -21,9 +21,8 @@ from torch import Tensor
 
 from udm.errors import UdmError
 from udm.processes import Gaussian
+from udm.processes.base import Model
 from udm.processes.capabilities import require
-
-Model = Callable[..., Tensor]
 
 MOMENT_DEFAULTS = {"num_samples": 100, "batch_size": 500, "seed": 0}
 

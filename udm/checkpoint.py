@@ -20,7 +20,6 @@ from udm.errors import UdmError
 from udm.processes import ForwardProcess
 
 CHECKPOINT_KEY = "udm"  # the checkpoint entry holding the recipe (process, net, data, shape, modality, tokenizer)
-MODALITIES = ("image", "text", "points")
 
 
 def find_checkpoint(path: str | Path) -> Path:

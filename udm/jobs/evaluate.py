@@ -28,11 +28,11 @@ The JSON is one flat object (udm-compare reads it from multirun folders); keys w
 metric was not computed are absent:
     schema                 "udm-eval/1"
     ckpt, run, global_step the checkpoint file, its run folder, its training step
-    modality               "image" | "text" | "other"
+    modality               "image" | "text" | "points"
     process, process_target, net, net_params, data
                            the recipe: process.describe(), the process and net classes, the
                            net's parameter count, the data class
-    sampler                the sampler's config name (ddim, ddpm, ...); sampler_target its function
+    sampler                the sampler's config name (ddim, ddpm, ...); sampler_target its class
     sampler_<key>          every setting of the sampler config (sampler_steps, sampler_eta, ...;
                            nested ones joined by _, e.g. sampler_moments_num_samples)
     steps                  the steps the sampler ran (T when sampler.steps is null)
@@ -81,6 +81,7 @@ from udm.fast import describe_net
 from udm.jobs.sample import fresh_path
 from udm.metrics.base import Context, Metric, Row, load_metrics
 from udm.models import TrainedModel, open_model
+from udm.processes.base import predict
 
 SCHEMA = "udm-eval/1"
 COST = (  # the table's last rows: measured for every evaluation
@@ -97,7 +98,7 @@ class CountingModel:
 
     def __call__(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
         self.rows += int(x_t.shape[0])
-        return self.net(x_t, t) if cond is None else self.net(x_t, t, cond)
+        return predict(self.net, x_t, t, cond)
 
 
 def choose_metrics(cfg: DictConfig, model: TrainedModel, context: Context) -> list[Metric]:

@@ -26,6 +26,7 @@ from udm.jobs.sample import fresh_path
 from udm.metrics.text import text_metrics
 from udm.models import open_model
 from udm.processes import Latent, TokenMask, TokenProcess
+from udm.processes.base import predict
 
 
 def encode_template(tok, template: str, blank: str, length: int) -> torch.Tensor:
@@ -56,7 +57,7 @@ def keep_fixed(model, fixed: torch.Tensor, known: torch.Tensor, vocab_size: int)
     certain = torch.nn.functional.one_hot(fixed[known], vocab_size).float() * 2e4 - 1e4  # [known, V]
 
     def wrapped(x_t, t, cond=None):
-        out = model(x_t, t) if cond is None else model(x_t, t, cond)
+        out = predict(model, x_t, t, cond)
         out[:, known] = certain.to(out.dtype)
         return out
 

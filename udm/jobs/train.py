@@ -95,7 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     fill_from_data(cfg.process, datamodule.derived, "process")
     fill_from_data(cfg.net, datamodule.derived, "net")
     process, net = instantiate(cfg.process), instantiate(cfg.net)
-    parts = process.parts_checkpoint()
+    parts = process.parts_checkpoint() if process.capabilities.trainable_parts else None
     if parts:  # e.g. the encoding model's stage two: E and D from a stage-one run (the process itself reads no files)
         process.load_parts(load_checkpoint(parts)["state_dict"], str(find_checkpoint(parts)))
     if cfg.get("channels_last"):  # convolutions then run NHWC whatever the input's layout; checkpoints load either way

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 
 import torch
 from rich.progress import track
@@ -28,8 +27,7 @@ from torch import Tensor
 
 from udm.errors import UdmError
 from udm.processes import Gaussian, TokenMask
-
-Model = Callable[..., Tensor]
+from udm.processes.base import Model
 
 BOUND_VARIANCES = ("beta", "posterior", "analytic")
 

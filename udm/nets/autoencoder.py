@@ -45,6 +45,8 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """z -> x0_hat in [-1, 1] (tanh); nll is the Gaussian decoder's -log q up to constants (mse) or L1."""
 
+    real_valued = True  # what decode gives back: the encoding model declares its x0 from it
+
     def __init__(self, out_channels: int = 1, channels: int = 32, latent_channels: int = 4, downsamples: int = 2,
                  groups: int = 8, image_size: int = 28, loss: str = "mse"):
         super().__init__()
@@ -86,6 +88,8 @@ class TokenEmbedding(nn.Module):
 class TokenHead(nn.Module):
     """Latents [B, L, dim] -> logits [B, L, V]; decode picks the argmax token (or samples at `temperature` > 0)."""
 
+    real_valued = False  # decode gives token ids
+
     def __init__(self, vocab_size: int, dim: int = 32, temperature: float = 0.0):
         super().__init__()
         if temperature < 0:
@@ -108,6 +112,8 @@ class TokenHead(nn.Module):
 
 class IdentityCoder(nn.Module):
     """E = D = identity, with the Gaussian decoder's MSE as nll: the latent process becomes the pixel process."""
+
+    real_valued = True
 
     def forward(self, x: Tensor) -> Tensor:
         return x

@@ -10,6 +10,7 @@ one reverse loop in `udm.samplers` needs nothing else.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -71,11 +72,12 @@ class ForwardProcess(nn.Module, abc.ABC):
         x_t = self(x0, t, eps)
         return self.loss(predict(net, x_t, t, cond), x0, x_t, t, eps)
 
-    def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "eta") -> tuple[Tensor, Tensor]:
+    def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "blend") -> tuple[Tensor, Tensor]:
         """(sqrt(1 - r^2), r) of the mixed step x_s = F_s(x0_hat, sqrt(1 - r^2) eps_hat + r z).
 
-        The generic choice, variance 'eta', is r = eta: eta = 0 is the inverse step, eta = 1 the
-        baseline. Gaussian processes override it with the DDPM/DDIM variances.
+        The generic choice, variance 'blend', is r = eta: the noise is a blend of eps_hat and fresh noise,
+        eta = 0 the inverse step, eta = 1 the baseline. Gaussian processes override it with the DDPM/DDIM
+        variances.
         """
         if variance not in self.capabilities.variances:
             raise ValueError(f"{self.describe()} knows the variances {list(self.capabilities.variances)}, not {variance!r}")
@@ -123,7 +125,10 @@ def per_sample(coef: Tensor, x: Tensor) -> Tensor:
     return coef.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def predict(model, x_t: Tensor, t: Tensor, cond=None):
+Model = Callable[..., Tensor]  # model(x_t, t) or model(x_t, t, cond): the network's raw output
+
+
+def predict(model: Model, x_t: Tensor, t: Tensor, cond=None):
     """The network's raw output at (x_t, t): `model(x_t, t, cond)`, or `model(x_t, t)` when there is no condition,
     so unconditional callables with two arguments keep working."""
     return model(x_t, t) if cond is None else model(x_t, t, cond)

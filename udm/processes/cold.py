@@ -38,7 +38,7 @@ class Cold(ForwardProcess):
 
     @property
     def capabilities(self) -> Capabilities:  # the mixed step's fresh noise needs Gaussian e; sigma = 0 has none
-        return Capabilities(invertible=True, gaussian_noise=self.sigma > 0, variances=("eta",) if self.sigma > 0 else (),
+        return Capabilities(invertible=True, gaussian_noise=self.sigma > 0, variances=("blend",) if self.sigma > 0 else (),
                             extrapolates_x0=True, prior_needs_data=True)
 
     @abc.abstractmethod

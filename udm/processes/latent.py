@@ -42,11 +42,14 @@ STAGES = ("joint", "autoencoder", "frozen")
 class Latent(ForwardProcess):
     """VP Gaussian diffusion of z0 = E(x0) with a decoder q(x0 | z); see the module docstring."""
 
-    capabilities = Capabilities(
-        invertible=True, gaussian_noise=True, variances=("posterior", "beta"), score=True, trainable_parts=True,
-        why_not_extrapolate=("x0_hat is a decoded image (or tokens) that is re-encoded every step, and "
-                             "E(a linear combination) is not that combination of codes; use ddim or ddpm"),
-    )
+    @property
+    def capabilities(self) -> Capabilities:  # x0 is what the decoder gives back: pixels, or token ids
+        return Capabilities(
+            invertible=True, gaussian_noise=True, variances=("posterior", "beta"), score=True, analytic_variance=True,
+            real_valued=self.decoder.real_valued, trainable_parts=True,
+            why_not_extrapolate=("x0_hat is a decoded image (or tokens) that is re-encoded every step, and "
+                                 "E(a linear combination) is not that combination of codes; use ddim or ddpm"),
+        )
 
     def __init__(
         self,
@@ -147,6 +150,18 @@ class Latent(ForwardProcess):
 
     def noise_scale(self, t: Tensor) -> Tensor:
         return self.latent.noise_scale(t)
+
+    # the schedule Analytic-DPM reads (udm.analytic): that of the latent Gaussian
+    @property
+    def alphabar(self) -> Tensor:
+        return self.latent.alphabar
+
+    @property
+    def clip_denoised(self) -> bool:
+        return self.latent.clip_denoised
+
+    def eps_hat(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.latent.eps_hat(out, x_t, t)
 
     def solver_time(self, t: Tensor) -> Tensor:
         return self.latent.solver_time(t)

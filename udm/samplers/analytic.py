@@ -62,6 +62,7 @@ class AnalyticDPM(Sampler):
 
     def __init__(self, steps: int | None = None, eta: float = 1.0, clip_pixels: float = 2.0,
                  moments: dict | None = None, gamma: Tensor | None = None):
+        AnalyticStep(torch.ones(1), eta, clip_pixels)  # eta and clip_pixels refused now, before any estimate
         self.eta, self.clip_pixels, self.moments = float(eta), clip_pixels, dict(moments or {})
         unknown = set(self.moments) - set(MOMENT_DEFAULTS)
         if unknown:

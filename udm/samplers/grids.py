@@ -77,4 +77,7 @@ class Explicit:
         top = check_start(process.T, start)
         if any(t < 1 or t > top for t in self.timesteps):
             raise UdmError(f"timesteps must lie in 1..{top} (the starting step; T = {process.T}), got {self.timesteps}")
+        if start is not None and self.timesteps[0] != start:
+            raise UdmError(f"the input sits at t = {start}, but the explicit timesteps start at {self.timesteps[0]}; "
+                           f"begin them at {start}")
         return list(self.timesteps)

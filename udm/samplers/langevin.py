@@ -11,6 +11,7 @@ from udm.errors import UdmError
 from udm.processes.base import predict
 from udm.processes.capabilities import require
 from udm.samplers.grids import Uniform
+from udm.samplers.loop import Step
 
 
 class Langevin:
@@ -69,11 +70,12 @@ class AnnealedLangevin:
         for i, t_int in enumerate(track(ts, description="langevin", disable=not progress, transient=True)):
             t = torch.full((batch,), t_int, dtype=torch.long, device=x.device)
             alpha = self.step_lr * (float(process.noise_scale(t[:1])) / sigma_min) ** 2
+            x_t = x
             for _ in range(self.steps_per_level):
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 x = x + alpha / 2 * process.score(predict(model, x, t, cond), x, t) + alpha**0.5 * z
-            if callback is not None:
-                callback(i=i, t=t_int, x=x)
+            if callback is not None:  # the chain stays at level t; x0_hat is not formed between levels
+                callback(Step(i, t_int, t_int, x_t, None, x))
         if self.denoise:
             x = process.x0_hat(predict(model, x, t, cond), x, t, generator)
         return x

@@ -13,7 +13,7 @@ Analytic-DPM and the improved cold and token samplers are all this loop with dif
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from rich.progress import track
@@ -34,6 +34,19 @@ class Step(NamedTuple):
     x_t: Any
     x0_hat: Any
     x_s: Any
+
+
+class SamplerLike(Protocol):
+    """What udm's jobs and a user's code call on any sampler (Sampler and AnnealedLangevin implement it)."""
+
+    def check(self, process) -> None: ...  # refuse, before sampling, a process it does not fit (UdmError)
+
+    def prepare(self, process, model, source=None) -> SamplerLike: ...  # ready for this model (source: a TrainedModel)
+
+    def timesteps(self, process, t_start: int | None = None) -> list[int]: ...  # the noisy times it visits
+
+    def __call__(self, process, model, x_T: Tensor, generator: torch.Generator | None = None, t_start: int | None = None,
+                 cond=None, callback: Callable[[Step], None] | None = None, progress: bool = False) -> Tensor: ...
 
 
 @torch.no_grad()

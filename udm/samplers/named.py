@@ -11,9 +11,10 @@ from udm.samplers.steps import Baseline, Inverse, Mixed
 
 class DDPM(Sampler):
     """DDPM ancestral sampling (Ho et al. 2020): the mixed step at eta = 1 over all T steps by default;
-    variance 'posterior' is sigma_t^2 = beta~_t, 'beta' is sigma_t^2 = beta_t."""
+    variance 'posterior' is sigma_t^2 = beta~_t, 'beta' is sigma_t^2 = beta_t; None takes the process's
+    own first choice (posterior for Gaussian processes, fresh noise for cold ones with sigma > 0)."""
 
-    def __init__(self, steps: int | None = None, variance: str = "posterior"):
+    def __init__(self, steps: int | None = None, variance: str | None = None):
         super().__init__(Mixed(eta=1.0, variance=variance), steps)
 
 
