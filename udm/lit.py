@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from udm.checkpoint import CHECKPOINT_KEY, recipe_modality
+from udm.conditioning import drop_condition
 from udm.grid import as_grid_array, save_grid
 from udm.processes import ForwardProcess
 from udm.processes.base import predict
@@ -37,6 +38,8 @@ class DiffusionModule(L.LightningModule):
     optimizer / scheduler: partials taking parameters / the optimizer (Hydra `_partial_`).
     sampler: a udm sampler (udm.samplers), called as sampler(process, net, x_T, generator=...) for the validation grid.
     recipe: the plain config needed to rebuild process and net; stored in every checkpoint.
+    condition_dropout: the probability that a training sample's condition is replaced by the null one, so
+    one model is both conditional and unconditional (classifier-free guidance); no effect on unconditional data.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class DiffusionModule(L.LightningModule):
         val_samples: int = 16,
         sample_seed: int = 0,
         recipe: dict | None = None,
+        condition_dropout: float = 0.0,
     ):
         super().__init__()
         self.process, self.net = process, net
@@ -57,6 +61,9 @@ class DiffusionModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.sampler, self.val_samples, self.sample_seed = sampler, val_samples, sample_seed
         self.recipe = recipe or {}
+        if not 0 <= condition_dropout <= 1:
+            raise ValueError(f"condition_dropout is a probability in [0, 1], got {condition_dropout}")
+        self.condition_dropout = condition_dropout
         self.last_samples: Tensor | None = None
 
     def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
@@ -67,7 +74,7 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x0, cond = split_batch(batch)
-        loss = self.diffusion_loss(x0, cond=cond)
+        loss = self.diffusion_loss(x0, cond=drop_condition(cond, self.condition_dropout))
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

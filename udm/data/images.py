@@ -41,10 +41,14 @@ class ImageData(InMemoryData):
         test_fraction: float = 0.1,
         split_seed: int = 0,
         num_workers: int = 0,
+        condition: str = "none",
     ):
         super().__init__()
         if not 0 < test_fraction < 1:
             raise UdmError(f"data.test_fraction must lie in (0, 1), got {test_fraction}")
+        if condition not in ("none", "label"):
+            raise UdmError(f"data.condition must be none or label (the class label) for images, got {condition!r}")
+        self.condition = condition
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.test_fraction, self.split_seed = batch_size, test_fraction, split_seed
         self.num_workers = num_workers
@@ -56,7 +60,11 @@ class ImageData(InMemoryData):
         return (self.channels, self.image_size, self.image_size)
 
     modality = "image"  # [C, H, W] in [-1, 1]
-    derived: dict = {}  # images fill nothing in the process/net configs (they interpolate ${data.image_size})
+
+    @property
+    def derived(self) -> dict:
+        """What the net config may leave as ???: the number of classes of labelled data (net.num_classes)."""
+        return {"num_classes": int(self.train_cond.max()) + 1} if self.train_cond is not None else {}
 
     def recipe(self) -> dict:
         return {}
@@ -79,6 +87,10 @@ class ImageData(InMemoryData):
             images = images.clamp(-1, 1)
         train, test = self.split_indices(len(images))
         self.test, self.train = images[test].contiguous(), images[train].contiguous()
+        if self.condition == "label":  # (x0, label) batches: the class-conditional model's data
+            if self.load_labels() is None:
+                raise UdmError(f"data.condition=label needs class labels, and {type(self).__name__} data has none")
+            self.train_cond, self.test_cond = self.labels()
 
     def split_indices(self, n: int) -> tuple[Tensor, Tensor]:
         """(train, test) rows of the n loaded images: a seeded permutation whose first test_fraction is held out."""

@@ -9,16 +9,18 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 
 class Rows(Dataset):
-    """The rows of one tensor (images, token sequences, points) as a dataset."""
+    """The rows of one tensor (images, token sequences, points) as a dataset; with `conds`, (row, its condition)."""
 
-    def __init__(self, rows: Tensor):
-        self.rows = rows
+    def __init__(self, rows: Tensor, conds: Tensor | None = None):
+        if conds is not None and len(conds) != len(rows):
+            raise ValueError(f"{len(conds)} conditions for {len(rows)} rows")
+        self.rows, self.conds = rows, conds
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> Tensor:
-        return self.rows[i]
+    def __getitem__(self, i: int):
+        return self.rows[i] if self.conds is None else (self.rows[i], self.conds[i])
 
 
 class InMemoryData(L.LightningDataModule):
@@ -27,11 +29,13 @@ class InMemoryData(L.LightningDataModule):
     modality: str  # what a row is: "image", "text" or "points" (written into every checkpoint's recipe)
     train: Tensor | None = None
     test: Tensor | None = None
+    train_cond: Tensor | None = None  # one condition per row where the data module yields (x0, cond); else None
+    test_cond: Tensor | None = None
     batch_size: int = 64
     num_workers: int = 0
 
-    def loader(self, rows: Tensor, shuffle: bool) -> DataLoader:
-        dataset = Rows(rows)
+    def loader(self, rows: Tensor, shuffle: bool, conds: Tensor | None = None) -> DataLoader:
+        dataset = Rows(rows, conds)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -46,10 +50,10 @@ class InMemoryData(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train, shuffle=True)
+        return self.loader(self.train, shuffle=True, conds=self.train_cond)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.test, shuffle=False)
+        return self.loader(self.test, shuffle=False, conds=self.test_cond)
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader(self.test, shuffle=False)
+        return self.loader(self.test, shuffle=False, conds=self.test_cond)

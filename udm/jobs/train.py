@@ -115,6 +115,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         val_samples=cfg.val_samples,
         sample_seed=cfg.seed,
         recipe=recipe,
+        condition_dropout=cfg.get("condition_dropout", 0.0),
     )
     if cfg.val_samples or cfg.get("final_samples", 0):  # a sampler that does not fit the process fails now
         module.eval()

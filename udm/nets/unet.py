@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from udm.nets.conditioning import refuse_condition
+from udm.nets.conditioning import class_rows, refuse_condition
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -76,11 +76,13 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """DDPM U-Net: net(x [B, C, H, W], t [B]) -> [B, C, H, W].
+    """DDPM U-Net: net(x [B, C, H, W], t [B], cond=None) -> [B, C, H, W].
 
     channels * channel_mult[i] features at level i (resolution image_size / 2^i / patch_size),
     num_res_blocks blocks per level on the way down and num_res_blocks + 1 on the way up,
-    attention wherever the feature map's side is in attention_resolutions.
+    attention wherever the feature map's side is in attention_resolutions. With num_classes, cond is a class
+    label [B] in 0..num_classes - 1 (or -1, the null class; cond=None is null for all) whose learned embedding
+    is added to the time embedding; without, the net is unconditional and refuses a condition.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         groups: int = 8,
         patch_size: int = 1,
+        num_classes: int | None = None,
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -109,6 +112,10 @@ class UNet(nn.Module):
         self.channels = channels
         c_time = 4 * channels
         self.time_mlp = nn.Sequential(nn.Linear(channels, c_time), nn.SiLU(), nn.Linear(c_time, c_time))
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be a positive number of classes (or null: unconditional), got {num_classes}")
+        self.num_classes = num_classes
+        self.class_emb = nn.Embedding(num_classes + 1, c_time) if num_classes else None  # row num_classes: the null class
         self.stem = nn.Conv2d(in_channels * patch_size**2, channels, 3, padding=1)
 
         widths = [channels * m for m in channel_mult]
@@ -143,8 +150,11 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
-        refuse_condition(self, cond)
+        if self.class_emb is None:
+            refuse_condition(self, cond)
         emb = self.time_mlp(timestep_embedding(t, self.channels))
+        if self.class_emb is not None:
+            emb = emb + self.class_emb(class_rows(cond, self.num_classes, len(x), x.device))
         if self.patch_size > 1:
             x = F.pixel_unshuffle(x, self.patch_size)
         h = self.stem(x)

@@ -72,6 +72,13 @@ class ForwardProcess(nn.Module, abc.ABC):
         x_t = self(x0, t, eps)
         return self.loss(predict(net, x_t, t, cond), x0, x_t, t, eps)
 
+    def guide(self, out_c: Tensor, out_u: Tensor, w: float, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None):
+        """Classifier-free guidance on the prediction: x0_w = x0_u + w (x0_c - x0_u) from the conditional and
+        unconditional raw outputs (udm.samplers.Guidance). Processes whose x0_hat is not a real-valued point
+        (tokens: a draw from logits; latents: a decoded code) mix before that step instead."""
+        x0_c, x0_u = self.x0_hat(out_c, x_t, t, generator), self.x0_hat(out_u, x_t, t, generator)
+        return torch.lerp(x0_u, x0_c, w)  # = x0_u + w (x0_c - x0_u), exactly x0_u at w = 0 and x0_c at w = 1
+
     def noise_ratio(self, t: Tensor, s: Tensor, eta: float, variance: str = "blend") -> tuple[Tensor, Tensor]:
         """(sqrt(1 - r^2), r) of the mixed step x_s = F_s(x0_hat, sqrt(1 - r^2) eps_hat + r z).
 

@@ -173,6 +173,12 @@ class TokenProcess(ForwardProcess):
             return (logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).exp()
         return torch.rand(tokens.shape, device=tokens.device, generator=generator)
 
+    def guide(self, out_c: Tensor, out_u: Tensor, w: float, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None):
+        """Guidance on log-probabilities, log p_w = log p_u + w (log p_c - log p_u), then x0_hat drawn from p_w
+        (softmax renormalises; the special tokens stay ruled out)."""
+        log_c, log_u = out_c.float().log_softmax(-1), out_u.float().log_softmax(-1)
+        return self.x0_hat(torch.lerp(log_u, log_c, w), x_t, t, generator)
+
     def loss(self, out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, eps: TokenNoise) -> Tensor:
         """Cross-entropy of q(x0 | x_t), summed over the scored positions and divided by their number.
 

@@ -173,6 +173,12 @@ class Latent(ForwardProcess):
     def x0_hat(self, out: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self.decoder.decode(self.z0_hat(out, x_t, t), generator)
 
+    def guide(self, out_c: Tensor, out_u: Tensor, w: float, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None):
+        """Guidance on the predicted code, z0_w = z0_u + w (z0_c - z0_u), then decoded (the decoder is not linear,
+        and for tokens it draws)."""
+        z0_c, z0_u = self.z0_hat(out_c, x_t, t), self.z0_hat(out_u, x_t, t)
+        return self.decoder.decode(torch.lerp(z0_u, z0_c, w), generator)
+
     def training_loss(self, net: nn.Module, x0: Tensor, generator: torch.Generator | None = None, cond=None) -> Tensor:
         if self.stage == "autoencoder":
             return self.decoder.nll(self.encode(x0), x0)

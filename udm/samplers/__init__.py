@@ -7,6 +7,7 @@ a class with the same call) plus one YAML file in udm/conf/sampler/.
 
 from udm.samplers.analytic import AnalyticDPM, AnalyticStep
 from udm.samplers.grids import Explicit, SolverTime, Uniform
+from udm.samplers.guidance import Guidance
 from udm.samplers.langevin import AnnealedLangevin, Langevin
 from udm.samplers.loop import Sampler, SamplerLike, Step, reverse_loop
 from udm.samplers.named import DDIM, DDPM, DPMSolver, Improved, Naive, PredictorCorrector
@@ -15,6 +16,6 @@ from udm.samplers.steps import Baseline, Inverse, Mixed, StepRule
 
 __all__ = [
     "DDIM", "DDPM", "AnalyticDPM", "AnalyticStep", "AnnealedLangevin", "Baseline", "DPMSolver", "DPMSolver2M",
-    "Explicit", "Improved", "Inverse", "Langevin", "Mixed", "Naive", "PredictorCorrector", "Sampler", "SamplerLike", "SolverTime",
+    "Explicit", "Guidance", "Improved", "Inverse", "Langevin", "Mixed", "Naive", "PredictorCorrector", "Sampler", "SamplerLike", "SolverTime",
     "Step", "StepRule", "Uniform", "dpm_solver_2m", "reverse_loop",
 ]

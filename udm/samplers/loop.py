@@ -52,9 +52,10 @@ class SamplerLike(Protocol):
 @torch.no_grad()
 def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, transform=None, corrector=None,
                  generator: torch.Generator | None = None, cond=None, callback: Callable[[Step], None] | None = None,
-                 progress: bool = False) -> Tensor:
+                 progress: bool = False, guidance=None) -> Tensor:
     """From x = x_{ts[0]} through ts[1:] to x_0. `model(x_t, t[, cond])` gives the net's raw output;
-    `step` and `transform` are already bound to this run (their `bind(process, ts)`)."""
+    `step` and `transform` are already bound to this run (their `bind(process, ts)`). With `guidance` and a
+    condition, x0_hat is the guided prediction on the steps inside its interval."""
     pairs = list(zip(ts, ts[1:] + [0]))
     idle = process.steps_without_change(ts)  # e.g. [MASK] diffusion with more steps than tokens: no network call
     for i, (t_int, s_int) in enumerate(track(pairs, description="sampling", disable=not progress, transient=True)):
@@ -62,7 +63,10 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
             continue
         t = torch.full((x.shape[0],), t_int, dtype=torch.long, device=x.device)
         s = torch.full((x.shape[0],), s_int, dtype=torch.long, device=x.device)
-        x0_hat = process.x0_hat(predict(model, x, t, cond), x, t, generator)
+        if guidance is not None and cond is not None and guidance.applies(t_int, process.T):
+            x0_hat = guidance.x0_hat(process, model, x, t, cond, generator)
+        else:
+            x0_hat = process.x0_hat(predict(model, x, t, cond), x, t, generator)
         if transform is not None:
             x0_hat = transform(x0_hat, i)
         x_t, x = x, step(process, x, x0_hat, t, s, generator)
@@ -74,7 +78,7 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
 
 
 class Sampler:
-    """A time grid, a step rule, an optional x0_hat transform and an optional corrector, run by `reverse_loop`.
+    """A time grid, a step rule, an optional x0_hat transform, corrector and guidance, run by `reverse_loop`.
 
     Every sampler is called the same way: sampler(process, model, x_T, generator=None, t_start=None,
     cond=None, callback=None, progress=False), where t_start < T says x_T is really x_{t_start}
@@ -82,12 +86,12 @@ class Sampler:
     of network steps on the grid (None: every time from t_start down).
     """
 
-    def __init__(self, step: StepRule, steps: int | None = None, grid=None, transform=None, corrector=None):
+    def __init__(self, step: StepRule, steps: int | None = None, grid=None, transform=None, corrector=None, guidance=None):
         if steps is not None and int(steps) < 1:
             raise UdmError(f"steps must be a positive number of steps (or null for all), got {steps}")
         self.step, self.steps = step, None if steps is None else int(steps)
         self.grid = grid if grid is not None else Uniform()
-        self.transform, self.corrector = transform, corrector
+        self.transform, self.corrector, self.guidance = transform, corrector, guidance
 
     def check(self, process) -> None:
         """Refuse, before sampling, a process that one of the parts or knobs does not apply to."""
@@ -111,7 +115,10 @@ class Sampler:
     def __call__(self, process, model, x_T: Tensor, generator: torch.Generator | None = None, t_start: int | None = None,
                  cond=None, callback: Callable[[Step], None] | None = None, progress: bool = False) -> Tensor:
         self.check(process)
+        if self.guidance is not None and cond is None:
+            raise UdmError("this sampler guides toward a condition, but none was given (cond=...); sample without guidance "
+                           "for an unconditional draw")
         ts = self.timesteps(process, t_start)
         transform = self.transform.bind(process, ts) if self.transform is not None else None
         return reverse_loop(process, model, x_T, ts, self.step.bind(process, ts), transform, self.corrector,
-                            generator, cond, callback, progress)
+                            generator, cond, callback, progress, self.guidance)

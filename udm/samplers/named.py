@@ -1,8 +1,10 @@
-"""The samplers of the papers, each a `Sampler` built from flat kwargs (what the conf/sampler/*.yaml files name)."""
+"""The samplers of the papers, each a `Sampler` built from flat kwargs (what the conf/sampler/*.yaml files name);
+each takes an optional `guidance` (udm.samplers.Guidance: classifier-free guidance on x0_hat)."""
 
 from __future__ import annotations
 
 from udm.samplers.grids import SolverTime
+from udm.samplers.guidance import Guidance
 from udm.samplers.langevin import Langevin
 from udm.samplers.loop import Sampler
 from udm.samplers.solvers import DPMSolver2M
@@ -14,44 +16,46 @@ class DDPM(Sampler):
     variance 'posterior' is sigma_t^2 = beta~_t, 'beta' is sigma_t^2 = beta_t; None takes the process's
     own first choice (posterior for Gaussian processes, fresh noise for cold ones with sigma > 0)."""
 
-    def __init__(self, steps: int | None = None, variance: str | None = None):
-        super().__init__(Mixed(eta=1.0, variance=variance), steps)
+    def __init__(self, steps: int | None = None, variance: str | None = None, guidance: Guidance | None = None):
+        super().__init__(Mixed(eta=1.0, variance=variance), steps, guidance=guidance)
 
 
 class DDIM(Sampler):
     """DDIM (Song et al. 2021, eq. 16): the mixed step with sigma_t = eta * sqrt(posterior variance of the jump);
     eta = 0 is deterministic (the inverse step, which every invertible process takes)."""
 
-    def __init__(self, steps: int | None = 50, eta: float = 0.0):
-        super().__init__(Mixed(eta=eta), steps)
+    def __init__(self, steps: int | None = 50, eta: float = 0.0, guidance: Guidance | None = None):
+        super().__init__(Mixed(eta=eta), steps, guidance=guidance)
 
 
 class DPMSolver(Sampler):
     """DPM-Solver++(2M) (Lu et al. 2022): the inverse step with x0_hat extrapolated from the last two
     predictions, times evenly spaced in log-SNR; applies to every invertible real-valued process."""
 
-    def __init__(self, steps: int | None = 20):
-        super().__init__(Inverse(), steps, grid=SolverTime(), transform=DPMSolver2M())
+    def __init__(self, steps: int | None = 20, guidance: Guidance | None = None):
+        super().__init__(Inverse(), steps, grid=SolverTime(), transform=DPMSolver2M(), guidance=guidance)
 
 
 class Improved(Sampler):
     """The inverse step x_s = F_s(x0_hat, F_t^{-1}(x0_hat, x_t)): cold diffusion's improved sampler
     (Bansal et al. 2022), the seed's token sampler (one token per step when steps = T)."""
 
-    def __init__(self, steps: int | None = None):
-        super().__init__(Inverse(), steps)
+    def __init__(self, steps: int | None = None, guidance: Guidance | None = None):
+        super().__init__(Inverse(), steps, guidance=guidance)
 
 
 class Naive(Sampler):
     """The baseline step x_s = F_s(x0_hat, fresh noise): cold diffusion's naive sampler; works for every process."""
 
-    def __init__(self, steps: int | None = None):
-        super().__init__(Baseline(), steps)
+    def __init__(self, steps: int | None = None, guidance: Guidance | None = None):
+        super().__init__(Baseline(), steps, guidance=guidance)
 
 
 class PredictorCorrector(Sampler):
     """Predictor-corrector sampling (Song et al. 2021): an ancestral step (the mixed step at eta), then
     `corrector_steps` Langevin steps at signal-to-noise ratio `snr`."""
 
-    def __init__(self, steps: int | None = None, eta: float = 1.0, corrector_steps: int = 1, snr: float = 0.16):
-        super().__init__(Mixed(eta=eta), steps, corrector=Langevin(corrector_steps, snr) if corrector_steps != 0 else None)
+    def __init__(self, steps: int | None = None, eta: float = 1.0, corrector_steps: int = 1, snr: float = 0.16,
+                 guidance: Guidance | None = None):
+        super().__init__(Mixed(eta=eta), steps, corrector=Langevin(corrector_steps, snr) if corrector_steps != 0 else None,
+                         guidance=guidance)

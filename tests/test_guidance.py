@@ -1,0 +1,157 @@
+"""Classifier-free guidance on x0_hat for every process, condition dropout, and class-conditional data and nets."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from udm.conditioning import NULL_LABEL, drop_condition
+from udm.errors import UdmError
+from udm.nets import UNet
+from udm.processes import Blur, Gaussian, TokenMask, VarianceExploding
+from udm.samplers import DDIM, DDPM, Guidance, Improved, Mixed, Sampler
+from udm.samplers.loop import reverse_loop
+
+from .conftest import compose_train
+
+
+def two_branch(out_c, out_u):
+    """model(x_t, t, cond): out_c for labelled rows, out_u for null ones (fixed outputs of B rows, taken row by row
+    also when both branches come in one batched call of 2B rows)."""
+
+    def model(x_t, t, cond):
+        c, u = out_c(x_t, t), out_u(x_t, t)
+        rows = torch.arange(len(x_t)) % len(c)
+        c, u = c[rows], u[rows]
+        keep = (cond != NULL_LABEL).view(-1, *[1] * (c.dim() - 1))
+        return torch.where(keep, c, u)
+
+    return model
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.5])
+def test_real_valued_guidance_is_the_mix_of_the_two_predictions(w):
+    process = Gaussian(T=50, parametrization="eps").double()
+    g = torch.Generator().manual_seed(0)
+    x_t, t = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64), torch.tensor([40, 20, 5])
+    eps_c, eps_u = torch.randn_like(x_t), torch.randn_like(x_t)
+    model = two_branch(lambda x, t: eps_c, lambda x, t: eps_u)
+    guided = Guidance(w).x0_hat(process, model, x_t, t, torch.tensor([1, 4, 7]))
+    x0_c, x0_u = process.x0_hat(eps_c, x_t, t), process.x0_hat(eps_u, x_t, t)
+    expected = x0_u + w * (x0_c - x0_u)  # by hand
+    torch.testing.assert_close(guided, expected, rtol=0, atol=1e-12)
+    if w == 1.0:
+        assert torch.equal(guided, x0_c)
+    if w == 0.0:
+        assert torch.equal(guided, x0_u)
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 3.0])
+def test_token_guidance_mixes_log_probabilities(w):
+    process = TokenMask(length=5, vocab_size=7, mask_id=6, temperature=0.0)  # argmax: the mix decides the tokens
+    g = torch.Generator().manual_seed(1)
+    logits_c, logits_u = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
+    x_t = torch.full((2, 5), 6)
+    model = two_branch(lambda x, t: logits_c, lambda x, t: logits_u)
+    guided = Guidance(w).x0_hat(process, model, x_t, torch.tensor([5, 5]), torch.tensor([0, 2]))
+    log_c, log_u = logits_c.log_softmax(-1), logits_u.log_softmax(-1)
+    mixed = (log_u + w * (log_c - log_u))[..., :6]  # [MASK] (6) is never drawn
+    assert torch.equal(guided.tokens, mixed.argmax(-1))
+    if w == 1.0:
+        assert torch.equal(guided.tokens, logits_c[..., :6].argmax(-1))
+
+
+@pytest.mark.parametrize("process, make", [
+    (Gaussian(T=40).double(), lambda g: DDPM(steps=10, guidance=g)),
+    (VarianceExploding(T=20).double(), lambda g: DDIM(steps=7, guidance=g)),
+    (Blur(T=8, std_max=4.0).double(), lambda g: Improved(guidance=g)),
+])
+@pytest.mark.parametrize("w", [0.0, 2.0, 5.0])
+def test_an_oracle_for_every_condition_still_recovers_x0_under_any_scale(process, make, w):
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64) - 0.5
+
+    def oracle(x_t, t, cond):  # x0_hat = x0 whatever the condition (null included; both branches come batched)
+        x0_rows = x0[torch.arange(len(x_t)) % len(x0)]
+        if isinstance(process, Blur):
+            return x0_rows
+        eps = process.inverse(x0_rows, x_t, t)
+        return process.target(x0_rows, t, eps) if isinstance(process, Gaussian) else eps
+
+    x_T = process(x0, torch.full((3,), process.T), process.sample_noise(x0, g))
+    out = make(Guidance(w))(process, oracle, x_T, generator=g, cond=torch.tensor([0, 3, 9]))
+    torch.testing.assert_close(out, x0, rtol=0, atol=1e-9)
+
+
+def test_the_interval_applies_exactly_on_the_steps_inside_it():
+    process = Gaussian(T=100)
+    calls = []
+
+    def model(x_t, t, cond):
+        calls.append((int(t[0]), len(x_t)))  # a guided step is one batched call of both branches (2B rows)
+        return torch.zeros_like(x_t)
+
+    x_T = torch.randn(2, 1, 4, 4)
+    DDIM(steps=10, guidance=Guidance(3.0, interval=(0.25, 0.6)))(process, model, x_T, cond=torch.tensor([1, 2]))
+    guided = {t for t, rows in calls if rows == 4}
+    assert [t for t, _ in calls] == [100, 90, 80, 70, 60, 50, 40, 30, 20, 10]
+    assert guided == {60, 50, 40, 30}  # 0.25 <= t / T <= 0.6
+
+
+def test_guidance_settings_are_checked():
+    with pytest.raises(UdmError, match="guidance scale must be >= 0"):
+        Guidance(-1.0)
+    with pytest.raises(UdmError, match="guidance interval"):
+        Guidance(2.0, interval=(0.7, 0.2))
+    with pytest.raises(UdmError, match="guides toward a condition, but none was given"):
+        DDIM(steps=2, guidance=Guidance(2.0))(Gaussian(T=10), lambda x, t: torch.zeros_like(x), torch.zeros(1, 2))
+
+
+def test_autoguidance_takes_the_guide_model_for_the_weak_branch():
+    process = Gaussian(T=30).double()
+    x_t, t, cond = torch.randn(2, 3, dtype=torch.float64), torch.tensor([20, 10]), torch.tensor([0, 1])
+    strong, weak = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    guided = Guidance(2.0, guide=lambda x, t, c: weak).x0_hat(process, lambda x, t, c: strong, x_t, t, cond)
+    x0_s, x0_w = process.x0_hat(strong, x_t, t), process.x0_hat(weak, x_t, t)
+    torch.testing.assert_close(guided, x0_w + 2.0 * (x0_s - x0_w), rtol=0, atol=1e-12)
+
+
+def test_condition_dropout_rate_is_the_configured_one():
+    labels = torch.randint(0, 10, (200_000,), generator=torch.Generator().manual_seed(3))
+    dropped = drop_condition(labels, 0.1, torch.Generator().manual_seed(4))
+    rate = (dropped == NULL_LABEL).float().mean().item()
+    assert abs(rate - 0.1) < 5 * (0.1 * 0.9 / 200_000) ** 0.5  # within 5 standard errors
+    assert torch.equal(dropped[dropped != NULL_LABEL], labels[dropped != NULL_LABEL])
+    assert drop_condition(None, 0.1) is None and torch.equal(drop_condition(labels, 0.0), labels)
+
+
+def test_a_class_conditional_unet_embeds_labels_and_a_null_class():
+    net = UNet(image_size=8, channels=8, channel_mult=[1], attention_resolutions=[], groups=4, num_classes=10)
+    with torch.no_grad():  # the zero-initialised output convolutions would hide every difference
+        for param in net.parameters():
+            param.normal_(0, 0.2)
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([5, 5, 5])
+    a, b = net(x, t, torch.tensor([1, 1, 1])), net(x, t, torch.tensor([2, 2, 2]))
+    assert not torch.allclose(a, b)  # the label changes the prediction
+    assert torch.equal(net(x, t, torch.full((3,), NULL_LABEL)), net(x, t))  # cond=None is the null class
+    with pytest.raises(UdmError, match=r"class labels must lie in 0..9 \(or -1 for none\); got \[10\]"):
+        net(x, t, torch.tensor([10, 10, 10]))
+
+
+def test_labelled_digits_train_a_conditional_model(tmp_path):
+    """data.condition=label gives (image, label) batches split as the images are; net.num_classes comes from the data."""
+    from hydra.utils import instantiate
+
+    from udm.jobs.train import train
+
+    cfg = compose_train("experiment=digits_smoke", "data.condition=label", "net.num_classes=???", "trainer.max_steps=4",
+                        "trainer.val_check_interval=2", "val_samples=0", "final_samples=0", f"out_dir={tmp_path}",
+                        "~callbacks.progress")
+    data = instantiate(cfg.data)
+    data.setup("fit")
+    x, y = next(iter(data.train_dataloader()))
+    assert x.shape[1:] == (1, 8, 8) and y.dtype == torch.long and data.derived == {"num_classes": 10}
+    _, test_labels = data.labels()
+    assert torch.equal(data.test_cond, test_labels)
+    result = train(cfg)
+    state = torch.load(result["checkpoint"], weights_only=True)["state_dict"]
+    assert state["net.class_emb.weight"].shape == (11, 64)  # ten classes and the null one, time-embedding wide
