@@ -155,3 +155,74 @@ def test_labelled_digits_train_a_conditional_model(tmp_path):
     result = train(cfg)
     state = torch.load(result["checkpoint"], weights_only=True)["state_dict"]
     assert state["net.class_emb.weight"].shape == (11, 64)  # ten classes and the null one, time-embedding wide
+
+
+def test_class_accuracy_scores_the_requested_classes():
+    from omegaconf import OmegaConf
+
+    from udm.metrics.base import Context
+    from udm.metrics.class_accuracy import ClassAccuracy
+
+    class MeanReader(torch.nn.Module):  # a "classifier" that reads the class off the image's mean
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            k = ((x.mean((1, 2, 3)) + 0.5) * 10).round().long().clamp(0, 9)
+            return F.one_hot(k, 10).float()
+
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 3, 3])
+    samples = (labels.float() / 10 - 0.5).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).clone()
+    cfg = OmegaConf.create({"n": 12, "seed": 0, "batch_size": 5})
+    context = Context(cfg, None, conditions=labels, shared={"extractor": (MeanReader(), {})})
+    assert ClassAccuracy().compute(None, samples, context)["class_accuracy"] == 1.0
+    context = Context(cfg, None, conditions=(labels + 1) % 10, shared={"extractor": (MeanReader(), {})})
+    out = ClassAccuracy().compute(None, samples, context)
+    assert out["class_accuracy"] == 0.0 and set(out["class_accuracy_per_class"]) == set(range(10))
+    assert "labels=all" in ClassAccuracy().why_not(None, Context(cfg, None))
+
+
+def test_label_requests_are_checked_against_the_checkpoint():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from udm.jobs.conditions import requested_labels, with_guidance
+
+    def ask(condition, **keys):
+        model = SimpleNamespace(condition=condition, checkpoint_path="run/last.ckpt", device="cpu")
+        return requested_labels(model, OmegaConf.create({"label": None, "labels": None, "guidance": None, **keys}), 2)
+
+    labelled = {"kind": "label", "classes": 10}
+    assert ask(labelled) is None and ask(labelled, label=7).tolist() == [7, 7]
+    assert ask(labelled, labels="all").tolist() == [k for k in range(10) for _ in range(2)]
+    with pytest.raises(UdmError, match="was trained without class labels"):
+        ask(None, label=3)
+    with pytest.raises(UdmError, match=r"label=12: this model knows the classes 0..9"):
+        ask(labelled, label=12)
+    with pytest.raises(UdmError, match="give label=K .* with it"):
+        ask(labelled, guidance=2.0)
+    with pytest.raises(UdmError, match="forms no x0_hat to guide"):
+        from udm.samplers import AnnealedLangevin
+
+        with_guidance(AnnealedLangevin(), OmegaConf.create({"guidance": 2.0}))
+
+
+def test_class_conditional_sampling_through_the_console_script(tmp_path):
+    from .conftest import run_cli
+
+    run = tmp_path / "run"
+    run_cli("udm-train", "experiment=digits_smoke", "data.condition=label", "net.num_classes=???", "trainer.max_steps=6",
+            "trainer.val_check_interval=3", "final_samples=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = run_cli("udm-sample", f"ckpt={run}", "labels=all", "n=2", "guidance=2", "sampler.steps=4", "fast=plain",
+                   f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
+    tensor = next((tmp_path / "out").glob("*labels-all-w2.pt"))
+    samples = torch.load(tensor)
+    assert samples.shape == (20, 1, 8, 8) and "labels-all-w2.png" in proc.stdout
+    grid = next((tmp_path / "out").glob("*labels-all-w2.png"))
+    from PIL import Image
+
+    assert Image.open(grid).size == ((2 + 2 * 10) * 8, (2 + 10 * 10) * 8)  # 2 columns, one row per class, upscaled 8x
+    bad = run_cli("udm-sample", f"ckpt={run}", "label=12", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "label=12: this model knows the classes 0..9" in bad.stderr

@@ -68,6 +68,11 @@ class TrainedModel:
         return recipe_modality(self.recipe)
 
     @property
+    def condition(self) -> dict | None:
+        """The condition the model was trained with, e.g. {"kind": "label", "classes": 10}; None: unconditional."""
+        return self.recipe.get("condition")
+
+    @property
     def shape(self) -> list[int]:
         return list(self.recipe["shape"])
 

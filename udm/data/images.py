@@ -67,7 +67,10 @@ class ImageData(InMemoryData):
         return {"num_classes": int(self.train_cond.max()) + 1} if self.train_cond is not None else {}
 
     def recipe(self) -> dict:
-        return {}
+        """What a checkpoint records of the data beyond its config: the condition it was trained with."""
+        if self.train_cond is None:
+            return {}
+        return {"condition": {"kind": "label", "classes": int(self.train_cond.max()) + 1}}
 
     def save_samples(self, samples: Tensor, path: Path) -> Path:
         """A PNG grid of the samples at path (.png)."""

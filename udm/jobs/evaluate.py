@@ -37,6 +37,7 @@ metric was not computed are absent:
                            nested ones joined by _, e.g. sampler_moments_num_samples)
     steps                  the steps the sampler ran (T when sampler.steps is null)
     n, seed, batch_size, device
+    label, labels, guidance, guidance_interval   the condition the samples were drawn under (only when set)
     net                    how the net ran while sampling (udm/fast.py): e.g. "bf16-mixed, channels_last" or "32-true"
     seconds_per_sample     wall seconds of the sampling loop / n (with devices > 1: the slowest rank's)
     sampling_processes     how many processes shared the sampling (devices x num_nodes)
@@ -78,6 +79,8 @@ from torch import Tensor
 
 from udm.errors import UdmError
 from udm.fast import describe_net
+from udm.jobs.conditions import describe as describe_conditions
+from udm.jobs.conditions import requested_labels, with_guidance
 from udm.jobs.sample import fresh_path
 from udm.metrics.base import Context, Metric, Row, load_metrics
 from udm.models import TrainedModel, open_model
@@ -127,12 +130,14 @@ def build_sampler(cfg: DictConfig, model):
     sampler_cfg = cfg.sampler.copy()
     if model.modality == "text" and "steps" in sampler_cfg:
         sampler_cfg.steps = min(sampler_cfg.steps or model.process.T, model.process.T)
-    sampler = model.sampler(sampler_cfg)
+    sampler = with_guidance(model.sampler(sampler_cfg), cfg)
     return sampler, len(sampler.timesteps(model.process))
 
 
-def draw_samples(cfg: DictConfig, model, sampler, device: torch.device, fabric=None) -> tuple[Tensor, dict[str, float]]:
-    """n samples from the prior through the sampler, with their wall time and network evaluations.
+def draw_samples(cfg: DictConfig, model, sampler, device: torch.device, fabric=None,
+                 labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """n samples from the prior through the sampler (sample i drawn for labels[i] when given), with their wall
+    time and network evaluations.
 
     Batch i starts from the i-th slice of one x_T draw and samples with its own generator
     (seed, i), so the samples do not depend on how batches are shared out: under `fabric`
@@ -144,10 +149,12 @@ def draw_samples(cfg: DictConfig, model, sampler, device: torch.device, fabric=N
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     counting = CountingModel(instantiate(cfg.fast)(model.net, device=device))
     mine, start = {}, time.perf_counter()
-    for i, x_T in enumerate(starts.split(cfg.batch_size)):
+    conds = labels.to(device).split(cfg.batch_size) if labels is not None else [None] * len(starts.split(cfg.batch_size))
+    for i, (x_T, cond) in enumerate(zip(starts.split(cfg.batch_size), conds)):
         if i % world == rank:
             batch_generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + i)
-            mine[i] = sampler(model.process, counting, x_T, generator=batch_generator, progress=cfg.progress and rank == 0).cpu()
+            mine[i] = sampler(model.process, counting, x_T, generator=batch_generator, progress=cfg.progress and rank == 0,
+                              cond=cond).cpu()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds, rows = time.perf_counter() - start, counting.rows
@@ -210,6 +217,10 @@ def sampler_summary(cfg: DictConfig, steps: int) -> dict[str, Any]:
     out = {"sampler": cfg.sampler_name, "sampler_target": settings.pop("_target_", None)}
     out.update(flat({k: v for k, v in settings.items() if not k.startswith("_")}, "sampler"))
     out.update(steps=steps, n=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size)
+    for key in ("label", "labels", "guidance", "guidance_interval"):  # the condition the samples were drawn under
+        if cfg.get(key) is not None:
+            value = cfg[key]
+            out[key] = list(value) if isinstance(value, ListConfig) else value
     return out
 
 
@@ -255,7 +266,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.n < 2:
         raise UdmError(f"n must be at least 2 samples, got {cfg.n}")
     model = open_model(cfg.ckpt, "cpu", progress=cfg.progress)
-    context = Context(cfg, model.data("test"))
+    labels = requested_labels(model, cfg, 1)  # label=K: [K]; labels=all: one of each class; the n samples cycle through them
+    if labels is not None:
+        labels = labels.repeat(-(-cfg.n // len(labels)))[: cfg.n]
+    context = Context(cfg, model.data("test"), conditions=labels)
     metrics = choose_metrics(cfg, model, context)
 
     fabric = launch(cfg)
@@ -263,7 +277,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     prepare_start = time.perf_counter()
     sampler, steps = build_sampler(cfg, model)
     prepare_seconds = time.perf_counter() - prepare_start
-    samples, cost = draw_samples(cfg, model, sampler, context.device, fabric)
+    samples, cost = draw_samples(cfg, model, sampler, context.device, fabric, labels)
     if fabric is not None and fabric.global_rank != 0:  # rank 0 scores the gathered samples and writes the files
         return {}
 
@@ -276,7 +290,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     folder = Path(cfg.out_dir) if cfg.get("out_dir") else model.run_dir / "eval"
     folder.mkdir(parents=True, exist_ok=True)
-    json_path = fresh_path(folder, f"{cfg.sampler_name}-{steps}steps-n{cfg.n}-seed{cfg.seed}", ".json")
+    json_path = fresh_path(folder, f"{cfg.sampler_name}-{steps}steps-n{cfg.n}-seed{cfg.seed}{describe_conditions(cfg)}", ".json")
     result["samples_file"] = str(model.save_samples(samples, json_path.with_suffix("")))
     result["json"] = str(json_path)
     result["eval_seconds"] = time.perf_counter() - start

@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from udm.errors import UdmError
 from udm.fast import describe_net
+from udm.jobs.conditions import describe as describe_conditions
+from udm.jobs.conditions import requested_labels, with_guidance
 from udm.models import open_model
 from udm.processes import Cold
 
@@ -50,7 +52,10 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
         if not isinstance(process, Cold):  # x_T = D_T(x0) + prior_noise z is cold diffusion's prior
             raise UdmError(f"prior_noise applies to cold processes; this checkpoint's is {process.describe()}")
         process.prior_noise = float(cfg.prior_noise)
-    sampler = model.sampler(cfg.sampler)  # float32 net: Analytic-DPM's moments are exact
+    sampler = with_guidance(model.sampler(cfg.sampler), cfg)  # float32 net: Analytic-DPM's moments are exact
+    labels = requested_labels(model, cfg, cfg.n)
+    if labels is not None and cfg.get("input"):
+        raise UdmError("restoring an input (input=...) is unconditional here; leave label / labels out")
     net = instantiate(cfg.fast)(model.net, device=device)
 
     generator = torch.Generator(device).manual_seed(cfg.seed)
@@ -62,10 +67,11 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
             t = torch.full((len(starts),), t_start, dtype=torch.long, device=device)
             starts = process(starts, t, process.sample_noise(starts, generator))
     else:
-        starts = model.prior(cfg.n, generator, cfg.batch_size)
+        starts = model.prior(cfg.n if labels is None else len(labels), generator, cfg.batch_size)
+    conds = labels.split(cfg.batch_size) if labels is not None else [None] * len(starts.split(cfg.batch_size))
     chunks, start = [], time.perf_counter()
-    for x_T in starts.split(cfg.batch_size):
-        chunks.append(sampler(process, net, x_T, generator=generator, progress=cfg.progress, t_start=t_start).cpu())
+    for x_T, cond in zip(starts.split(cfg.batch_size), conds):
+        chunks.append(sampler(process, net, x_T, generator=generator, progress=cfg.progress, t_start=t_start, cond=cond).cpu())
     seconds = time.perf_counter() - start
     samples = torch.cat(chunks)
     n = len(samples)
@@ -74,8 +80,10 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     steps = len(sampler.timesteps(process, t_start))
     stem = f"{cfg.sampler_name}-{steps}steps-n{n}-seed{cfg.seed}" + (f"-restored-t{t_start}" if cfg.get("input") else "")
+    stem += describe_conditions(cfg)
     grid = torch.cat([starts.cpu(), samples]) if cfg.get("input") else samples  # inputs above, restorations below
-    png = model.save_samples(grid, fresh_path(folder, stem, ".png").with_suffix(""), nrow=min(n, 16) if cfg.get("input") else None)
+    nrow = min(n, 16) if cfg.get("input") else cfg.n if cfg.get("labels") else None  # labels=all: one row per class
+    png = model.save_samples(grid, fresh_path(folder, stem, ".png").with_suffix(""), nrow=nrow)
     tensor_path = fresh_path(folder, stem, ".pt")
     torch.save(samples, tensor_path)
     print(f"udm-sample: {n} samples in {seconds:.1f}s ({n / seconds:.1f}/s) with {cfg.sampler_name}, {steps} steps, "

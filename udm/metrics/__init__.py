@@ -1,5 +1,5 @@
 """Metrics: the Metric base and its registry (udm.metrics.base), the metrics udm-eval scores (one file each:
-fid, kid, bpd, text, nelbo, each registered by a YAML file in udm/conf/metric/), and their math (fid.py,
+fid, class_accuracy, kid, bpd, text, nelbo, each registered by a YAML file in udm/conf/metric/), and their math (fid.py,
 likelihood.py, text.py)."""
 
 from udm.metrics.base import Context, Metric, Row, load_metrics, metric_classes

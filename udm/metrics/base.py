@@ -90,13 +90,15 @@ class _Notes(string.Formatter):
 @dataclass
 class Context:
     """What the metrics of one evaluation share: the eval config (n, seed, batch_size, progress, cache_dir,
-    extractor, ...), the checkpoint's held-out data, the device the model is on, and a scratch dict for
-    things worth computing once per evaluation (the FID feature extractor, which fid and kid both use)."""
+    extractor, ...), the checkpoint's held-out data, the device the model is on, a scratch dict for
+    things worth computing once per evaluation (the FID feature extractor, which fid and kid both use), and
+    the conditions the samples were drawn for."""
 
     cfg: DictConfig
     data: Any
     device: torch.device | str = "cpu"
     shared: dict[str, Any] = field(default_factory=dict)
+    conditions: Any = None  # the class label each sample was drawn for (labels=all), else None
 
     @property
     def n(self) -> int:

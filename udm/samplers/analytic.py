@@ -61,14 +61,14 @@ class AnalyticDPM(Sampler):
     (`moments`: num_samples, batch_size, seed) and returns the ready sampler; `gamma` gives it directly."""
 
     def __init__(self, steps: int | None = None, eta: float = 1.0, clip_pixels: float = 2.0,
-                 moments: dict | None = None, gamma: Tensor | None = None):
+                 moments: dict | None = None, gamma: Tensor | None = None, guidance=None):
         AnalyticStep(torch.ones(1), eta, clip_pixels)  # eta and clip_pixels refused now, before any estimate
         self.eta, self.clip_pixels, self.moments = float(eta), clip_pixels, dict(moments or {})
         unknown = set(self.moments) - set(MOMENT_DEFAULTS)
         if unknown:
             raise UdmError(f"unknown eps-moment settings {sorted(unknown)}; choose from {sorted(MOMENT_DEFAULTS)}")
         step = AnalyticStep(gamma, eta, clip_pixels) if gamma is not None else None
-        super().__init__(step, steps)
+        super().__init__(step, steps, guidance=guidance)
 
     def check(self, process) -> None:
         require(process, "analytic_variance", "Analytic-DPM (sampler=analytic_ddpm / analytic_ddim)", "use sampler=ddpm or ddim")
@@ -86,4 +86,4 @@ class AnalyticDPM(Sampler):
             raise UdmError("Analytic-DPM estimates Gamma_t on the model's training data: prepare it with the opened checkpoint "
                            "(udm.models.open_model), or pass gamma=...")
         gamma = model_eps_moments(process, model, source.checkpoint_path, source.recipe, progress=source.progress, **self.moments)
-        return Sampler(AnalyticStep(gamma, self.eta, self.clip_pixels), self.steps)
+        return Sampler(AnalyticStep(gamma, self.eta, self.clip_pixels), self.steps, guidance=self.guidance)

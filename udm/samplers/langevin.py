@@ -58,6 +58,10 @@ class AnnealedLangevin:
         self.check(process)
         return self
 
+    def guided(self, guidance):
+        raise UdmError("annealed Langevin dynamics (sampler=langevin) follows the score and forms no x0_hat to guide; "
+                       "use sampler=ddim, ddpm or pc with guidance")
+
     def timesteps(self, process, t_start: int | None = None) -> list[int]:
         return Uniform()(process, self.steps, t_start)
 

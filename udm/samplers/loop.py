@@ -12,6 +12,7 @@ Analytic-DPM and the improved cold and token samplers are all this loop with dif
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -42,6 +43,8 @@ class SamplerLike(Protocol):
     def check(self, process) -> None: ...  # refuse, before sampling, a process it does not fit (UdmError)
 
     def prepare(self, process, model, source=None) -> SamplerLike: ...  # ready for this model (source: a TrainedModel)
+
+    def guided(self, guidance) -> SamplerLike: ...  # a copy with classifier-free guidance, or a refusal
 
     def timesteps(self, process, t_start: int | None = None) -> list[int]: ...  # the noisy times it visits
 
@@ -103,6 +106,12 @@ class Sampler:
                                f"the {type(self.step).__name__} step redraws x_s from fresh noise instead")
         if self.corrector is not None:
             self.corrector.check(process)
+
+    def guided(self, guidance) -> Sampler:
+        """This sampler with classifier-free guidance (udm.samplers.Guidance) on its x0_hat."""
+        other = copy.copy(self)
+        other.guidance = guidance
+        return other
 
     def prepare(self, process, model, source=None) -> Sampler:
         """The sampler ready for this model; a sampler that needs the model's statistics (Analytic-DPM) returns a new one."""
