@@ -179,16 +179,21 @@ def check_moments(gamma: Tensor, T: int) -> Tensor:
     return gamma
 
 
+def moment_settings(settings: dict[str, int]) -> dict[str, int]:
+    """The Monte Carlo estimate's settings with MOMENT_DEFAULTS for those left out; unknown names are refused."""
+    unknown = set(settings) - set(MOMENT_DEFAULTS)
+    if unknown:
+        raise UdmError(f"unknown eps-moment settings {sorted(unknown)}; choose from {sorted(MOMENT_DEFAULTS)}")
+    return {**MOMENT_DEFAULTS, **settings}
+
+
 def model_eps_moments(process: Gaussian, net: Model, ckpt_path: str | Path, recipe: dict[str, Any], progress: bool = False,
                       **settings: int) -> Tensor:
     """Gamma_t of the checkpoint's net: read from the cache beside the checkpoint, or estimated on the
     checkpoint's training data and cached. `settings` are num_samples, batch_size and seed
     (MOMENT_DEFAULTS for those left out); the process and the net must be on the device to estimate on.
     """
-    unknown = set(settings) - set(MOMENT_DEFAULTS)
-    if unknown:
-        raise UdmError(f"unknown eps-moment settings {sorted(unknown)}; choose from {sorted(MOMENT_DEFAULTS)}")
-    settings = {**MOMENT_DEFAULTS, **settings}
+    settings = moment_settings(settings)
     path = moments_path(ckpt_path, **settings)
     cached = path.is_file()
     gamma = cached_eps_moments(process, net, ckpt_path, lambda: training_rows(recipe), progress=progress, **settings)

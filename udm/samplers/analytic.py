@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from udm.analytic import MOMENT_DEFAULTS, analytic_variance, check_moments, model_eps_moments
+from udm.analytic import analytic_variance, check_moments, model_eps_moments, moment_settings
 from udm.errors import UdmError
 from udm.processes.base import per_sample
 from udm.processes.capabilities import require
@@ -16,6 +16,13 @@ from udm.samplers.loop import Sampler
 from udm.samplers.steps import StepRule
 
 PIXEL_LEVEL = 2 / 255  # one step of 8-bit pixels in [-1, 1]
+
+
+def check_settings(eta: float, clip_pixels: float) -> None:
+    if not 0.0 <= eta <= 1.0:
+        raise UdmError(f"Analytic-DPM's family needs 0 <= eta <= 1, got {eta}")
+    if clip_pixels < 0:
+        raise UdmError(f"clip_pixels must be >= 0 (0: no clip), got {clip_pixels}")
 
 
 class AnalyticStep(StepRule):
@@ -27,10 +34,7 @@ class AnalyticStep(StepRule):
     uses_inverse = True
 
     def __init__(self, gamma: Tensor, eta: float = 1.0, clip_pixels: float = 2.0, last_noisy: int | None = None):
-        if not 0.0 <= eta <= 1.0:
-            raise UdmError(f"Analytic-DPM's family needs 0 <= eta <= 1, got {eta}")
-        if clip_pixels < 0:
-            raise UdmError(f"clip_pixels must be >= 0 (0: no clip), got {clip_pixels}")
+        check_settings(eta, clip_pixels)
         self.gamma, self.eta, self.clip_pixels, self.last_noisy = torch.as_tensor(gamma, dtype=torch.float64), float(eta), clip_pixels, last_noisy
 
     def check(self, process) -> None:
@@ -62,11 +66,9 @@ class AnalyticDPM(Sampler):
 
     def __init__(self, steps: int | None = None, eta: float = 1.0, clip_pixels: float = 2.0,
                  moments: dict | None = None, gamma: Tensor | None = None, guidance=None):
-        AnalyticStep(torch.ones(1), eta, clip_pixels)  # eta and clip_pixels refused now, before any estimate
+        check_settings(eta, clip_pixels)  # refused now, before any estimate
+        moment_settings(dict(moments or {}))
         self.eta, self.clip_pixels, self.moments = float(eta), clip_pixels, dict(moments or {})
-        unknown = set(self.moments) - set(MOMENT_DEFAULTS)
-        if unknown:
-            raise UdmError(f"unknown eps-moment settings {sorted(unknown)}; choose from {sorted(MOMENT_DEFAULTS)}")
         step = AnalyticStep(gamma, eta, clip_pixels) if gamma is not None else None
         super().__init__(step, steps, guidance=guidance)
 
