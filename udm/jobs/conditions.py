@@ -37,6 +37,12 @@ def requested_labels(model: TrainedModel, cfg: DictConfig, n: int) -> Tensor | N
     return torch.full((n,), label, dtype=torch.long, device=model.device)
 
 
+def batches(starts: Tensor, labels: Tensor | None, size: int) -> list[tuple[Tensor, Tensor | None]]:
+    """(x_T, cond) batches of `size`: each start with its label, or with no condition."""
+    chunks = starts.split(size)
+    return list(zip(chunks, labels.to(starts.device).split(size) if labels is not None else [None] * len(chunks)))
+
+
 def with_guidance(sampler, cfg: DictConfig):
     """The sampler with guidance=w (and guidance_interval) when asked for; samplers that cannot guide refuse."""
     interval = cfg.get("guidance_interval")

@@ -80,7 +80,7 @@ from torch import Tensor
 from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.jobs.conditions import describe as describe_conditions
-from udm.jobs.conditions import requested_labels, with_guidance
+from udm.jobs.conditions import batches, requested_labels, with_guidance
 from udm.jobs.sample import fresh_path
 from udm.metrics.base import Context, Metric, Row, load_metrics
 from udm.models import TrainedModel, open_model
@@ -149,8 +149,7 @@ def draw_samples(cfg: DictConfig, model, sampler, device: torch.device, fabric=N
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     counting = CountingModel(instantiate(cfg.fast)(model.net, device=device))
     mine, start = {}, time.perf_counter()
-    conds = labels.to(device).split(cfg.batch_size) if labels is not None else [None] * len(starts.split(cfg.batch_size))
-    for i, (x_T, cond) in enumerate(zip(starts.split(cfg.batch_size), conds)):
+    for i, (x_T, cond) in enumerate(batches(starts, labels, cfg.batch_size)):
         if i % world == rank:
             batch_generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + i)
             mine[i] = sampler(model.process, counting, x_T, generator=batch_generator, progress=cfg.progress and rank == 0,
