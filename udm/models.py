@@ -103,19 +103,33 @@ class TrainedModel:
         tok = self.tokenizer()
         return [tok.decode(row, skip_special_tokens=False) for row in samples.tolist()]
 
-    def references(self, n: int) -> Tensor:
+    def references(self, n: int, labels: Tensor | None = None) -> Tensor:
         """n x0 batches fixing the samples' shape, on the device: held-out data where the prior depends on it
-        (a fixed random draw, seed 0), else zeros (token ids for text)."""
+        (a fixed random draw, seed 0; with `labels`, sample i's reference is a held-out image of class labels[i],
+        so a cold prior D_T(x0) carries no other class's trace), else zeros (token ids for text)."""
         if self.process.capabilities.prior_needs_data:
-            test = self.data("test").test
-            idx = torch.randint(0, len(test), (n,), generator=torch.Generator().manual_seed(0))
-            return test[idx].to(self.device)
+            data = self.data("test")
+            pick = torch.Generator().manual_seed(0)
+            if labels is None:
+                return data.test[torch.randint(0, len(data.test), (n,), generator=pick)].to(self.device)
+            if getattr(data, "test_cond", None) is None:
+                raise UdmError(f"{self.checkpoint_path}'s held-out data carry no labels to draw a class's prior from")
+            labels = labels.cpu()
+            idx = torch.empty(n, dtype=torch.long)
+            for label in labels.unique().tolist():
+                where, pool = (labels == label).nonzero().squeeze(1), (data.test_cond == label).nonzero().squeeze(1)
+                if len(pool) == 0:
+                    raise UdmError(f"the held-out data hold no image of class {label} to draw its prior from")
+                idx[where] = pool[torch.randint(0, len(pool), (len(where),), generator=pick)]
+            return data.test[idx].to(self.device)
         dtype = torch.long if self.modality == "text" else torch.get_default_dtype()
         return torch.zeros(n, *self.shape, dtype=dtype, device=self.device)
 
-    def prior(self, n: int, generator: torch.Generator | None = None, batch_size: int = 256) -> Tensor:
-        """x_T ~ p(x_T) for n samples, drawn batch by batch as the jobs do."""
-        return torch.cat([self.process.prior(batch, generator) for batch in self.references(n).split(batch_size)])
+    def prior(self, n: int, generator: torch.Generator | None = None, batch_size: int = 256,
+              labels: Tensor | None = None) -> Tensor:
+        """x_T ~ p(x_T) for n samples (of the classes `labels` where the prior depends on the data), drawn batch
+        by batch as the jobs do."""
+        return torch.cat([self.process.prior(batch, generator) for batch in self.references(n, labels).split(batch_size)])
 
     def sampler(self, sampler):
         """`sampler` (an object, or a Hydra config of one) checked against the process and made ready for

@@ -145,7 +145,7 @@ def draw_samples(cfg: DictConfig, model, sampler, device: torch.device, fabric=N
     in order, the same tensor a single process draws.
     """
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    starts = model.prior(cfg.n, generator, cfg.batch_size)
+    starts = model.prior(cfg.n, generator, cfg.batch_size, labels)
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     counting = CountingModel(instantiate(cfg.fast)(model.net, device=device))
     mine, start = {}, time.perf_counter()

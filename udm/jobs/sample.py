@@ -67,7 +67,7 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
             t = torch.full((len(starts),), t_start, dtype=torch.long, device=device)
             starts = process(starts, t, process.sample_noise(starts, generator))
     else:
-        starts = model.prior(cfg.n if labels is None else len(labels), generator, cfg.batch_size)
+        starts = model.prior(cfg.n if labels is None else len(labels), generator, cfg.batch_size, labels)
     chunks, start = [], time.perf_counter()
     for x_T, cond in batches(starts, labels, cfg.batch_size):
         chunks.append(sampler(process, net, x_T, generator=generator, progress=cfg.progress, t_start=t_start, cond=cond).cpu())
