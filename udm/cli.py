@@ -44,10 +44,32 @@ def sample_main(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
-def generate_main(cfg: DictConfig) -> None:
+def _generate(cfg: DictConfig) -> None:
     from udm.jobs.generate import generate_text
 
     report_errors(generate_text, cfg)
+
+
+TEXT_KEYS = ("author", "label", "title", "template")  # udm-generate's values in the user's own words
+
+
+def with_quoted_text(args: list[str], keys: tuple[str, ...] = TEXT_KEYS) -> list[str]:
+    """key=value for the text keys with the value quoted, so author=杜甫 reads as Hydra reads author='杜甫'
+    (its grammar takes unquoted values in ASCII only); values the user already quoted pass unchanged."""
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key in keys and value and value[0] not in "'\"":
+            body = value.replace("'", "\\'")  # Hydra reads a backslash as an escape only before a quote or at the end
+            arg = f"{key}='" + body + "\\" * (len(body) - len(body.rstrip("\\"))) + "'"
+        out.append(arg)
+    return out
+
+
+def generate_main() -> None:
+    """udm-generate: text values (author=杜甫, title=春望, template=...) need no quotes on the command line."""
+    sys.argv[1:] = with_quoted_text(sys.argv[1:])
+    _generate()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="features")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,22 @@ class TextData(InMemoryData):
     """Fixed-length token sequences in memory with a seeded held-out split by source unit.
 
     Subclasses implement `units()`: a list of units, each a list of texts that must
-    stay on one side of the split (a verse's two quatrains, say). With `windows=True`
-    the training texts are one stream cut into windows of `length` tokens instead.
-    tokenizer: null builds a character tokenizer from the training text; a folder path
-    loads a local transformers tokenizer.
+    stay on one side of the split (a verse's two quatrains, say); with a condition, each
+    text is a pair (text, its condition as a string). With `windows=True` the training
+    texts are one stream cut into windows of `length` tokens instead.
+    tokenizer: null builds a character tokenizer from the training text (and titles);
+    a folder path loads a local transformers tokenizer.
+    condition: none, or one of the subclass's `conditions`; a class-like condition
+    (author, label) keeps the `classes` most frequent values of the training split
+    (null: all) and maps the rest to "other"; a prompt (title) is cut or padded to
+    `prompt_length` tokens.
     """
 
     name = "text"
     windows = False
+    conditions: tuple[str, ...] = ()  # what the data can condition on besides none
+    PROMPTS = ("title",)  # conditions that are token prompts [P] rather than class labels
+    OTHER = "other"
 
     def __init__(
         self,
@@ -46,10 +55,22 @@ class TextData(InMemoryData):
         test_fraction: float = 0.05,
         split_seed: int = 0,
         num_workers: int = 0,
+        condition: str = "none",
+        classes: int | None = None,
+        prompt_length: int = 8,
     ):
         super().__init__()
         if length < 2:
             raise UdmError(f"data.length must be at least 2 tokens, got {length}")
+        if condition != "none" and condition not in self.conditions:
+            raise UdmError(f"data.condition={condition!r}: {type(self).__name__} data can condition on "
+                           f"{' or '.join(self.conditions) or 'nothing'} (or none)")
+        if classes is not None and classes < 1:
+            raise UdmError(f"data.classes must be a positive number of classes (or null for all), got {classes}")
+        if prompt_length < 1:
+            raise UdmError(f"data.prompt_length must be at least 1 token, got {prompt_length}")
+        self.condition, self.classes, self.prompt_length = condition, classes, prompt_length
+        self.class_names: list[str] | None = None
         if not 0 < test_fraction < 1:
             raise UdmError(f"data.test_fraction must lie in (0, 1), got {test_fraction}")
         self.length, self.tokenizer_path = length, tokenizer
@@ -75,11 +96,45 @@ class TextData(InMemoryData):
             raise UdmError(f"{type(self).__name__} data holds {len(units)} usable text unit(s); need at least 2 to split off a test set")
         order = torch.randperm(len(units), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
         n_test = max(1, round(len(units) * self.test_fraction))
-        test = [text for i in order[:n_test] for text in units[i]]
-        train = [text for i in order[n_test:] for text in units[i]]
-        self.tokenizer = load_tokenizer(self.tokenizer_path) if self.tokenizer_path else char_tokenizer(train)
+        test = [item for i in order[:n_test] for item in units[i]]
+        train = [item for i in order[n_test:] for item in units[i]]
+        if self.condition != "none":
+            (train, train_conds), (test, test_conds) = zip(*train), zip(*test)
+            train, test, train_conds, test_conds = list(train), list(test), list(train_conds), list(test_conds)
+        prompts = train_conds if self.condition in self.PROMPTS else []
+        self.tokenizer = load_tokenizer(self.tokenizer_path) if self.tokenizer_path else char_tokenizer(train + prompts)
         self.train_texts, self.test_texts = train, test
         self.train, self.test = self.encode_all(train, "training"), self.encode_all(test, "held-out")
+        if self.condition in self.PROMPTS:
+            self.train_cond, self.test_cond = self.encode_prompts(train_conds), self.encode_prompts(test_conds)
+        elif self.condition != "none":
+            self.class_names = self.pick_classes(train_conds)
+            self.train_cond, self.test_cond = self.class_ids(train_conds), self.class_ids(test_conds)
+
+    def pick_classes(self, values: list[str]) -> list[str]:
+        """The `classes` most frequent values of the training split (ties: first seen), plus "other" for the rest."""
+        counts = Counter(values).most_common()
+        if len(counts) < 2:
+            raise UdmError(f"data.condition={self.condition}: the training texts carry {len(counts)} distinct value(s); "
+                           f"a condition needs at least 2")
+        if self.classes is None or self.classes >= len(counts):
+            return sorted(v for v, _ in counts)
+        return [v for v, _ in counts[: self.classes]] + [self.OTHER]
+
+    def class_ids(self, values: list[str]) -> Tensor:
+        index = {name: i for i, name in enumerate(self.class_names)}
+        other = index.get(self.OTHER)
+        unseen = sorted({v for v in values if v not in index}) if other is None else []
+        if unseen:
+            raise UdmError(f"data.condition={self.condition}: the held-out texts carry {len(unseen)} value(s) that no "
+                           f"training text has, e.g. {unseen[0]!r}; set data.classes to keep the most frequent only")
+        return torch.tensor([index.get(v, other) for v in values], dtype=torch.long)
+
+    def encode_prompts(self, prompts: list[str]) -> Tensor:
+        """Token ids [N, prompt_length]: each prompt's first prompt_length tokens, padded with [PAD]."""
+        P, pad = self.prompt_length, self.tokenizer.pad_token_id
+        return torch.tensor([seq[:P] + [pad] * (P - len(seq[:P])) for seq in encode(self.tokenizer, prompts)],
+                            dtype=torch.long)
 
     def encode_all(self, texts: list[str], split: str) -> Tensor:
         ids = encode(self.tokenizer, texts)
@@ -103,12 +158,22 @@ class TextData(InMemoryData):
         """What the process and net configs may leave as ??? to be filled from the data."""
         if self.tokenizer is None:
             raise RuntimeError("setup() first")
-        return {"length": self.length, "vocab_size": len(self.tokenizer), "mask_id": self.tokenizer.mask_token_id,
-                "special_ids": special_ids(self.tokenizer)}
+        derived = {"length": self.length, "vocab_size": len(self.tokenizer), "mask_id": self.tokenizer.mask_token_id,
+                   "special_ids": special_ids(self.tokenizer)}
+        if self.condition in self.PROMPTS:
+            derived["prompt_length"] = self.prompt_length
+        elif self.condition != "none":
+            derived["num_classes"] = len(self.class_names)
+        return derived
 
     def recipe(self) -> dict[str, Any]:
-        """What a checkpoint needs to turn sampled ids back into text."""
-        return {"tokenizer": tokenizer_state(self.tokenizer)}
+        """What a checkpoint needs to turn sampled ids back into text, and the condition it was trained with."""
+        recipe: dict[str, Any] = {"tokenizer": tokenizer_state(self.tokenizer)}
+        if self.condition in self.PROMPTS:
+            recipe["condition"] = {"kind": self.condition, "length": self.prompt_length}
+        elif self.condition != "none":
+            recipe["condition"] = {"kind": self.condition, "classes": len(self.class_names), "names": list(self.class_names)}
+        return recipe
 
     def decode(self, samples: Tensor) -> list[str]:
         return [decode(self.tokenizer, row) for row in samples.tolist()]
@@ -141,15 +206,18 @@ class Poems(TextData):
     Malformed entries (the file has a few, e.g. lines stored as character lists), verses
     with lost characters (□) and repeats (a verse sharing a quatrain with an earlier one)
     are skipped, so no held-out quatrain also appears in training.
+    condition: author (the entry's `author`; `classes` poets, default 5, the rest "other")
+    or title (the entry's `title`, the first prompt_length characters).
     """
 
     name = "poems"
     FORMS = {"quatrain": 32, "verse": 64}
+    conditions = ("author", "title")
 
-    def __init__(self, form: str = "quatrain", path: str | None = None, **kwargs):
+    def __init__(self, form: str = "quatrain", path: str | None = None, classes: int | None = 5, **kwargs):
         if form not in self.FORMS:
             raise UdmError(f"unknown poem form {form!r}; choose one of {list(self.FORMS)}")
-        super().__init__(length=self.FORMS[form], **kwargs)
+        super().__init__(length=self.FORMS[form], classes=classes, **kwargs)
         self.form, self.path = form, Path(path).expanduser() if path else None
         self.skipped = 0
 
@@ -165,11 +233,12 @@ class Poems(TextData):
             halves = ("".join(lines[:4]), "".join(lines[4:])) if well_formed(lines, 7) else None
             if halves and not seen.intersection(halves):  # variants sharing a quatrain count as one poem
                 seen.update(halves)
-                verses.append(lines)
+                verses.append((lines, str(entry.get(self.condition) or "") if self.condition != "none" else None))
         self.skipped = len(entries) - len(verses)
-        if self.form == "verse":
-            return [["".join(v)] for v in verses]
-        return [["".join(v[:4]), "".join(v[4:])] for v in verses]
+        texts = [["".join(v)] if self.form == "verse" else ["".join(v[:4]), "".join(v[4:])] for v, _ in verses]
+        if self.condition == "none":
+            return texts
+        return [[(text, cond) for text in unit] for unit, (_, cond) in zip(texts, verses)]
 
 
 class TextFile(TextData):
@@ -178,14 +247,20 @@ class TextFile(TextData):
     unit='line': every non-empty line is one sample and must be exactly `length` tokens
     (five-character quatrains, couplets, ...); unit='window': the text is cut into
     consecutive windows of `length` tokens, each window a unit of the split.
+    condition (unit='line' only): each line is `condition<TAB>text`, the column before
+    the tab a class name (label) or a prompt (title).
     """
 
     name = "text_file"
+    conditions = ("label", "title")
 
     def __init__(self, path: str, length: int = 32, unit: str = "line", **kwargs):
         if unit not in ("line", "window"):
             raise UdmError(f"data.unit must be 'line' or 'window', got {unit!r}")
         super().__init__(length=length, **kwargs)
+        if unit == "window" and self.condition != "none":
+            raise UdmError(f"data.condition={self.condition} needs one sample per line (data.unit=line, each line "
+                           f"condition<TAB>text); windows cut across lines and carry no condition")
         self.path, self.unit = Path(path).expanduser(), unit
         self.windows = unit == "window"
 
@@ -207,9 +282,19 @@ class TextFile(TextData):
         text = self.read()
         if not text.strip():
             raise UdmError(f"data.path={str(self.path)!r} holds no text")
+        if self.unit == "line" and self.condition != "none":
+            return [[self.conditioned(n, line)] for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         if self.unit == "line":
             return [[line.strip()] for line in text.splitlines() if line.strip()]
         if len(text) < 2 * self.length:
             raise UdmError(f"data.path={str(self.path)!r} holds {len(text)} characters, too short for two windows "
                            f"of data.length={self.length}")
         return [[text[i : i + self.length]] for i in range(0, len(text) - self.length + 1, self.length)]
+
+    def conditioned(self, number: int, line: str) -> tuple[str, str]:
+        """(text, condition) of a line `condition<TAB>text`."""
+        condition, tab, text = line.strip("\r\n").partition("\t")
+        if not tab or not condition.strip() or not text.strip():
+            raise UdmError(f"data.condition={self.condition}: line {number} of data.path={str(self.path)!r} is not "
+                           f"condition<TAB>text: {line[:60]!r}")
+        return text.strip(), condition.strip()

@@ -22,7 +22,10 @@ from omegaconf import DictConfig
 from udm.data.tokenizers import encode, unknown_characters
 from udm.errors import UdmError
 from udm.fast import describe_net
+from udm.jobs.conditions import batches, with_guidance
 from udm.jobs.sample import fresh_path
+from udm.jobs.text_conditions import describe as describe_condition
+from udm.jobs.text_conditions import given, requested_text_condition
 from udm.metrics.text import text_metrics
 from udm.models import open_model
 from udm.processes import Latent, TokenMask, TokenProcess
@@ -71,7 +74,7 @@ def format_text(text: str) -> str:
     return text.rstrip("\n")
 
 
-def token_starts(cfg: DictConfig, process: TokenProcess, net, tok, generator, device):
+def token_starts(cfg: DictConfig, process: TokenProcess, net, tok, generator, device, n: int):
     """A token process: x_T (all [MASK] / random tokens, or the template with its blanks), steps from tokens_per_step."""
     for key in ("temperature", "order"):
         if cfg.get(key) is not None:
@@ -89,16 +92,16 @@ def token_starts(cfg: DictConfig, process: TokenProcess, net, tok, generator, de
         blanks = int((~known).sum())
         t_start = process.t_for_count(blanks)
         model = keep_fixed(net, template, known, process.vocab_size)
-        starts = template.expand(cfg.n, -1).clone()
+        starts = template.expand(n, -1).clone()
         if not isinstance(process, TokenMask):  # edit: the blanks start as random tokens
             noise = process.prior(starts, generator)
             starts = torch.where(known, starts, noise)
     else:
-        starts = process.prior(torch.zeros(cfg.n, L, dtype=torch.long, device=device), generator)
+        starts = process.prior(torch.zeros(n, L, dtype=torch.long, device=device), generator)
     return model, starts, t_start, cfg.sampler.get("steps") or math.ceil(blanks / tps), tps
 
 
-def latent_starts(cfg: DictConfig, process: Latent, net, length: int, generator, device):
+def latent_starts(cfg: DictConfig, process: Latent, net, length: int, generator, device, n: int):
     """The encoding model of tokens: x_T ~ N(0, I) in the embedding space, the sampler's steps."""
     if cfg.get("template"):
         raise UdmError("template infilling needs a token process ([MASK] or replace); this checkpoint diffuses embeddings")
@@ -108,7 +111,7 @@ def latent_starts(cfg: DictConfig, process: Latent, net, length: int, generator,
         if cfg.temperature < 0:
             raise UdmError(f"temperature must be >= 0, got {cfg.temperature}")
         process.decoder.temperature = float(cfg.temperature)
-    starts = process.prior(torch.zeros(cfg.n, length, dtype=torch.long, device=device), generator)
+    starts = process.prior(torch.zeros(n, length, dtype=torch.long, device=device), generator)
     return net, starts, process.T, cfg.sampler.get("steps") or process.T, 0
 
 
@@ -118,18 +121,20 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     opened = open_model(cfg.ckpt, cfg.device, expect="text", progress=cfg.progress)
     process, device, tok, ckpt_path = opened.process, opened.device, opened.tokenizer(), opened.checkpoint_path
     generator = torch.Generator(device).manual_seed(cfg.seed)
+    cond = requested_text_condition(opened, cfg, cfg.n)
+    n = cfg.n if cond is None else len(cond)
     fast = instantiate(cfg.fast)(opened.net, device=device)
     if isinstance(process, TokenProcess):
-        model, starts, t_start, steps, tps = token_starts(cfg, process, fast, tok, generator, device)
+        model, starts, t_start, steps, tps = token_starts(cfg, process, fast, tok, generator, device, n)
     elif isinstance(process, Latent):
-        model, starts, t_start, steps, tps = latent_starts(cfg, process, fast, opened.shape[-1], generator, device)
+        model, starts, t_start, steps, tps = latent_starts(cfg, process, fast, opened.shape[-1], generator, device, n)
     else:
         raise UdmError(f"{ckpt_path} holds {process.describe()}, which does not generate tokens")
-    sampler = opened.sampler(instantiate(cfg.sampler, steps=min(steps, t_start)))
+    sampler = with_guidance(opened.sampler(instantiate(cfg.sampler, steps=min(steps, t_start))), cfg)
 
     start = time.perf_counter()
-    chunks = [sampler(process, model, x, generator=generator, progress=cfg.progress, t_start=t_start).cpu()
-              for x in starts.split(cfg.batch_size)]
+    chunks = [sampler(process, model, x, generator=generator, progress=cfg.progress, t_start=t_start, cond=c).cpu()
+              for x, c in batches(starts, cond, cfg.batch_size)]
     seconds = time.perf_counter() - start
     ids = torch.cat(chunks)
     texts = opened.decode(ids)
@@ -138,10 +143,14 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     pace = f"{tps}perstep" if tps else f"{min(steps, t_start)}steps"
     stem = f"{cfg.sampler_name}-{pace}-n{len(texts)}-seed{cfg.seed}" + ("-infill" if cfg.get("template") else "")
+    stem += describe_condition(cfg)
     txt = fresh_path(folder, stem, ".txt")
     txt.write_text("\n".join(texts) + "\n", encoding="utf-8")
     result: dict[str, Any] = {"texts": texts, "txt": str(txt), "seconds": seconds, "steps": min(steps, t_start), "net": describe_net(fast),
                               "tokens_per_second": ids.numel() / seconds, "texts_per_second": len(texts) / seconds}
+    if cond is not None:
+        result["condition"] = {**{k: str(v) for k, v in given(cfg).items()}, "guidance": cfg.get("guidance"),
+                               "guidance_interval": list(cfg.guidance_interval) if cfg.get("guidance_interval") else None}
     if cfg.metrics:
         result["metrics"] = text_metrics(texts, opened.data("fit").train_texts)
     json_path = txt.with_suffix(".json")

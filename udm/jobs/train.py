@@ -42,6 +42,21 @@ def fill_from_data(node: DictConfig, derived: dict[str, Any], group: str) -> Non
             fill_from_data(node[key], derived, f"{group}.{key}")
 
 
+CONDITION_KEYS = ("num_classes", "prompt_length")  # what a net reads the data's condition with
+
+
+def check_condition(net: DictConfig, derived: dict[str, Any], condition: str) -> None:
+    """The net takes the data's condition (data.condition=...) in the size the data have, and none it does not have."""
+    for key in CONDITION_KEYS:
+        want, have = derived.get(key), net.get(key)
+        if want is not None and have != want:
+            raise UdmError(f"data.condition={condition} yields " + (f"{want} classes" if key == "num_classes" else f"prompts of {want} tokens")
+                           + f", but net.{key}={have}; set net.{key}={want} (or net.{key}=??? to take it from the data)")
+        if want is None and have is not None:
+            raise UdmError(f"net.{key}={have} reads a condition, but the data yield none of that kind (data.condition={condition}); "
+                           f"set net.{key}=null or choose a data.condition that provides it")
+
+
 def check_trainer_steps(trainer: DictConfig) -> None:
     """trainer.max_steps and val_check_interval (also the checkpoint interval) in range, before anything runs."""
     steps, interval = trainer.get("max_steps", -1), trainer.get("val_check_interval", 1.0)
@@ -94,6 +109,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     fill_from_data(cfg.process, datamodule.derived, "process")
     fill_from_data(cfg.net, datamodule.derived, "net")
+    check_condition(cfg.net, datamodule.derived, cfg.data.get("condition", "none"))
     process, net = instantiate(cfg.process), instantiate(cfg.net)
     parts = process.parts_checkpoint() if process.capabilities.trainable_parts else None
     if parts:  # e.g. the encoding model's stage two: E and D from a stage-one run (the process itself reads no files)
