@@ -220,3 +220,19 @@ def test_train_eval_compare_through_the_console_scripts(tmp_path):
     assert "| run | process | sampler | steps | FID | s/sample | NFE/sample |" in proc.stdout
     assert "| #0 | gaussian | ddim | 5 |" in proc.stdout and "| #1 | blur | improved | 50 |" in proc.stdout
     assert {p.name for p in sweep.glob("compare*")} == {"compare.md", "compare-samples.png", "compare-fid-steps.png"}
+
+
+def test_a_guidance_sweep_gets_its_column_and_a_fid_against_accuracy_figure(tmp_path):
+    run = fake_run(tmp_path, 0, {"process": "gaussian"})
+    for w, fid, acc in ((0, 30.0, 0.1), (1, 12.0, 0.87), (2, 4.0, 0.99)):
+        path = fake_eval(run / "eval", "ddim", 50, fid, labels="all", guidance=w, class_accuracy=acc)
+        path.rename(path.with_name(f"w{w}.json")), path.with_suffix(".png").rename(path.with_name(f"w{w}.png"))
+    fake_run(tmp_path, 1, {"process": "blur"}, [("improved", 50, 55.0)])  # unconditional: the dashed reference
+    out = compare(compare_cfg(tmp_path))
+    assert out["header"][4] == "guidance" and [row[4] for row in out["rows"][:3]] == ["0", "1", "2"]
+    figure = tmp_path / "compare-guidance.png"
+    assert figure in out["figures"] and figure.stat().st_size > 10_000
+    assert "(compare-guidance.png)" in out["markdown"].read_text()
+    only_one = tmp_path / "one"
+    fake_run(only_one, 0, {"process": "gaussian"}, [("ddim", 50, 4.0)])
+    assert not (only_one / "compare-guidance.png").exists() and compare(compare_cfg(only_one))["figures"][1:] == []

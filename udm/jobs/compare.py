@@ -14,6 +14,8 @@ writes into the folder (or out_dir), never over an existing file (<name>-1, <nam
     <name>-samples.png     the scored sample grid of each run side by side (its best-FID eval)
     <name>-fid-steps.png   FID against sampling steps and against seconds per sample, one line
                            per run and sampler (only when the steps vary)
+    <name>-guidance.png    FID against conditional accuracy, one curve per run and sampler with the
+                           guidance scale w at each point (only when w varies; udm.jobs.guidance_figure)
 
 The folder may be a Hydra multirun (multirun.yaml beside numbered run folders), any folder of
 run folders, one run folder, or a folder of loose eval JSON files. A run's overrides are those
@@ -41,6 +43,7 @@ import yaml
 from omegaconf import DictConfig
 
 from udm.errors import UdmError
+from udm.jobs.guidance_figure import guidance_figure
 from udm.metrics.base import fmt, metric_classes
 
 SCHEMA_PREFIX = "udm-eval/"
@@ -49,6 +52,7 @@ COST = (
     ("seconds_per_sample", "s/sample", "{:.3g}"),
     ("nfe_per_sample", "NFE/sample", "{:.4g}"),
 )
+EVAL_SETTINGS = ("n", "seed", "label", "labels", "guidance", "guidance_interval", "guidance_variant", "guide")
 NOT_EVAL_SETTINGS = ("sampler_target", "sampler_steps", "sampler_prepare_seconds")  # implied by the name; own column; a cost
 UNKNOWN, UNSET = "?", "—"
 
@@ -220,7 +224,7 @@ def differing(dicts: list[dict[str, Any]], keys: list[str] | None = None) -> lis
 def eval_settings(results: list[dict[str, Any]]) -> list[str]:
     """n, seed and sampler_* keys that differ between evals of the same sampler (eta 0 vs 0.5 for ddim, say)."""
     keys = [k for k in dict.fromkeys(k for r in results for k in r)
-            if k in ("n", "seed") or k.startswith("sampler_") and k not in NOT_EVAL_SETTINGS]
+            if k in EVAL_SETTINGS or k.startswith("sampler_") and k not in NOT_EVAL_SETTINGS]
     by_sampler: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_sampler.setdefault(str(r["sampler"]), []).append(r)
@@ -445,7 +449,7 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     table = build_table(runs, swept, classes)
     out_dir = Path(str(cfg.out_dir)).expanduser() if cfg.get("out_dir") else root
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = fresh_stem(out_dir, cfg.name, (".md", "-samples.png", "-fid-steps.png"))
+    stem = fresh_stem(out_dir, cfg.name, (".md", "-samples.png", "-fid-steps.png", "-guidance.png"))
     figures = []
     grid = samples_figure(runs, swept, out_dir / f"{stem}-samples.png", problems, cfg.get("panel_images"))
     if grid:
@@ -453,6 +457,9 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     steps = steps_figure(runs, swept, out_dir / f"{stem}-fid-steps.png")
     if steps:
         figures.append(("FID against sampling steps and sampling cost", steps))
+    guided = guidance_figure(runs, lambda run: describe(run, swept), out_dir / f"{stem}-guidance.png")
+    if guided:
+        figures.append(("FID against conditional accuracy under guidance", guided))
     markdown = out_dir / f"{stem}.md"
     markdown.write_text(report(root, runs, problems, swept, table, figures, out_dir, cfg.title or f"udm-compare: {root.name}",
                                 classes))
