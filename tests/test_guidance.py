@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from udm.conditioning import NULL_LABEL, drop_condition
 from udm.errors import UdmError
 from udm.nets import UNet
-from udm.processes import Blur, Gaussian, TokenMask, VarianceExploding
-from udm.samplers import DDIM, DDPM, Guidance, Improved, Mixed, Sampler
+from udm.processes import Blur, Gaussian, TokenMask, TokenReplace, VarianceExploding
+from udm.samplers import DDIM, DDPM, DPMSolver, Guidance, Improved, Mixed, Sampler
 from udm.samplers.loop import reverse_loop
 
 from .conftest import compose_train
@@ -226,3 +226,151 @@ def test_class_conditional_sampling_through_the_console_script(tmp_path):
     assert Image.open(grid).size == ((2 + 2 * 10) * 8, (2 + 10 * 10) * 8)  # 2 columns, one row per class, upscaled 8x
     bad = run_cli("udm-sample", f"ckpt={run}", "label=12", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "label=12: this model knows the classes 0..9" in bad.stderr
+
+
+# --- CFG++ (guidance_variant=cfg++): the guided x0_hat, the unconditional eps_hat --------------------------------
+
+
+def affine_branches(shape, seed):
+    """An affine fake eps-predictor with different conditional and unconditional outputs, and its two maps."""
+    g = torch.Generator().manual_seed(seed)
+    c, u = torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
+
+    def eps_c(x, t):  # x holds B rows, or 2B when both branches come batched
+        return 0.3 * x + c[torch.arange(len(x)) % len(c)]
+
+    def eps_u(x, t):
+        return -0.2 * x + u[torch.arange(len(x)) % len(u)]
+
+    return two_branch(eps_c, eps_u), eps_c, eps_u
+
+
+def first_step(sampler, process, model, x_T, cond):
+    steps = []
+    sampler(process, model, x_T, cond=cond, callback=steps.append)
+    return steps[0]
+
+
+@pytest.mark.parametrize("w", [0.0, 0.6, 1.0, 2.5])
+def test_one_cfgpp_ddim_step_is_the_guided_x0_with_the_unconditional_eps(w):
+    process = Gaussian(T=50, clip_denoised=False).double()
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    model, eps_c, eps_u = affine_branches(x_T.shape, 6)
+    cond = torch.tensor([1, 4, 7])
+    step = first_step(DDIM(steps=2, guidance=Guidance(w, variant="cfg++")), process, model, x_T, cond)
+    assert (step.t, step.s) == (50, 25) and torch.equal(step.x_t, x_T)  # the callback sees the real x_t
+    abar = process.alphabar.double()
+    a_t, b_t, a_s, b_s = abar[50].sqrt(), (1 - abar[50]).sqrt(), abar[25].sqrt(), (1 - abar[25]).sqrt()
+    x0_c, x0_u = (x_T - b_t * eps_c(x_T, 50)) / a_t, (x_T - b_t * eps_u(x_T, 50)) / a_t
+    x0_w = x0_u + w * (x0_c - x0_u)
+    torch.testing.assert_close(step.x0_hat, x0_w, rtol=0, atol=1e-12)
+    torch.testing.assert_close(step.x_s, a_s * x0_w + b_s * eps_u(x_T, 50), rtol=0, atol=1e-12)  # by hand
+    cfg = first_step(DDIM(steps=2, guidance=Guidance(w)), process, model, x_T, cond)  # CFG: x0_w's own eps_hat
+    torch.testing.assert_close(cfg.x_s, a_s * x0_w + b_s * (x_T - a_t * x0_w) / b_t, rtol=0, atol=1e-12)
+    if w != 0.0:  # at w = 0, x0_w = x0_u and both are the unconditional step
+        assert not torch.allclose(cfg.x_s, step.x_s)
+
+
+def test_cfgpp_at_w1_differs_from_cfg_only_through_eps_and_is_cfg_when_the_branches_agree():
+    process = Gaussian(T=50, clip_denoised=False).double()
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    model, _, _ = affine_branches(x_T.shape, 8)
+    cond = torch.tensor([0, 3])
+    plus = first_step(DDIM(steps=5, guidance=Guidance(1.0, variant="cfg++")), process, model, x_T, cond)
+    cfg = first_step(DDIM(steps=5, guidance=Guidance(1.0)), process, model, x_T, cond)
+    assert torch.equal(plus.x0_hat, cfg.x0_hat)  # the same x0_c ...
+    assert not torch.allclose(plus.x_s, cfg.x_s)  # ... re-corrupted with eps_u instead of eps_c
+    same = two_branch(lambda x, t: 0.3 * x + 1.0, lambda x, t: 0.3 * x + 1.0)  # one prediction for c and null
+    for w in (1.0, 3.0):
+        a, b = (DDPM(steps=5, guidance=Guidance(w, variant=v))(process, same, x_T, torch.Generator().manual_seed(1),
+                                                                cond=cond) for v in ("cfg++", "cfg"))
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)  # eps_u = eps_w up to the re-corruption's rounding
+
+
+@pytest.mark.parametrize("process, make", [
+    (Gaussian(T=40).double(), lambda g: DDPM(steps=10, guidance=g)),
+    (Gaussian(T=40).double(), lambda g: DPMSolver(steps=6, guidance=g)),  # through the x0 extrapolation too
+    (VarianceExploding(T=20).double(), lambda g: DDIM(steps=7, guidance=g)),
+    (Blur(T=8, std_max=4.0).double(), lambda g: Improved(guidance=g)),
+    (TokenMask(length=6, vocab_size=9, mask_id=8, temperature=0.0), lambda g: Improved(steps=3, guidance=g)),
+    (TokenReplace(length=6, vocab_size=9, temperature=0.0), lambda g: Improved(guidance=g)),
+])
+@pytest.mark.parametrize("w", [0.5, 2.0])
+def test_cfgpp_with_an_oracle_for_every_condition_still_recovers_x0(process, make, w):
+    g = torch.Generator().manual_seed(2)
+    tokens = isinstance(process, (TokenMask, TokenReplace))
+    if tokens:
+        x0 = torch.randint(0, 8, (3, 6), generator=g)
+    else:
+        x0 = torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64) - 0.5
+
+    def oracle(x_t, t, cond):
+        x0_rows = x0[torch.arange(len(x_t)) % len(x0)]
+        if tokens:
+            return F.one_hot(x0_rows, process.vocab_size).float() * 30
+        if isinstance(process, Blur):
+            return x0_rows
+        eps = process.inverse(x0_rows, x_t, t)
+        return process.target(x0_rows, t, eps) if isinstance(process, Gaussian) else eps
+
+    x_T = process(x0, torch.full((3,), process.T), process.sample_noise(x0, g))
+    out = make(Guidance(w, variant="cfg++"))(process, oracle, x_T, generator=g, cond=torch.tensor([0, 3, 9]))
+    if tokens:
+        assert torch.equal(out, x0)
+    else:
+        torch.testing.assert_close(out, x0, rtol=0, atol=1e-9)
+
+
+def test_cfgpp_is_refused_where_there_is_no_eps_hat_to_replace():
+    from omegaconf import OmegaConf
+
+    from udm.jobs.conditions import with_guidance
+    from udm.processes.capabilities import Capabilities
+    from udm.samplers import Baseline, Naive
+
+    plus = Guidance(2.0, variant="cfg++")
+    with pytest.raises(UdmError, match=r"cfg\+\+ .* the Baseline step draws fresh noise instead \(sampler=naive\)"):
+        Naive().guided(plus)
+    with pytest.raises(UdmError, match=r"cfg\+\+ .* the Baseline step"):  # given at construction: refused at check time
+        Naive(guidance=plus)(Gaussian(T=10), lambda x, t, c: x, torch.zeros(1, 2), cond=torch.tensor([1]))
+    with pytest.raises(UdmError, match=r"cfg\+\+ .* the Baseline step"):
+        with_guidance(Naive(), OmegaConf.create({"guidance": 2.0, "guidance_variant": "cfg++"}))
+
+    class Opaque(Gaussian):  # no process in udm lacks an inverse; a Gaussian that declares none stands in
+        capabilities = Capabilities(gaussian_noise=True)
+
+    with pytest.raises(UdmError, match=r"cfg\+\+ .* needs an inverse .* Gaussian\(T=10.* does not have; use .*=cfg"):
+        plus.check(Opaque(T=10))
+    Guidance(2.0).check(Opaque(T=10), Baseline())  # plain CFG needs neither
+    with pytest.raises(UdmError, match=r"guidance variant 'cfg\+' is not one of \['cfg', 'cfg\+\+'\]"):
+        Guidance(2.0, variant="cfg+")
+    with pytest.raises(UdmError, match="guidance_variant chooses how guidance re-corrupts: give guidance=w with it"):
+        with_guidance(DDIM(), OmegaConf.create({"guidance": None, "guidance_variant": "cfg++"}))
+    with pytest.raises(UdmError, match=r"guide \(autoguidance\) replaces the unconditional branch .*: give guidance=w"):
+        with_guidance(DDIM(), OmegaConf.create({"guidance": None, "guide": "runs/early"}))
+
+
+def test_an_unconditional_guide_is_called_without_the_condition():
+    process = Gaussian(T=30).double()
+    x_t, t, cond = torch.randn(2, 3, dtype=torch.float64), torch.tensor([20, 10]), torch.tensor([0, 1])
+    strong, weak = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    guidance = Guidance(2.0, guide=lambda x, t: weak, guide_conditional=False)  # a two-argument (unconditional) net
+    guided = guidance.x0_hat(process, lambda x, t, c: strong, x_t, t, cond)
+    x0_s, x0_w = process.x0_hat(strong, x_t, t), process.x0_hat(weak, x_t, t)
+    torch.testing.assert_close(guided, x0_w + 2.0 * (x0_s - x0_w), rtol=0, atol=1e-12)
+
+
+def test_cfgpp_on_a_latent_process_with_identity_coders_is_cfgpp_on_pixels():
+    """The encoding model re-corrupts with eps_u = (x_t - a_t E(x0_u)) / b_t: with E = D = identity, as on pixels."""
+    from udm.nets import IdentityCoder
+    from udm.processes import Latent
+
+    kw = dict(T=50, schedule="linear", parametrization="eps", clip_denoised=False)
+    gaussian = Gaussian(**kw).double()
+    latent = Latent(IdentityCoder(), IdentityCoder(), decoder_weight=0.0, **kw).double()
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    model, _, _ = affine_branches(x_T.shape, 10)
+    sampler = DDIM(steps=5, guidance=Guidance(2.0, variant="cfg++"))
+    cond = torch.tensor([1, 2])
+    outs = [sampler(p, model, x_T, torch.Generator().manual_seed(3), cond=cond) for p in (gaussian, latent)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-12)

@@ -1,4 +1,5 @@
-"""What the sampling jobs were asked to condition on: label=K or labels=all, guidance=w, guidance_interval=[lo, hi]."""
+"""What the sampling jobs were asked to condition on: label=K or labels=all, guidance=w, guidance_interval=[lo, hi],
+guidance_variant=cfg|cfg++ and guide=CKPT (autoguidance)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 
 from udm.errors import UdmError
-from udm.models import TrainedModel
+from udm.models import TrainedModel, open_model
 from udm.samplers import Guidance
 
 
@@ -43,26 +44,78 @@ def batches(starts: Tensor, labels: Tensor | None, size: int) -> list[tuple[Tens
     return list(zip(chunks, labels.to(starts.device).split(size) if labels is not None else [None] * len(chunks)))
 
 
-def with_guidance(sampler, cfg: DictConfig):
-    """The sampler with guidance=w (and guidance_interval) when asked for; samplers that cannot guide refuse."""
-    interval = cfg.get("guidance_interval")
+def with_guidance(sampler, cfg: DictConfig, model: TrainedModel | None = None, wrap=None):
+    """The sampler with guidance=w (guidance_interval, guidance_variant, guide) when asked for; samplers that cannot
+    guide refuse. guide=CKPT (autoguidance) is opened beside `model` and its net handed through `wrap` (the jobs'
+    `fast` wrapper), as the main net is; with `model` the guided sampler is checked against its process now."""
+    interval, variant, guide = cfg.get("guidance_interval"), cfg.get("guidance_variant") or "cfg", cfg.get("guide")
     if cfg.get("guidance") is None:
-        if interval is not None:
-            raise UdmError("guidance_interval bounds where guidance applies: give guidance=w with it")
+        for given, what in ((interval is not None, "guidance_interval bounds where guidance applies"),
+                            (variant != "cfg", "guidance_variant chooses how guidance re-corrupts"),
+                            (guide is not None, "guide (autoguidance) replaces the unconditional branch of guidance")):
+            if given:
+                raise UdmError(f"{what}: give guidance=w with it")
         return sampler
     if interval is not None and (not isinstance(interval, (list, tuple, ListConfig)) or len(interval) != 2):
         raise UdmError(f"guidance_interval is [lo, hi] in fractions of T, e.g. guidance_interval=[0.1,0.7]; got {interval!r}")
     scale = cfg.guidance
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise UdmError(f"guidance is a number w >= 0 (1: the conditional model), got {scale!r}")
-    return sampler.guided(Guidance(float(scale), tuple(interval) if interval is not None else None))
+    guidance = Guidance(float(scale), tuple(interval) if interval is not None else None, variant=str(variant))
+    if guide is not None:
+        if model is None:
+            raise UdmError("guide= is autoguidance from another checkpoint, which this command does not take")
+        weak = open_guide(model, str(guide))
+        guidance.guide = wrap(weak.net) if wrap is not None else weak.net
+        guidance.guide_conditional = weak.condition is not None
+    guided = sampler.guided(guidance)
+    if model is not None:
+        guided.check(model.process)
+    return guided
+
+
+def open_guide(model: TrainedModel, path: str) -> TrainedModel:
+    """Autoguidance's weaker model (Karras et al. 2024): another checkpoint, on the model's device, whose
+    predictions mix with the model's. It must make the same samples through the same process (config and any
+    trained parts of it, such as the encoding model's E and D), so that the two predictions are of one x0; its
+    net may differ (a smaller one, or an early checkpoint of the same run). A conditional guide must know the
+    same condition (it is called with it); an unconditional one is called without."""
+    guide = open_model(path, model.device)
+    ours, theirs = f"ckpt={model.checkpoint_path}", f"guide={guide.checkpoint_path}"
+    if guide.modality != model.modality or guide.shape != model.shape:
+        raise UdmError(f"autoguidance needs a guide of the same samples: {theirs} makes {guide.modality} of shape "
+                       f"{guide.shape}, {ours} makes {model.modality} of shape {model.shape}")
+    mine, other = (process_recipe(m) for m in (model, guide))
+    differ = sorted(k for k in mine.keys() | other.keys() if mine.get(k) != other.get(k))
+    if differ or not same_weights(model.process.state_dict(), guide.process.state_dict()):
+        what = ("" if "_target_" in differ else f" (differing in {', '.join(differ)})" if differ
+                else " (its trained parts hold other weights)")
+        raise UdmError(f"autoguidance needs a guide trained with the same process: {theirs} has "
+                       f"{guide.process.describe()}, {ours} has {model.process.describe()}{what}")
+    if guide.condition is not None and guide.condition != model.condition:
+        raise UdmError(f"{theirs} was trained with the condition {guide.condition}, {ours} with {model.condition}; "
+                       f"a conditional guide must know the model's condition (an unconditional guide also works)")
+    return guide
+
+
+def process_recipe(model: TrainedModel) -> dict:
+    """The process config as the process is built from it (keys ending in _ckpt, initial weights, dropped)."""
+    return {k: v for k, v in model.recipe["process"].items() if not k.endswith("_ckpt")}
+
+
+def same_weights(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def describe(cfg: DictConfig) -> str:
-    """The file-name part of the request: -label7-w3, -labels-all-w2 ..."""
+    """The file-name part of the request: -label7-w3, -labels-all-w2, -label7-w2-cfgpp, -label7-w2-auto ..."""
     part = f"-label{cfg.label}" if cfg.get("label") is not None else "-labels-all" if cfg.get("labels") else ""
     if cfg.get("guidance") is not None:
         part += f"-w{cfg.guidance:g}"
         if cfg.get("guidance_interval") is not None:
             part += f"-in{cfg.guidance_interval[0]:g}-{cfg.guidance_interval[1]:g}"
+        if cfg.get("guidance_variant") == "cfg++":
+            part += "-cfgpp"
+        if cfg.get("guide") is not None:  # which checkpoint guided: udm-eval's JSON records it (guide)
+            part += "-auto"
     return part

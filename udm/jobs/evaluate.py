@@ -38,6 +38,7 @@ metric was not computed are absent:
     steps                  the steps the sampler ran (T when sampler.steps is null)
     n, seed, batch_size, device
     label, labels, guidance, guidance_interval   the condition the samples were drawn under (only when set)
+    guidance_variant, guide   with guidance: cfg or cfg++, and autoguidance's guide checkpoint (only when set)
     net                    how the net ran while sampling (udm/fast.py): e.g. "bf16-mixed, channels_last" or "32-true"
     seconds_per_sample     wall seconds of the sampling loop / n (with devices > 1: the slowest rank's)
     sampling_processes     how many processes shared the sampling (devices x num_nodes)
@@ -77,6 +78,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
+from udm.checkpoint import find_checkpoint
 from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.jobs.conditions import describe as describe_conditions
@@ -130,7 +132,10 @@ def build_sampler(cfg: DictConfig, model):
     sampler_cfg = cfg.sampler.copy()
     if model.modality == "text" and "steps" in sampler_cfg:
         sampler_cfg.steps = min(sampler_cfg.steps or model.process.T, model.process.T)
-    sampler = with_guidance(model.sampler(sampler_cfg), cfg)
+    def guide_net(net):  # autoguidance's net: through `fast` and counted, as the model's net is
+        return CountingModel(instantiate(cfg.fast)(net, device=model.device))
+
+    sampler = with_guidance(model.sampler(sampler_cfg), cfg, model, guide_net)
     return sampler, len(sampler.timesteps(model.process))
 
 
@@ -156,7 +161,8 @@ def draw_samples(cfg: DictConfig, model, sampler, device: torch.device, fabric=N
                               cond=cond).cpu()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds, rows = time.perf_counter() - start, counting.rows
+    guide = getattr(getattr(sampler, "guidance", None), "guide", None)  # autoguidance's net evaluates rows too
+    seconds, rows = time.perf_counter() - start, counting.rows + (guide.rows if isinstance(guide, CountingModel) else 0)
     if fabric is not None:  # gather every rank's batches (objects: ranks hold different numbers of them)
         gathered: list[Any] = [None] * world
         torch.distributed.all_gather_object(gathered, (mine, seconds, rows))
@@ -220,6 +226,10 @@ def sampler_summary(cfg: DictConfig, steps: int) -> dict[str, Any]:
         if cfg.get(key) is not None:
             value = cfg[key]
             out[key] = list(value) if isinstance(value, ListConfig) else value
+    if cfg.get("guidance") is not None:
+        out["guidance_variant"] = cfg.get("guidance_variant") or "cfg"
+        if cfg.get("guide") is not None:
+            out["guide"] = str(find_checkpoint(cfg.guide).resolve())
     return out
 
 

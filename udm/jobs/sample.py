@@ -52,11 +52,13 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
         if not isinstance(process, Cold):  # x_T = D_T(x0) + prior_noise z is cold diffusion's prior
             raise UdmError(f"prior_noise applies to cold processes; this checkpoint's is {process.describe()}")
         process.prior_noise = float(cfg.prior_noise)
-    sampler = with_guidance(model.sampler(cfg.sampler), cfg)  # float32 net: Analytic-DPM's moments are exact
+    fast = instantiate(cfg.fast)  # the net's wrapper, for autoguidance's guide too
+    # float32 net: Analytic-DPM's moments are exact
+    sampler = with_guidance(model.sampler(cfg.sampler), cfg, model, lambda guide: fast(guide, device=device))
     labels = requested_labels(model, cfg, cfg.n)
     if labels is not None and cfg.get("input"):
         raise UdmError("restoring an input (input=...) is unconditional here; leave label / labels out")
-    net = instantiate(cfg.fast)(model.net, device=device)
+    net = fast(model.net, device=device)
 
     generator = torch.Generator(device).manual_seed(cfg.seed)
     t_start = cfg.get("input_t") or None

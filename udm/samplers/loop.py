@@ -66,13 +66,15 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
             continue
         t = torch.full((x.shape[0],), t_int, dtype=torch.long, device=x.device)
         s = torch.full((x.shape[0],), s_int, dtype=torch.long, device=x.device)
+        x0_u = None  # CFG++ only: the unconditional x0_hat whose eps_hat the step re-corrupts with
         if guidance is not None and cond is not None and guidance.applies(t_int, process.T):
-            x0_hat = guidance.x0_hat(process, model, x, t, cond, generator)
+            x0_hat, x0_u = guidance.estimates(process, model, x, t, cond, generator)
         else:
             x0_hat = process.x0_hat(predict(model, x, t, cond), x, t, generator)
         if transform is not None:
             x0_hat = transform(x0_hat, i)
-        x_t, x = x, step(process, x, x0_hat, t, s, generator)
+        x_in = x if x0_u is None else guidance.recorrupt(process, x, x0_hat, x0_u, t)
+        x_t, x = x, step(process, x_in, x0_hat, t, s, generator)
         if corrector is not None and s_int > 0:
             x = corrector(process, model, x, s, generator, cond)
         if callback is not None:
@@ -106,9 +108,12 @@ class Sampler:
                                f"the {type(self.step).__name__} step redraws x_s from fresh noise instead")
         if self.corrector is not None:
             self.corrector.check(process)
+        if self.guidance is not None:
+            self.guidance.check(process, self.step)
 
     def guided(self, guidance) -> Sampler:
         """This sampler with classifier-free guidance (udm.samplers.Guidance) on its x0_hat."""
+        guidance.check(step=self.step)
         other = copy.copy(self)
         other.guidance = guidance
         return other
