@@ -222,3 +222,18 @@ def test_train_refuses_a_net_that_does_not_read_the_condition():
     with pytest.raises(UdmError, match="net.num_classes=6 reads a condition, but the data yield none"):
         check_condition(OmegaConf.create({"num_classes": 6}), {}, "none")
     check_condition(OmegaConf.create({"num_classes": 3}), {"num_classes": 3}, "author")
+
+
+def test_eval_scores_author_accuracy_against_the_classifier_and_real_texts(author_run, poems_file):
+    tmp, run = author_run
+    run_cli("udm-eval", f"ckpt={run}", "n=4", "labels=all", "guidance=2", "metrics=[author_accuracy]", "progress=false",
+            f"out_dir={tmp / 'e'}", cwd=tmp)
+    report = json.loads(next((tmp / "e").glob("*-labels-all-w2.json")).read_text(encoding="utf-8"))
+    data = Poems(path=str(poems_file[0]), condition="author", classes=2, test_fraction=0.2)
+    data.setup()
+    classifier = train_author_classifier(data.train_texts, data.train_cond.tolist())
+    texts = next((tmp / "e").glob("*-labels-all-w2.txt")).read_text(encoding="utf-8").split("\n")[:4]
+    wanted = torch.tensor([0, 1, 2, 0])  # n = 4 samples cycle through the 3 classes
+    predicted = torch.as_tensor(classifier.predict([t.replace("[MASK]", "") for t in texts]))
+    assert report["author_accuracy"] == pytest.approx(balanced_accuracy(predicted, wanted)[0])
+    assert report["author_accuracy_real"] == 1.0 and report["author_chance"] == pytest.approx(1 / 3)

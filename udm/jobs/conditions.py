@@ -12,6 +12,9 @@ from udm.models import TrainedModel, open_model
 from udm.samplers import Guidance
 
 
+CLASS_KINDS = ("label", "author")  # conditions that are one class per sample (an author is a class of poems)
+
+
 def requested_labels(model: TrainedModel, cfg: DictConfig, n: int) -> Tensor | None:
     """The class label of every sample (on the model's device), or None for unconditional sampling.
 
@@ -25,7 +28,7 @@ def requested_labels(model: TrainedModel, cfg: DictConfig, n: int) -> Tensor | N
     if label is not None and labels is not None:
         raise UdmError("give label=K (one class) or labels=all (every class), not both")
     condition = model.condition
-    if condition is None or condition.get("kind") != "label":
+    if condition is None or condition.get("kind") not in CLASS_KINDS:
         raise UdmError(f"{model.checkpoint_path} was trained without class labels, so label, labels and guidance do not "
                        f"apply; train a class-conditional model (data.condition=label, e.g. experiment=mnist_label)")
     classes = int(condition["classes"])
@@ -110,6 +113,12 @@ def same_weights(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
 def describe(cfg: DictConfig) -> str:
     """The file-name part of the request: -label7-w3, -labels-all-w2, -label7-w2-cfgpp, -label7-w2-auto ..."""
     part = f"-label{cfg.label}" if cfg.get("label") is not None else "-labels-all" if cfg.get("labels") else ""
+    return part + describe_guidance(cfg)
+
+
+def describe_guidance(cfg: DictConfig) -> str:
+    """The guidance part of a file name: -w3, -w3-in0.1-0.7, -w2-cfgpp, -w2-auto (empty without guidance)."""
+    part = ""
     if cfg.get("guidance") is not None:
         part += f"-w{cfg.guidance:g}"
         if cfg.get("guidance_interval") is not None:

@@ -123,14 +123,16 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     generator = torch.Generator(device).manual_seed(cfg.seed)
     cond = requested_text_condition(opened, cfg, cfg.n)
     n = cfg.n if cond is None else len(cond)
-    fast = instantiate(cfg.fast)(opened.net, device=device)
+    wrap = instantiate(cfg.fast)
+    fast = wrap(opened.net, device=device)
     if isinstance(process, TokenProcess):
         model, starts, t_start, steps, tps = token_starts(cfg, process, fast, tok, generator, device, n)
     elif isinstance(process, Latent):
         model, starts, t_start, steps, tps = latent_starts(cfg, process, fast, opened.shape[-1], generator, device, n)
     else:
         raise UdmError(f"{ckpt_path} holds {process.describe()}, which does not generate tokens")
-    sampler = with_guidance(opened.sampler(instantiate(cfg.sampler, steps=min(steps, t_start))), cfg)
+    sampler = with_guidance(opened.sampler(instantiate(cfg.sampler, steps=min(steps, t_start))), cfg, opened,
+                            lambda guide: wrap(guide, device=device))
 
     start = time.perf_counter()
     chunks = [sampler(process, model, x, generator=generator, progress=cfg.progress, t_start=t_start, cond=c).cpu()

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from udm.data.tokenizers import encode, unknown_characters
 from udm.errors import UdmError
+from udm.jobs.conditions import describe_guidance
 from udm.models import TrainedModel
 
 CLASS_KEYS = {"author": "authors", "label": "labels"}  # one class / every class, per kind of class-like condition
@@ -80,8 +81,4 @@ def title_ids(model: TrainedModel, title: str, length: int) -> Tensor:
 def describe(cfg: DictConfig) -> str:
     """The file-name part of the request: -author-白居易-w2, -authors-all, -title-春望 ..."""
     part = "".join(f"-{k}-{v}" for k, v in given(cfg).items())
-    if cfg.get("guidance") is not None:
-        part += f"-w{cfg.guidance:g}"
-        if cfg.get("guidance_interval") is not None:
-            part += f"-in{cfg.guidance_interval[0]:g}-{cfg.guidance_interval[1]:g}"
-    return part.replace("/", "_")
+    return (part + describe_guidance(cfg)).replace("/", "_")
