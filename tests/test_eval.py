@@ -255,7 +255,7 @@ def test_a_new_metric_is_one_class_and_one_yaml_file(tmp_path, capsys):
     assert written["mean_pixel"] == report["mean_pixel"] and "fid" not in written and "nfe_per_sample" in written
     table = capsys.readouterr().out
     assert "mean pixel" in table and f"{report['mean_pixel']:.4f}" in table and "x 2.5" in table
-    with pytest.raises(UdmError, match=r"unknown metric\(s\) nope; choose from fid, class_accuracy, kid, bpd, text, author_accuracy, nelbo, mean_pixel"):
+    with pytest.raises(UdmError, match=r"unknown metric\(s\) nope; choose from fid, class_accuracy, class_diversity, kid, bpd, text, author_accuracy, nelbo, mean_pixel"):
         evaluate(compose_config("eval", *base, "metrics=[nope]"))
     with pytest.raises(UdmError, match="metrics asks for mean_pixel, but mean pixel applies to text checkpoints"):
         evaluate(compose_config("eval", *base, "metrics=[mean_pixel]", "+metric.mean_pixel.needs=text"))
@@ -269,9 +269,11 @@ def test_a_class_conditional_checkpoint_gets_class_accuracy_under_guidance(tmp_p
     run_cli("udm-train", *SMOKE, "data.condition=label", "net.num_classes=???", f"hydra.run.dir={run}", "final_samples=0",
             cwd=tmp_path, env=ONE_THREAD)
     proc = run_cli("udm-eval", f"ckpt={run}", "n=20", "sampler.steps=4", "labels=all", "guidance=2", f"cache_dir={cache}",
-                   "metrics=[class_accuracy,fid]", "progress=false", cwd=tmp_path, env=ONE_THREAD)
+                   "metrics=[class_accuracy,fid,class_diversity]", "progress=false", cwd=tmp_path, env=ONE_THREAD)
     report = json.loads(next((run / "eval").glob("*labels-all-w2.json")).read_text())
     per_class = report["class_accuracy_per_class"]
+    diversity = report["class_diversity_per_class"]
+    assert len(diversity) == 10 and report["class_diversity"] == pytest.approx(sum(diversity.values()) / 10)
     assert report["guidance"] == 2 and report["labels"] == "all" and len(per_class) == 10  # two samples of each class
     assert report["class_accuracy"] == pytest.approx(sum(per_class.values()) / 10) and "fid" in report
     assert "class accuracy" in proc.stdout

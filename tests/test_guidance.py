@@ -374,3 +374,10 @@ def test_cfgpp_on_a_latent_process_with_identity_coders_is_cfgpp_on_pixels():
     cond = torch.tensor([1, 2])
     outs = [sampler(p, model, x_T, torch.Generator().manual_seed(3), cond=cond) for p in (gaussian, latent)]
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-12)
+
+
+def test_mean_pairwise_distance_by_hand():
+    from udm.metrics.class_diversity import mean_pairwise_distance
+
+    points = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]])
+    assert mean_pairwise_distance(points) == pytest.approx((5 + 4 + 3) / 3)
