@@ -381,3 +381,16 @@ def test_mean_pairwise_distance_by_hand():
 
     points = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]])
     assert mean_pairwise_distance(points) == pytest.approx((5 + 4 + 3) / 3)
+
+
+def test_guidance_in_the_sampler_config_is_named_and_not_doubled():
+    from omegaconf import OmegaConf
+
+    from udm.jobs.conditions import describe, with_guidance
+    from udm.samplers import DDIM
+
+    cfg = OmegaConf.create({"label": 3, "sampler": {"_target_": "udm.samplers.DDIM", "guidance": {
+        "_target_": "udm.samplers.Guidance", "scale": 2, "interval": [0.1, 0.7]}}})
+    assert describe(cfg) == "-label3-w2-in0.1-0.7"
+    with pytest.raises(UdmError, match="already guides"):
+        with_guidance(DDIM(steps=5, guidance=Guidance(2.0)), OmegaConf.create({"guidance": 3}))

@@ -4,7 +4,7 @@ guidance_variant=cfg|cfg++ and guide=CKPT (autoguidance)."""
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from udm.errors import UdmError
@@ -59,6 +59,9 @@ def with_guidance(sampler, cfg: DictConfig, model: TrainedModel | None = None, w
             if given:
                 raise UdmError(f"{what}: give guidance=w with it")
         return sampler
+    if getattr(sampler, "guidance", None) is not None:
+        raise UdmError("the sampler config already guides (sampler.guidance); give guidance either there or as guidance=w, "
+                       "not both")
     if interval is not None and (not isinstance(interval, (list, tuple, ListConfig)) or len(interval) != 2):
         raise UdmError(f"guidance_interval is [lo, hi] in fractions of T, e.g. guidance_interval=[0.1,0.7]; got {interval!r}")
     scale = cfg.guidance
@@ -117,7 +120,12 @@ def describe(cfg: DictConfig) -> str:
 
 
 def describe_guidance(cfg: DictConfig) -> str:
-    """The guidance part of a file name: -w3, -w3-in0.1-0.7, -w2-cfgpp, -w2-auto (empty without guidance)."""
+    """The guidance part of a file name: -w3, -w3-in0.1-0.7, -w2-cfgpp, -w2-auto (empty without guidance); guidance
+    given in the sampler config (sampler.guidance: a udm.samplers.Guidance) is named the same way."""
+    in_sampler = OmegaConf.select(cfg, "sampler.guidance", default=None)
+    if cfg.get("guidance") is None and isinstance(in_sampler, DictConfig):
+        cfg = OmegaConf.create({"guidance": in_sampler.get("scale", 1.0), "guidance_interval": in_sampler.get("interval"),
+                                "guidance_variant": in_sampler.get("variant")})
     part = ""
     if cfg.get("guidance") is not None:
         part += f"-w{cfg.guidance:g}"
