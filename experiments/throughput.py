@@ -19,6 +19,7 @@ import time
 import torch
 from hydra.utils import instantiate
 
+from udm.jobs.train import fill_from_data
 from udm.cli import CONF_DIR
 
 
@@ -42,6 +43,7 @@ def main(argv: list[str]) -> dict:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     torch.manual_seed(0)
+    fill_from_data(cfg.net, {}, "net")  # an unconditional net: its condition keys (???) become null
     process, net = instantiate(cfg.process), instantiate(cfg.net)
     parameters = [p for module in (process, net) for p in module.parameters() if p.requires_grad]
     optimizer = instantiate(cfg.optimizer)(parameters)

@@ -115,6 +115,43 @@ def test_autoguidance_takes_the_guide_model_for_the_weak_branch():
     torch.testing.assert_close(guided, x0_w + 2.0 * (x0_s - x0_w), rtol=0, atol=1e-12)
 
 
+def test_autoguidance_guides_an_unconditional_model_too():
+    process = Gaussian(T=30).double()
+    x_T = torch.randn(3, 2, dtype=torch.float64)
+    strong, weak = (lambda x, t: 0.3 * x), (lambda x, t: -0.2 * x)  # eps-predictors
+    seen = []
+    DDIM(steps=2, guidance=Guidance(2.0, guide=weak, guide_conditional=False))(
+        process, strong, x_T, callback=lambda step: seen.append(step.x0_hat))
+    t = torch.full((3,), 30)
+    x0_s, x0_w = process.x0_hat(strong(x_T, t), x_T, t), process.x0_hat(weak(x_T, t), x_T, t)
+    torch.testing.assert_close(seen[0], x0_w + 2.0 * (x0_s - x0_w), rtol=0, atol=1e-12)
+
+
+def test_a_cold_prior_degrades_held_out_images_of_the_requested_class(tmp_path):
+    from omegaconf import OmegaConf
+
+    from udm.jobs.conditions import prior_labels
+    from udm.models import open_model
+
+    from .conftest import run_cli
+
+    run = tmp_path / "run"
+    run_cli("udm-train", "experiment=digits_smoke", "process=blur", "data.condition=label", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "val_samples=0", "final_samples=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    model = open_model(run, "cpu")
+    data = model.data("test")
+    labels = torch.tensor([3, 3, 7, 0, 9, 7])
+    refs = model.references(6, labels)
+    index = [next(i for i in range(len(data.test)) if torch.equal(data.test[i], r)) for r in refs]
+    assert data.test_cond[index].tolist() == labels.tolist()
+    unlabelled = data.test[torch.randint(0, len(data.test), (6,), generator=torch.Generator().manual_seed(0))]
+    assert torch.equal(model.references(6), unlabelled)  # without labels: the draw it always was
+    cfg = OmegaConf.create({"class_prior": None})
+    assert prior_labels(model, cfg, labels) is labels and prior_labels(model, OmegaConf.create({"class_prior": False}), labels) is None
+    with pytest.raises(UdmError, match="class_prior .* does not apply here: no class is asked for"):
+        prior_labels(model, OmegaConf.create({"class_prior": True}), None)
+
+
 def test_condition_dropout_rate_is_the_configured_one():
     labels = torch.randint(0, 10, (200_000,), generator=torch.Generator().manual_seed(3))
     dropped = drop_condition(labels, 0.1, torch.Generator().manual_seed(4))
@@ -201,6 +238,12 @@ def test_label_requests_are_checked_against_the_checkpoint():
         ask(None, label=3)
     with pytest.raises(UdmError, match=r"label=12: this model knows the classes 0..9"):
         ask(labelled, label=12)
+    named = {"kind": "label", "classes": 3, "names": ["ant", "moth", "zebra"]}
+    assert ask(named, label="moth").tolist() == [1, 1]
+    with pytest.raises(UdmError, match="label='mouth' is not one this model knows; closest: moth"):
+        ask(named, label="mouth")
+    with pytest.raises(UdmError, match=r"trained with data.condition=title \(udm-generate title=...\)"):
+        ask({"kind": "title", "length": 8}, labels="all")
     with pytest.raises(UdmError, match="give label=K .* with it"):
         ask(labelled, guidance=2.0)
     with pytest.raises(UdmError, match="forms no x0_hat to guide"):

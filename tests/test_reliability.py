@@ -31,6 +31,7 @@ import pytest
 import torch
 
 from udm import cli
+from udm.jobs.train import fill_from_data
 from udm.callbacks import AtomicCheckpointIO
 
 from .conftest import BIN, compose_train, run_cli
@@ -326,6 +327,7 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     data = instantiate(cfg.data)
     data.setup("fit")
     instantiate(cfg.process)
+    fill_from_data(cfg.net, data.derived, "net")
     init = instantiate(cfg.net).state_dict()  # the weights both runs started from
     moved = max((b["current_model_state"]["net." + k] - v).abs().max().item() for k, v in init.items())
     assert moved > 1e-3

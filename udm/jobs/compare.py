@@ -52,7 +52,7 @@ COST = (
     ("seconds_per_sample", "s/sample", "{:.3g}"),
     ("nfe_per_sample", "NFE/sample", "{:.4g}"),
 )
-EVAL_SETTINGS = ("n", "seed", "label", "labels", "guidance", "guidance_interval", "guidance_variant", "guide")
+EVAL_SETTINGS = ("n", "seed", "label", "labels", "class_prior", "guidance", "guidance_interval", "guidance_variant", "guide")
 NOT_EVAL_SETTINGS = ("sampler_target", "sampler_steps", "sampler_prepare_seconds")  # implied by the name; own column; a cost
 UNKNOWN, UNSET = "?", "—"
 

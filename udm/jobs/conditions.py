@@ -7,6 +7,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
+from udm.checkpoint import find_checkpoint
 from udm.errors import UdmError
 from udm.models import TrainedModel, open_model
 from udm.samplers import Guidance
@@ -22,23 +23,45 @@ def requested_labels(model: TrainedModel, cfg: DictConfig, n: int) -> Tensor | N
     """
     label, labels = cfg.get("label"), cfg.get("labels")
     if label is None and labels is None:
-        if cfg.get("guidance") is not None:
-            raise UdmError("guidance steers the samples toward a class: give label=K (or labels=all) with it")
+        if cfg.get("guidance") is not None and cfg.get("guide") is None:
+            raise UdmError("guidance steers the samples toward a class: give label=K (or labels=all) with it "
+                           "(or guide=CKPT: autoguidance by a weaker model, with or without a class)")
         return None
     if label is not None and labels is not None:
         raise UdmError("give label=K (one class) or labels=all (every class), not both")
     condition = model.condition
     if condition is None or condition.get("kind") not in CLASS_KINDS:
-        raise UdmError(f"{model.checkpoint_path} was trained without class labels, so label, labels and guidance do not "
-                       f"apply; train a class-conditional model (data.condition=label, e.g. experiment=mnist_label)")
+        trained = f"with data.condition={condition['kind']} (udm-generate {condition['kind']}=...)" if condition else "without class labels"
+        raise UdmError(f"{model.checkpoint_path} was trained {trained}, so label and labels do not apply; train a "
+                       f"class-conditional model (data.condition=label, e.g. experiment=mnist_label)")
     classes = int(condition["classes"])
     if labels is not None:
         if labels != "all":
             raise UdmError(f"labels takes 'all' (n samples of every class, one grid row per class), got {labels!r}")
         return torch.arange(classes, device=model.device).repeat_interleave(n)
+    if isinstance(label, str) and condition.get("names"):  # a class by name: label=cat for an image folder's cat/
+        from udm.jobs.text_conditions import class_index
+
+        label = class_index([str(n) for n in condition["names"]], label, "label")
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < classes:
-        raise UdmError(f"label={label!r}: this model knows the classes 0..{classes - 1}")
+        names = f" ({', '.join(map(str, condition['names']))})" if condition.get("names") else ""
+        raise UdmError(f"label={label!r}: this model knows the classes 0..{classes - 1}{names}")
     return torch.full((n,), label, dtype=torch.long, device=model.device)
+
+
+def prior_labels(model: TrainedModel, cfg: DictConfig, labels: Tensor | None) -> Tensor | None:
+    """The labels the prior is drawn for: where x_T depends on the data (cold processes: D_T of a held-out image)
+    and labels are asked for, x_T comes from an image of the requested class unless class_prior=false; elsewhere
+    class_prior does not apply and setting it is refused."""
+    asked = cfg.get("class_prior")
+    applies = labels is not None and model.process.capabilities.prior_needs_data
+    if not applies:
+        if asked is not None:
+            why = "no class is asked for (label / labels)" if labels is None else \
+                f"the prior of {model.process.describe()} does not depend on the data"
+            raise UdmError(f"class_prior chooses the held-out image a cold prior degrades; it does not apply here: {why}")
+        return None
+    return labels if asked is None or asked else None
 
 
 def batches(starts: Tensor, labels: Tensor | None, size: int) -> list[tuple[Tensor, Tensor | None]]:
@@ -98,6 +121,9 @@ def open_guide(model: TrainedModel, path: str) -> TrainedModel:
                 else " (its trained parts hold other weights)")
         raise UdmError(f"autoguidance needs a guide trained with the same process: {theirs} has "
                        f"{guide.process.describe()}, {ours} has {model.process.describe()}{what}")
+    if model.recipe.get("tokenizer") != guide.recipe.get("tokenizer"):
+        raise UdmError(f"autoguidance mixes the two models' token probabilities id by id, but {theirs} has another "
+                       f"tokenizer than {ours}; guide with a model trained on the same text")
     if guide.condition is not None and guide.condition != model.condition:
         raise UdmError(f"{theirs} was trained with the condition {guide.condition}, {ours} with {model.condition}; "
                        f"a conditional guide must know the model's condition (an unconditional guide also works)")
@@ -116,23 +142,40 @@ def same_weights(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
 def describe(cfg: DictConfig) -> str:
     """The file-name part of the request: -label7-w3, -labels-all-w2, -label7-w2-cfgpp, -label7-w2-auto ..."""
     part = f"-label{cfg.label}" if cfg.get("label") is not None else "-labels-all" if cfg.get("labels") else ""
+    part += "-anyprior" if cfg.get("class_prior") is False else ""
     return part + describe_guidance(cfg)
 
 
-def describe_guidance(cfg: DictConfig) -> str:
-    """The guidance part of a file name: -w3, -w3-in0.1-0.7, -w2-cfgpp, -w2-auto (empty without guidance); guidance
-    given in the sampler config (sampler.guidance: a udm.samplers.Guidance) is named the same way."""
+def guidance_settings(cfg: DictConfig) -> dict:
+    """The guidance a job samples under, from guidance=w (guidance_interval, guidance_variant, guide) or from the
+    sampler config (sampler.guidance: a udm.samplers.Guidance): {} without guidance; what the JSONs record."""
     in_sampler = OmegaConf.select(cfg, "sampler.guidance", default=None)
     if cfg.get("guidance") is None and isinstance(in_sampler, DictConfig):
-        cfg = OmegaConf.create({"guidance": in_sampler.get("scale", 1.0), "guidance_interval": in_sampler.get("interval"),
-                                "guidance_variant": in_sampler.get("variant")})
+        source = {"guidance": in_sampler.get("scale", 1.0), "guidance_interval": in_sampler.get("interval"),
+                  "guidance_variant": in_sampler.get("variant")}
+    elif cfg.get("guidance") is not None:
+        source = {k: cfg.get(k) for k in ("guidance", "guidance_interval", "guidance_variant")}
+        if cfg.get("guide") is not None:
+            source["guide"] = str(find_checkpoint(cfg.guide).resolve())
+    else:
+        return {}
+    source["guidance_variant"] = source.get("guidance_variant") or "cfg"
+    interval = source.get("guidance_interval")
+    source["guidance_interval"] = [float(v) for v in interval] if interval is not None else None
+    return {k: v for k, v in source.items() if v is not None}
+
+
+def describe_guidance(cfg: DictConfig) -> str:
+    """The guidance part of a file name: -w3, -w3-in0.1-0.7, -w2-cfgpp, -w2-auto (empty without guidance), for
+    guidance=w and for guidance in the sampler config alike."""
+    settings = guidance_settings(cfg)
     part = ""
-    if cfg.get("guidance") is not None:
-        part += f"-w{cfg.guidance:g}"
-        if cfg.get("guidance_interval") is not None:
-            part += f"-in{cfg.guidance_interval[0]:g}-{cfg.guidance_interval[1]:g}"
-        if cfg.get("guidance_variant") == "cfg++":
+    if settings:
+        part += f"-w{settings['guidance']:g}"
+        if settings.get("guidance_interval") is not None:
+            part += f"-in{settings['guidance_interval'][0]:g}-{settings['guidance_interval'][1]:g}"
+        if settings["guidance_variant"] == "cfg++":
             part += "-cfgpp"
-        if cfg.get("guide") is not None:  # which checkpoint guided: udm-eval's JSON records it (guide)
+        if settings.get("guide") is not None:  # which checkpoint guided: the JSONs record it (guide)
             part += "-auto"
     return part

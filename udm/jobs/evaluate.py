@@ -78,11 +78,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
-from udm.checkpoint import find_checkpoint
 from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.jobs.conditions import describe as describe_conditions
-from udm.jobs.conditions import batches, requested_labels, with_guidance
+from udm.jobs.conditions import batches, guidance_settings, prior_labels, requested_labels, with_guidance
 from udm.jobs.sample import fresh_path
 from udm.metrics.base import Context, Metric, Row, load_metrics
 from udm.models import TrainedModel, open_model
@@ -150,7 +149,7 @@ def draw_samples(cfg: DictConfig, model, sampler, device: torch.device, fabric=N
     in order, the same tensor a single process draws.
     """
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    starts = model.prior(cfg.n, generator, cfg.batch_size, labels)
+    starts = model.prior(cfg.n, generator, cfg.batch_size, prior_labels(model, cfg, labels))
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     counting = CountingModel(instantiate(cfg.fast)(model.net, device=device))
     mine, start = {}, time.perf_counter()
@@ -220,16 +219,12 @@ def sampler_summary(cfg: DictConfig, steps: int) -> dict[str, Any]:
 
     settings = OmegaConf.to_container(cfg.sampler, resolve=True)
     out = {"sampler": cfg.sampler_name, "sampler_target": settings.pop("_target_", None)}
-    out.update(flat({k: v for k, v in settings.items() if not k.startswith("_")}, "sampler"))
+    out.update(flat({k: v for k, v in settings.items() if not k.startswith("_") and k != "guidance"}, "sampler"))
     out.update(steps=steps, n=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size)
-    for key in ("label", "labels", "guidance", "guidance_interval"):  # the condition the samples were drawn under
+    for key in ("label", "labels", "class_prior"):  # the condition the samples were drawn under, and the guidance
         if cfg.get(key) is not None:
-            value = cfg[key]
-            out[key] = list(value) if isinstance(value, ListConfig) else value
-    if cfg.get("guidance") is not None:
-        out["guidance_variant"] = cfg.get("guidance_variant") or "cfg"
-        if cfg.get("guide") is not None:
-            out["guide"] = str(find_checkpoint(cfg.guide).resolve())
+            out[key] = cfg[key]
+    out.update(guidance_settings(cfg))
     return out
 
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from udm.data.tokenizers import encode, unknown_characters
 from udm.errors import UdmError
 from udm.fast import describe_net
-from udm.jobs.conditions import batches, with_guidance
+from udm.jobs.conditions import batches, guidance_settings, with_guidance
 from udm.jobs.sample import fresh_path
 from udm.jobs.text_conditions import describe as describe_condition
 from udm.jobs.text_conditions import given, requested_text_condition
@@ -74,8 +74,13 @@ def format_text(text: str) -> str:
     return text.rstrip("\n")
 
 
-def token_starts(cfg: DictConfig, process: TokenProcess, net, tok, generator, device, n: int):
-    """A token process: x_T (all [MASK] / random tokens, or the template with its blanks), steps from tokens_per_step."""
+def identity(model):
+    return model
+
+
+def token_starts(cfg: DictConfig, process: TokenProcess, tok, generator, device, n: int):
+    """A token process: x_T (all [MASK] / random tokens, or the template with its blanks), steps from
+    tokens_per_step, and `fix`, what every net that predicts here is wrapped in (keep_fixed with a template)."""
     for key in ("temperature", "order"):
         if cfg.get(key) is not None:
             setattr(process, key, cfg[key])
@@ -85,23 +90,25 @@ def token_starts(cfg: DictConfig, process: TokenProcess, net, tok, generator, de
     tps = int(cfg.tokens_per_step)
     if not 1 <= tps <= L:
         raise UdmError(f"tokens_per_step must lie in 1..{L} (the sequence length), got {tps}")
-    model, t_start, blanks = net, process.T, L
+    fix, t_start, blanks = identity, process.T, L
     if cfg.get("template"):
         template = encode_template(tok, cfg.template, cfg.blank, L).to(device)
         known = template != tok.mask_token_id
         blanks = int((~known).sum())
         t_start = process.t_for_count(blanks)
-        model = keep_fixed(net, template, known, process.vocab_size)
+        def fix(model):  # the model and autoguidance's guide alike are certain of the known tokens
+            return keep_fixed(model, template, known, process.vocab_size)
+
         starts = template.expand(n, -1).clone()
         if not isinstance(process, TokenMask):  # edit: the blanks start as random tokens
             noise = process.prior(starts, generator)
             starts = torch.where(known, starts, noise)
     else:
         starts = process.prior(torch.zeros(n, L, dtype=torch.long, device=device), generator)
-    return model, starts, t_start, cfg.sampler.get("steps") or math.ceil(blanks / tps), tps
+    return fix, starts, t_start, cfg.sampler.get("steps") or math.ceil(blanks / tps), tps
 
 
-def latent_starts(cfg: DictConfig, process: Latent, net, length: int, generator, device, n: int):
+def latent_starts(cfg: DictConfig, process: Latent, length: int, generator, device, n: int):
     """The encoding model of tokens: x_T ~ N(0, I) in the embedding space, the sampler's steps."""
     if cfg.get("template"):
         raise UdmError("template infilling needs a token process ([MASK] or replace); this checkpoint diffuses embeddings")
@@ -112,7 +119,7 @@ def latent_starts(cfg: DictConfig, process: Latent, net, length: int, generator,
             raise UdmError(f"temperature must be >= 0, got {cfg.temperature}")
         process.decoder.temperature = float(cfg.temperature)
     starts = process.prior(torch.zeros(n, length, dtype=torch.long, device=device), generator)
-    return net, starts, process.T, cfg.sampler.get("steps") or process.T, 0
+    return identity, starts, process.T, cfg.sampler.get("steps") or process.T, 0
 
 
 def generate_text(cfg: DictConfig) -> dict[str, Any]:
@@ -126,13 +133,14 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     wrap = instantiate(cfg.fast)
     fast = wrap(opened.net, device=device)
     if isinstance(process, TokenProcess):
-        model, starts, t_start, steps, tps = token_starts(cfg, process, fast, tok, generator, device, n)
+        fix, starts, t_start, steps, tps = token_starts(cfg, process, tok, generator, device, n)
     elif isinstance(process, Latent):
-        model, starts, t_start, steps, tps = latent_starts(cfg, process, fast, opened.shape[-1], generator, device, n)
+        fix, starts, t_start, steps, tps = latent_starts(cfg, process, opened.shape[-1], generator, device, n)
     else:
         raise UdmError(f"{ckpt_path} holds {process.describe()}, which does not generate tokens")
+    model = fix(fast)
     sampler = with_guidance(opened.sampler(instantiate(cfg.sampler, steps=min(steps, t_start))), cfg, opened,
-                            lambda guide: wrap(guide, device=device))
+                            lambda guide: fix(wrap(guide, device=device)))
 
     start = time.perf_counter()
     chunks = [sampler(process, model, x, generator=generator, progress=cfg.progress, t_start=t_start, cond=c).cpu()
@@ -150,9 +158,8 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     txt.write_text("\n".join(texts) + "\n", encoding="utf-8")
     result: dict[str, Any] = {"texts": texts, "txt": str(txt), "seconds": seconds, "steps": min(steps, t_start), "net": describe_net(fast),
                               "tokens_per_second": ids.numel() / seconds, "texts_per_second": len(texts) / seconds}
-    if cond is not None:
-        result["condition"] = {**{k: str(v) for k, v in given(cfg).items()}, "guidance": cfg.get("guidance"),
-                               "guidance_interval": list(cfg.guidance_interval) if cfg.get("guidance_interval") else None}
+    if cond is not None or guidance_settings(cfg):
+        result["condition"] = {**{k: str(v) for k, v in given(cfg).items()}, **guidance_settings(cfg)}
     if cfg.metrics:
         result["metrics"] = text_metrics(texts, opened.data("fit").train_texts)
     json_path = txt.with_suffix(".json")

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.jobs.conditions import describe as describe_conditions
-from udm.jobs.conditions import batches, requested_labels, with_guidance
+from udm.jobs.conditions import batches, prior_labels, requested_labels, with_guidance
 from udm.models import open_model
 from udm.processes import Cold
 
@@ -69,7 +69,8 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
             t = torch.full((len(starts),), t_start, dtype=torch.long, device=device)
             starts = process(starts, t, process.sample_noise(starts, generator))
     else:
-        starts = model.prior(cfg.n if labels is None else len(labels), generator, cfg.batch_size, labels)
+        starts = model.prior(cfg.n if labels is None else len(labels), generator, cfg.batch_size,
+                             prior_labels(model, cfg, labels))
     chunks, start = [], time.perf_counter()
     for x_T, cond in batches(starts, labels, cfg.batch_size):
         chunks.append(sampler(process, net, x_T, generator=generator, progress=cfg.progress, t_start=t_start, cond=cond).cpu())

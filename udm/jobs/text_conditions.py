@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from udm.data.text import prompt_ids
 from udm.data.tokenizers import encode, unknown_characters
 from udm.errors import UdmError
 from udm.jobs.conditions import describe_guidance
@@ -30,8 +31,9 @@ def requested_text_condition(model: TrainedModel, cfg: DictConfig, n: int) -> Te
     """The condition of every text (on the model's device), or None for unconditional generation."""
     asked = given(cfg)
     if not asked:
-        if cfg.get("guidance") is not None:
-            raise UdmError("guidance steers the texts toward a condition: give author=NAME, label=NAME or title=TEXT with it")
+        if cfg.get("guidance") is not None and cfg.get("guide") is None:
+            raise UdmError("guidance steers the texts toward a condition: give author=NAME, label=NAME or title=TEXT with it "
+                           "(or guide=CKPT: autoguidance by a weaker model)")
         return None
     if len(asked) > 1:
         raise UdmError(f"give one condition, not {' and '.join(asked)}")
@@ -74,8 +76,7 @@ def title_ids(model: TrainedModel, title: str, length: int) -> Tensor:
     if len(ids) > length:
         print(f"udm-generate: the model reads the first {length} tokens of a title; "
               f"{tok.decode(ids[length:])!r} is left out")
-    ids = ids[:length] + [tok.pad_token_id] * (length - len(ids[:length]))
-    return torch.tensor([ids], dtype=torch.long, device=model.device)
+    return prompt_ids(tok, [title], length).to(model.device)
 
 
 def describe(cfg: DictConfig) -> str:

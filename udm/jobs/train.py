@@ -30,19 +30,23 @@ def resume_path(resume: str | None, runs_root: Path) -> Path | None:
     return find_checkpoint(resume)
 
 
+CONDITION_KEYS = ("num_classes", "prompt_length")  # what a net reads the data's condition with
+
+
 def fill_from_data(node: DictConfig, derived: dict[str, Any], group: str) -> None:
-    """Set the keys a process/net config leaves as ??? (at any depth) from what the data module derived (vocab size, ...)."""
+    """Set the keys a process/net config leaves as ??? (at any depth) from what the data module derived (vocab size,
+    ...); a condition key (num_classes, prompt_length) the data do not derive becomes null (no such condition)."""
     for key in node:
         if OmegaConf.is_missing(node, key):
-            if key not in derived:
+            if key in CONDITION_KEYS and key not in derived:  # ??? = as the data say: none without such a condition
+                node[key] = None
+            elif key not in derived:
                 raise UdmError(f"{group}.{key} is required (it is ??? in the config) and data does not provide it; "
                                f"set {group}.{key}=... on the command line")
-            node[key] = derived[key]
+            else:
+                node[key] = derived[key]
         elif isinstance(node[key], DictConfig):
             fill_from_data(node[key], derived, f"{group}.{key}")
-
-
-CONDITION_KEYS = ("num_classes", "prompt_length")  # what a net reads the data's condition with
 
 
 def check_condition(net: DictConfig, derived: dict[str, Any], condition: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from udm.errors import UdmError
 from udm.metrics.base import Context, Metric, Row
 
 
@@ -53,6 +54,12 @@ class AuthorAccuracy(Metric):
         if context.conditions is None:
             return "author accuracy scores texts generated for given authors: evaluate with labels=all"
         return None
+
+    def check(self, model, context: Context) -> None:
+        names = getattr(context.data, "class_names", None)
+        if names != model.condition.get("names"):
+            raise UdmError(f"the data rebuilt from {model.checkpoint_path}'s recipe hold the classes {names}, but the "
+                           f"checkpoint was trained with {model.condition.get('names')}; has the text file changed?")
 
     def classifier(self, context: Context):
         if "author_classifier" not in context.shared:

@@ -25,4 +25,5 @@ def class_rows(cond: Tensor | None, num_classes: int, batch: int, device) -> Ten
                        f"{getattr(cond, 'dtype', type(cond).__name__)} {list(getattr(cond, 'shape', []))}")
     if bool(((cond < -1) | (cond >= num_classes)).any()):
         raise UdmError(f"class labels must lie in 0..{num_classes - 1} (or -1 for none); got {sorted(set(cond.tolist()))}")
+    cond = cond.to(device)
     return torch.where(cond < 0, num_classes, cond)

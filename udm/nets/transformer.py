@@ -124,5 +124,6 @@ class Transformer(nn.Module):
         vocab = self.bert.config.vocab_size
         if bool(((cond < -1) | (cond >= vocab)).any()):
             raise UdmError(f"prompt token ids must lie in 0..{vocab - 1} (or -1 for none)")
+        cond = cond.to(device)
         tokens = self.bert.get_input_embeddings()(cond.clamp(min=0))
         return torch.where((cond < 0)[..., None], self.null_prompt.to(tokens.dtype), tokens)

@@ -48,7 +48,8 @@ class Guidance:
     applies on the steps with lo <= t / T <= hi, elsewhere the plain conditional prediction (and its eps_hat) is used.
     guide: autoguidance's weaker model (e.g. an early checkpoint of the same run, or a smaller net) instead of
     the unconditional branch of the same model; called with the condition when `guide_conditional` (a
-    class-conditional guide, Karras et al. 2024), with none otherwise (an unconditional guide).
+    class-conditional guide, Karras et al. 2024), with none otherwise (an unconditional guide). With a guide,
+    an unconditional model is guided too (cond=None: x0_w = x0_guide + w (x0_model - x0_guide)).
     variant: 'cfg' (the guided x0 re-corrupts with its own eps_hat) or 'cfg++' (with the unconditional one)."""
 
     def __init__(self, scale: float = 1.0, interval: tuple[float, float] | None = None, guide=None,
@@ -77,6 +78,11 @@ class Guidance:
             raise UdmError(f"guidance_variant=cfg++ replaces the inverse step's eps_hat by the unconditional one; "
                            f"the {type(step).__name__} step draws fresh noise instead (sampler=naive); use an inverse "
                            f"or mixed step (sampler=ddim, ddpm, improved) or guidance_variant=cfg")
+
+    def guides(self, cond) -> bool:
+        """Whether there are two predictions to mix: a condition and its null, or (autoguidance, with or without
+        a condition: Karras et al. guide unconditional models too) the model's and the guide's."""
+        return cond is not None or self.guide is not None
 
     def applies(self, t: int, T: int) -> bool:
         return self.interval is None or self.interval[0] <= t / T <= self.interval[1]

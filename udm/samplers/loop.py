@@ -67,7 +67,7 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
         t = torch.full((x.shape[0],), t_int, dtype=torch.long, device=x.device)
         s = torch.full((x.shape[0],), s_int, dtype=torch.long, device=x.device)
         x0_u = None  # CFG++ only: the unconditional x0_hat whose eps_hat the step re-corrupts with
-        if guidance is not None and cond is not None and guidance.applies(t_int, process.T):
+        if guidance is not None and guidance.guides(cond) and guidance.applies(t_int, process.T):
             x0_hat, x0_u = guidance.estimates(process, model, x, t, cond, generator)
         else:
             x0_hat = process.x0_hat(predict(model, x, t, cond), x, t, generator)
@@ -129,9 +129,9 @@ class Sampler:
     def __call__(self, process, model, x_T: Tensor, generator: torch.Generator | None = None, t_start: int | None = None,
                  cond=None, callback: Callable[[Step], None] | None = None, progress: bool = False) -> Tensor:
         self.check(process)
-        if self.guidance is not None and cond is None:
+        if self.guidance is not None and not self.guidance.guides(cond):
             raise UdmError("this sampler guides toward a condition, but none was given (cond=...); sample without guidance "
-                           "for an unconditional draw")
+                           "for an unconditional draw, or guide it with a weaker model (Guidance(guide=...))")
         ts = self.timesteps(process, t_start)
         transform = self.transform.bind(process, ts) if self.transform is not None else None
         return reverse_loop(process, model, x_T, ts, self.step.bind(process, ts), transform, self.corrector,
