@@ -17,8 +17,11 @@ import csv
 import errno
 import hashlib
 import io
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,7 +44,7 @@ STEP_LR = "scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,st
 RESUMABLE = ["experiment=digits_smoke", "trainer.max_steps=50", f"trainer.val_check_interval={EPOCH}",
              "trainer.log_every_n_steps=1", "final_samples=8", STEP_LR]
 MAINS = {"udm-train": cli.train_main, "udm-sample": cli.sample_main, "udm-generate": cli.generate_main,
-         "udm-eval": cli.eval_main}
+         "udm-eval": cli.eval_main, "udm-compare": cli.compare_main, "udm-features": cli.features_main}
 
 
 def run_main(script: str, *args: str) -> SimpleNamespace:
@@ -119,7 +122,70 @@ def interrupted(tmp_path_factory):
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     again = run_cli("udm-train", *command, f"hydra.run.dir={resumed}", "resume=last", cwd=tmp)
-    return SimpleNamespace(reference=reference, killed=killed, resumed=resumed, again=again)
+    same = tmp / "same"  # the README's "same command plus resume=" when the command set the folder: resumed in place
+    shutil.copytree(killed, same)
+    before_resume = losses(same)
+    run_cli("udm-train", *command, f"hydra.run.dir={same}", f"resume={same}", cwd=tmp)
+    return SimpleNamespace(reference=reference, killed=killed, resumed=resumed, again=again, same=same,
+                           before_resume=before_resume)
+
+
+def test_a_resume_into_its_own_folder_keeps_every_earlier_log_row(interrupted):
+    r = interrupted
+    at_kill = ckpt(r.killed)["global_step"]
+    assert min(r.before_resume) == 0 and max(r.before_resume) >= at_kill - 1  # the log the kill left behind
+    assert losses(r.same) == losses(r.reference)  # rows 0..49 once each: the earlier ones kept, the replayed ones once
+    assert_same_training_state(ckpt(r.same), ckpt(r.reference))
+    assert not (r.same / ".udm-train.lock").exists()
+
+
+def test_a_busy_run_folder_is_refused_and_keeps_its_recorded_config(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("the first run's config\n")
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": "earlier", "hydra": {"config.yaml": "the first run's config\n"}}
+    (run / ".udm-train.lock").write_text(json.dumps(holder))
+    proc = run_main("udm-train", "experiment=digits_smoke", "trainer.max_steps=2", f"hydra.run.dir={run}")
+    assert proc.returncode == 2 and f"is in use by udm-train process {os.getpid()}" in proc.stderr
+    assert (run / ".hydra" / "config.yaml").read_text() == "the first run's config\n"  # Hydra's overwrite undone
+    assert not (run / "checkpoints").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a lock left by a process that is gone (kill -9) is stale and taken over
+    (run / ".udm-train.lock").write_text(json.dumps({**holder, "pid": dead.pid}))
+    proc = run_main("udm-train", "experiment=digits_smoke", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                    "val_samples=0", "final_samples=0", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / ".udm-train.lock").exists()
+
+
+def test_a_sample_that_turns_non_finite_is_an_error_naming_the_step():
+    from udm.errors import UdmError
+    from udm.processes import Gaussian
+    from udm.samplers import DDIM
+
+    def net(x, t):  # an eps-predictor that breaks below t = 500
+        return torch.where(t[:, None] < 500, torch.full_like(x, float("nan")), torch.zeros_like(x))
+
+    with pytest.raises(UdmError, match=r"NaN or infinite values at step 4 of 4 \(t=250 -> s=0\)"):
+        DDIM(steps=4)(Gaussian(T=1000), net, torch.randn(2, 3))
+
+
+def test_the_console_drops_only_what_the_user_cannot_act_on(monkeypatch):
+    import logging
+
+    from udm.console import VERBOSE, quiet_libraries
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    monkeypatch.setattr(logger, "filters", [])
+    monkeypatch.delenv(VERBOSE, raising=False)
+    quiet_libraries()
+    tip = logging.LogRecord(logger.name, logging.INFO, "", 0, "💡 Tip: try installing litlogger", (), None)
+    useful = logging.LogRecord(logger.name, logging.INFO, "", 0, "`Trainer.fit` stopped: `max_steps=2` reached.", (), None)
+    assert not logger.filter(tip) and logger.filter(useful)
+    monkeypatch.setattr(logger, "filters", [])
+    monkeypatch.setenv(VERBOSE, "1")
+    quiet_libraries()
+    assert logger.filter(tip)
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(interrupted):
@@ -191,7 +257,7 @@ def test_too_little_disk_space_is_reported_before_training(tmp_path, monkeypatch
     monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1 << 20))
     run = tmp_path / "run"
     proc = run_main("udm-train", "experiment=digits_smoke", f"hydra.run.dir={run}")
-    assert proc.returncode == 2 and "not enough disk space in" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "MiB free, and what will be written takes about" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(run.glob("checkpoints/*"))
 
 
@@ -229,6 +295,11 @@ def files(tmp_path_factory):
     (tmp / "empty.txt").write_text("")
     (tmp / "short.txt").write_text("春眠不覺曉\n")
     (tmp / "a_file").write_text("")
+    np.save(tmp / "nan.npy", np.full((2, 1, 8, 8), np.nan, np.float32))
+    np.save(tmp / "empty.npy", np.zeros((0, 1, 8, 8), np.float32))
+    np.save(tmp / "strings.npy", np.array(["a", "b"]))
+    np.save(tmp / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp / "notes.npy").write_text("not an array")
     return SimpleNamespace(tmp=tmp, image=image, text=text, marker=marker)
 
 
@@ -238,7 +309,7 @@ CHECKPOINTS = {  # what a bad checkpoint file gives, for every command that read
     "not_torch": ("{tmp}/notes.ckpt", "is not a readable checkpoint"),
     "not_lightning": ("{tmp}/tensor.ckpt", "is not a Lightning checkpoint"),
     "foreign": ("{tmp}/foreign.ckpt", "is not a udm checkpoint"),
-    "runs_code": ("{tmp}/evil.ckpt", "safe load refuses"),
+    "runs_code": ("{tmp}/evil.ckpt", "contains Python objects that udm will not unpickle"),
 }
 READERS = {
     "udm-sample": ("udm-sample", "ckpt={}"),
@@ -256,14 +327,14 @@ CASES = {
     "steps-not-a-number": (*TRAIN, "trainer.max_steps=abc", "trainer.max_steps must be a whole number of steps"),
     "negative-steps": (*TRAIN, "trainer.max_steps=-5", "trainer.max_steps must be a whole number of steps"),
     "zero-checkpoint-interval": (*TRAIN, "trainer.val_check_interval=0", "trainer.val_check_interval"),
-    "zero-batch-size": (*TRAIN, "data.batch_size=0", "batch_size should be a positive integer"),
+    "zero-batch-size": (*TRAIN, "data.batch_size=0", "data.batch_size=0: data.batch_size is the training batch size"),
     "T-below-sampling-steps-train": (*TRAIN, "process.T=5", "steps must lie in 1..5"),
     "T-below-sampling-steps-sample": ("udm-sample", "ckpt={image}", "sampler.steps=5000", "steps must lie in 1..1000"),
-    "negative-sampling-steps": ("udm-sample", "ckpt={image}", "sampler.steps=-3", "steps must be a positive number of steps"),
-    "negative-eta-train": (*TRAIN, "sampler.eta=-0.5", "eta must lie in [0, 1]"),
-    "negative-eta-sample": ("udm-sample", "ckpt={image}", "n=2", "sampler.eta=-0.5", "eta must lie in [0, 1]"),
-    "zero-samples": ("udm-sample", "ckpt={image}", "n=0", "n must be a positive number"),
-    "tokens-per-step-0": ("udm-generate", "ckpt={text}", "tokens_per_step=0", "tokens_per_step must lie in 1..32"),
+    "negative-sampling-steps": ("udm-sample", "ckpt={image}", "sampler.steps=-3", "sampler.steps=-3: sampler.steps is the number"),
+    "negative-eta-train": (*TRAIN, "sampler.eta=-0.5", "sampler.eta=-0.5: sampler.eta is the validation sampler's eta"),
+    "negative-eta-sample": ("udm-sample", "ckpt={image}", "n=2", "sampler.eta=-0.5", "a number in [0, 1]"),
+    "zero-samples": ("udm-sample", "ckpt={image}", "n=0", "n=0: n is the number of samples, a whole number >= 1"),
+    "tokens-per-step-0": ("udm-generate", "ckpt={text}", "tokens_per_step=0", "tokens_per_step=0: tokens_per_step is the tokens restored"),
     "template-wrong-length": ("udm-generate", "ckpt={text}", "template='朝辭白帝彩雲間，＿＿＿＿＿＿＿。'",
                               "template is 16 tokens long; this checkpoint generates exactly 32"),
     "template-unknown-characters": ("udm-generate", "ckpt={text}", "template='ABCDEFG，＿＿＿＿＿＿＿。兩岸猿聲啼不住，輕舟已過萬重山。'",
@@ -282,7 +353,94 @@ CASES = {
     "text-too-few-lines": (*TEXT, "data.path={tmp}/short.txt", "need at least 2 to split off a test set"),
     "output-folder-uncreatable": ("udm-train", "experiment=digits_smoke", "hydra.run.dir={tmp}/a_file/run",
                                   "cannot create the output folder"),
-    "checkpoint-folder-unwritable": (*TRAIN, "callbacks.checkpoint.dirpath={tmp}/a_file/ckpts", "cannot write to the output folder"),
+    "checkpoint-folder-unwritable": (*TRAIN, "callbacks.checkpoint.dirpath={tmp}/a_file/ckpts", "is a file, not a folder"),
+    **{f"{script}-{case}": (script, *args, message) for script, cases in {
+        "udm-sample": {
+            "no-ckpt": ((), "ckpt is required"),
+            "n-not-a-number": (("ckpt={image}", "n=abc"), "n='abc': n is the number of samples, a whole number >= 1"),
+            "n-fraction": (("ckpt={image}", "n=1.5"), "n=1.5: n is the number of samples"),
+            "seed-not-a-number": (("ckpt={image}", "seed=abc"), "seed='abc': seed is the random seed"),
+            "negative-seed": (("ckpt={image}", "seed=-1"), "seed=-1: seed is the random seed, a whole number >= 0"),
+            "batch-size-0": (("ckpt={image}", "batch_size=0"), "batch_size=0: batch_size is the samples drawn at once"),
+            "device-bogus": (("ckpt={image}", "device=bogus"), "device='bogus' is not a device torch knows"),
+            "device-cuda": (("ckpt={image}", "device=cuda"), "asks for CUDA"),
+            "eta-not-a-number": (("ckpt={image}", "sampler.eta=abc"), "sampler.eta='abc': sampler.eta is the sampler's eta"),
+            "eta-above-1": (("ckpt={image}", "sampler.eta=3"), "sampler.eta=3: sampler.eta is the sampler's eta"),
+            "out-dir-a-file": (("ckpt={image}", "out_dir={tmp}/a_file"), "a_file is a file, not a folder"),
+            "out-dir-under-a-file": (("ckpt={image}", "out_dir={tmp}/a_file/sub"), "a_file is a file, not a folder"),
+            "progress-not-bool": (("ckpt={image}", "progress=maybe"), "progress='maybe': progress is whether"),
+            "input-nan": (("ckpt={image}", "input={tmp}/nan.npy"), "holds NaN or infinite values"),
+            "input-empty": (("ckpt={image}", "input={tmp}/empty.npy"), "holds no images"),
+            "input-strings": (("ckpt={image}", "input={tmp}/strings.npy"), "values, not pixels"),
+            "input-objects": (("ckpt={image}", "input={tmp}/objects.npy"), "contains Python objects that udm will not unpickle"),
+            "input-missing": (("ckpt={image}", "input={tmp}/nope.npy"), "input='{tmp}/nope.npy' does not exist"),
+            "input-not-npy": (("ckpt={image}", "input={tmp}/notes.npy"), "notes.npy' is not a .npy file"),
+            "input-t-without-input": (("ckpt={image}", "input_t=5"), "give input=FILE_OR_FOLDER with them"),
+            "degrade-without-input": (("ckpt={image}", "degrade_input=true"), "give input=FILE_OR_FOLDER with them"),
+            "label-unconditional": (("ckpt={image}", "label=3"), "was trained without class labels"),
+            "guidance-without-label": (("ckpt={image}", "guidance=2"), "give label=K (or labels=all) with it"),
+            "negative-guidance": (("ckpt={image}", "guidance=-1"), "guidance=-1: guidance is the guidance scale w"),
+            "labels-not-all": (("ckpt={image}", "labels=some"), "labels='some': labels is n samples of every class, all"),
+            "class-prior-unconditional": (("ckpt={image}", "class_prior=true"), "class_prior chooses the held-out image"),
+            "guidance-variant": (("ckpt={image}", "guidance_variant=cfg3"), "guidance_variant='cfg3'"),
+            "prior-noise-negative": (("ckpt={image}", "prior_noise=-1"), "prior_noise=-1: prior_noise is the cold prior's noise"),
+        },
+        "udm-generate": {
+            "no-ckpt": ((), "ckpt is required"),
+            "n-not-a-number": (("ckpt={text}", "n=abc"), "n='abc': n is the number of samples"),
+            "seed-not-a-number": (("ckpt={text}", "seed=abc"), "seed='abc'"),
+            "batch-size-0": (("ckpt={text}", "batch_size=0"), "batch_size=0"),
+            "out-dir-a-file": (("ckpt={text}", "out_dir={tmp}/a_file"), "a_file is a file, not a folder"),
+            "tokens-per-step-text": (("ckpt={text}", "tokens_per_step=abc"), "tokens_per_step='abc'"),
+            "negative-temperature": (("ckpt={text}", "temperature=-1"), "temperature=-1: temperature is the sampling temperature"),
+            "order-unknown": (("ckpt={text}", "order=sideways"), "order='sideways': order is the order tokens are restored in"),
+            "author-unconditional": (("ckpt={text}", "author=杜甫"), "author=... needs a model trained with data.condition=author"),
+            "title-unconditional": (("ckpt={text}", "title=春望"), "title=... needs a model trained with data.condition=title"),
+            "guidance-without-condition": (("ckpt={text}", "guidance=2"), "give author=NAME, label=NAME or title=TEXT"),
+            "show-negative": (("ckpt={text}", "show=-1"), "show=-1: show is how many texts to print"),
+            "metrics-not-bool": (("ckpt={text}", "metrics=maybe"), "metrics='maybe'"),
+            "empty-template": (("ckpt={text}", "template=''"), "template='': template is the template to infill"),
+            "device-bogus": (("ckpt={text}", "device=bogus"), "device='bogus' is not a device torch knows"),
+        },
+        "udm-eval": {
+            "no-ckpt": ((), "ckpt is required"),
+            "n-not-a-number": (("ckpt={image}", "n=abc"), "n='abc'"),
+            "n-one": (("ckpt={image}", "n=1"), "n must be at least 2 samples"),
+            "devices-0": (("ckpt={image}", "devices=0"), "devices=0: devices is the sampling processes per node"),
+            "out-dir-a-file": (("ckpt={image}", "out_dir={tmp}/a_file"), "a_file is a file, not a folder"),
+            "cache-dir-a-file": (("ckpt={image}", "cache_dir={tmp}/a_file"), "cache_dir='{tmp}/a_file': {tmp}/a_file is a file"),
+            "kid-subsets-0": (("ckpt={image}", "kid_subsets=0"), "kid_subsets=0"),
+            "negative-bpd-samples": (("ckpt={image}", "bpd_samples=-1"), "bpd_samples=-1"),
+            "device-bogus": (("ckpt={image}", "n=2", "device=bogus"), "device='bogus' is not a device torch knows"),
+            "label-unconditional": (("ckpt={image}", "labels=all"), "was trained without class labels"),
+            "unknown-metric": (("ckpt={image}", "metrics=[nope]"), "unknown metric(s) nope"),
+        },
+        "udm-compare": {
+            "no-dir": ((), "dir is required"),
+            "dir-missing": (("{tmp}/nowhere",), "is not a folder"),
+            "out-dir-a-file": (("{image}", "out_dir={tmp}/a_file"), "a_file is a file, not a folder"),
+            "panel-images-0": (("{image}", "panel_images=0"), "panel_images=0"),
+            "empty-name": (("{image}", "name=''"), "name='': name is the report's file name"),
+        },
+        "udm-features": {
+            "device-bogus": (("data=digits", "device=bogus"), "device='bogus' is not a device torch knows"),
+            "retrain-not-bool": (("data=digits", "retrain=maybe"), "retrain='maybe'"),
+            "cache-dir-a-file": (("data=digits", "cache_dir={tmp}/a_file"), "a_file is a file, not a folder"),
+        },
+        "udm-train": {
+            "zero-steps": (("experiment=digits_smoke", "trainer.max_steps=0", "hydra.run.dir={tmp}/new"), "trains nothing"),
+            "seed-not-a-number": (("experiment=digits_smoke", "seed=abc", "hydra.run.dir={tmp}/new"), "seed='abc'"),
+            "dropout-above-1": (("experiment=digits_smoke", "condition_dropout=2", "hydra.run.dir={tmp}/new"),
+                                "condition_dropout=2: condition_dropout is the probability"),
+            "negative-val-samples": (("experiment=digits_smoke", "val_samples=-1", "hydra.run.dir={tmp}/new"), "val_samples=-1"),
+            "channels-last-not-bool": (("experiment=digits_smoke", "channels_last=maybe", "hydra.run.dir={tmp}/new"),
+                                       "channels_last='maybe'"),
+            "batch-size-text": (("experiment=digits_smoke", "data.batch_size=abc", "hydra.run.dir={tmp}/new"), "data.batch_size='abc'"),
+            "text-file-without-path": (("experiment=quatrain_mask", "data=text_file", "hydra.run.dir={tmp}/new"), "data.path"),
+            "onecycle-divides-by-zero": (("experiment=quatrain_mask", "trainer.max_steps=20", "hydra.run.dir={tmp}/new"),
+                                         "OneCycleLR cannot run 20 steps"),
+        },
+    }.items() for case, (args, message) in cases.items()},
 }
 
 
@@ -290,6 +448,7 @@ CASES = {
 def test_bad_input_is_one_clear_message(files, case):
     script, *args, message = CASES[case]
     args = [a.format(tmp=files.tmp, image=files.image, text=files.text) for a in args]
+    message = message.format(tmp=files.tmp, image=files.image, text=files.text)
     before = tree_hash(files.image, files.text)
     proc = run_main(script, *args)
     assert proc.returncode != 0

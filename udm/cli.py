@@ -2,52 +2,82 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from udm.errors import UdmError
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped inside the package, so a wheel works
 
 
-def report_errors(job, cfg: DictConfig):
-    """Run a job; input problems end in one message on stderr and exit code 2, not a traceback."""
+DEBUG = "UDM_DEBUG"  # UDM_DEBUG=1: input problems raise with their full traceback instead of one message
+USER_OS_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST, errno.ENOTDIR, errno.EISDIR,
+                  errno.ENOENT, errno.EDQUOT}  # the disk, the permissions or a path the user gave: not a bug of udm
+
+
+def message(e: BaseException) -> str:
+    """One line (or a few) for the user: Hydra's wrapper of an error raised while building a component is
+    replaced by that error, with the config key it came from."""
+    if isinstance(e, InstantiationException) and isinstance(e.__cause__, (UdmError, ValueError, TypeError)):
+        key = getattr(e, "full_key", None) or ""
+        return f"{key + ': ' if key else ''}{e.__cause__}"
+    if isinstance(e, OmegaConfBaseException):
+        return str(e).splitlines()[0] + (f" (key {e.full_key})" if getattr(e, "full_key", None) else "")
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or e}{where}" + (" (the disk is full; the last checkpoint stays whole)" if e.errno == errno.ENOSPC else "")
+    return str(e)
+
+
+def report_errors(job, cfg: DictConfig, table: dict | None = None):
+    """Run a job after checking its settings (udm.jobs.settings); input problems end in one message on stderr and
+    exit code 2, not a traceback (UDM_DEBUG=1 shows the traceback)."""
+    from udm.console import quiet_libraries
+    from udm.jobs.settings import check_settings
+
+    quiet_libraries()
     try:
+        if table:
+            check_settings(cfg, table)
         return job(cfg)
-    except UdmError as e:
-        print(f"error: {e}", file=sys.stderr)
-    except InstantiationException as e:
-        print(f"error: {e}", file=sys.stderr)
-    except ValueError as e:  # argument checks of processes, nets and samplers
-        print(f"error: {e}", file=sys.stderr)
+    except (UdmError, InstantiationException, ValueError, OmegaConfBaseException, OSError) as e:
+        if os.environ.get(DEBUG) or (isinstance(e, OSError) and e.errno not in USER_OS_ERRORS):
+            raise
+        print(f"error: {message(e)}", file=sys.stderr)
     sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_main(cfg: DictConfig) -> None:
+    from udm.jobs import settings
     from udm.jobs.train import train
 
-    result = report_errors(train, cfg)
+    result = report_errors(train, cfg, settings.TRAIN)
     if result.get("stopped"):  # by SIGTERM / Ctrl-C, after saving: exit as the signal would
         sys.exit(128 + result["stopped"])
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 def sample_main(cfg: DictConfig) -> None:
+    from udm.jobs import settings
     from udm.jobs.sample import sample_images
 
-    report_errors(sample_images, cfg)
+    report_errors(sample_images, cfg, settings.SAMPLE)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def _generate(cfg: DictConfig) -> None:
+    from udm.jobs import settings
     from udm.jobs.generate import generate_text
 
-    report_errors(generate_text, cfg)
+    report_errors(generate_text, cfg, settings.GENERATE)
 
 
 TEXT_KEYS = ("author", "label", "title", "template")  # udm-generate's values in the user's own words
@@ -75,23 +105,26 @@ def generate_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="features")
 def features_main(cfg: DictConfig) -> None:
+    from udm.jobs import settings
     from udm.jobs.features import features
 
-    report_errors(features, cfg)
+    report_errors(features, cfg, settings.FEATURES)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def eval_main(cfg: DictConfig) -> None:
+    from udm.jobs import settings
     from udm.jobs.evaluate import evaluate
 
-    report_errors(evaluate, cfg)
+    report_errors(evaluate, cfg, settings.EVALUATE)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
 def _compare(cfg: DictConfig) -> None:
+    from udm.jobs import settings
     from udm.jobs.compare import compare
 
-    report_errors(compare, cfg)
+    report_errors(compare, cfg, settings.COMPARE)
 
 
 HYDRA_VALUE_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p", "--package", "--info")

@@ -8,6 +8,7 @@ or an image folder's sub-folders (one per class).
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -253,30 +254,62 @@ class ImageFolder(ImageData):
         return to_unit_range(pixels, 255.0)
 
 
+def numeric(array: np.ndarray, key: str, path: Path) -> np.ndarray:
+    """The array if torch can hold it (numbers or booleans); strings and records get one message."""
+    if array.dtype.kind not in "biuf":
+        raise UdmError(f"{key}={str(path)!r} holds {array.dtype} values, not pixels; save uint8 pixels or floats in [-1, 1]")
+    return array
+
+
 class ArrayFile(ImageData):
     """Images from a .npy or .pt file: [N, H, W] or [N, C, H, W]; uint8 in [0, 255] or floats in [-1, 1]."""
 
     name = "array_file"
 
-    def __init__(self, path: str, image_size: int = 28, channels: int = 1, **kwargs):
+    def __init__(self, path: str, image_size: int = 28, channels: int = 1, key: str = "data.path", **kwargs):
         super().__init__(image_size=image_size, channels=channels, **kwargs)
+        self.key = key  # the setting that named the file, for the messages (udm-sample's restoration: input)
         if self.condition == "label":
             raise UdmError("data=array_file holds images only, no class labels, so data.condition=label does not apply; "
                            "save the images as files in one sub-folder per class and use data=image_folder "
                            "data.path=DIR data.condition=label")
         self.path = Path(path).expanduser()
 
+    def read_npy(self) -> np.ndarray:
+        with self.path.open("rb") as file:
+            if file.read(6) != b"\x93NUMPY":  # np.load would try such a file as a pickle
+                raise UdmError(f"{self.key}={str(self.path)!r} is not a .npy file (np.save writes one)")
+        try:
+            return numeric(np.load(self.path, allow_pickle=False), self.key, self.path)
+        except ValueError as e:
+            if "allow_pickle" in str(e):
+                raise UdmError(f"{self.key}={str(self.path)!r} contains Python objects that udm will not unpickle; "
+                               f"save a plain numeric array (np.save(path, images))") from None
+            raise UdmError(f"{self.key}={str(self.path)!r} is not a readable .npy file ({str(e).splitlines()[0][:120]})") from None
+        except (OSError, EOFError) as e:
+            raise UdmError(f"{self.key}={str(self.path)!r} is not a readable .npy file ({e})") from None
+
     def load(self) -> Tensor:
         if not self.path.is_file():
-            raise UdmError(f"data.path={str(self.path)!r} is not a file")
+            raise UdmError(f"{self.key}={str(self.path)!r} is not a file")
         if self.path.suffix == ".npy":
-            array = torch.from_numpy(np.load(self.path, allow_pickle=False))
+            array = torch.from_numpy(self.read_npy())
         elif self.path.suffix == ".pt":
-            array = torch.load(self.path, map_location="cpu", weights_only=True)
+            try:
+                array = torch.load(self.path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                raise UdmError(f"{self.key}={str(self.path)!r} contains Python objects that udm will not unpickle; "
+                               f"save one tensor of pixels (torch.save(images, path))") from None
+            except (RuntimeError, EOFError, ValueError) as e:
+                raise UdmError(f"{self.key}={str(self.path)!r} is not a readable .pt file ({str(e).splitlines()[0][:120]})") from None
             if not isinstance(array, Tensor):
                 raise UdmError(f"{self.path} must hold one tensor, not a {type(array).__name__}")
         else:
-            raise UdmError(f"data.path must end in .npy or .pt, got {self.path.name!r}")
+            raise UdmError(f"{self.key} must end in .npy or .pt, got {self.path.name!r}")
+        if array.numel() == 0:
+            raise UdmError(f"{self.key}={str(self.path)!r} holds no images (an empty array)")
+        if array.is_floating_point() and not bool(torch.isfinite(array).all()):
+            raise UdmError(f"{self.key}={str(self.path)!r} holds NaN or infinite values")
         if array.dim() == 3:
             array = array[:, None]
         if array.dtype == torch.uint8:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ class TextData(InMemoryData):
         prompts = train_conds if self.condition in self.PROMPTS else []
         self.tokenizer = load_tokenizer(self.tokenizer_path) if self.tokenizer_path else char_tokenizer(train + prompts)
         self.train_texts, self.test_texts = train, test
+        if not self.tokenizer_path and stage in (None, "fit"):  # said once, when training reads the data
+            warn_unseen(test, train + prompts)
         self.train, self.test = self.encode_all(train, "training"), self.encode_all(test, "held-out")
         if self.condition in self.PROMPTS:
             self.train_cond, self.test_cond = self.encode_prompts(train_conds), self.encode_prompts(test_conds)
@@ -180,6 +183,16 @@ class TextData(InMemoryData):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(self.decode(samples)) + "\n", encoding="utf-8")
         return path
+
+
+def warn_unseen(held_out: list[str], training: list[str]) -> None:
+    """A warning, not an error, for held-out characters the character tokenizer never saw: they read as [UNK]
+    (so the held-out loss and NELBO score [UNK] there), which a user of rare characters should know."""
+    unseen = sorted(set("".join(held_out)) - set("".join(training)))
+    if unseen:
+        texts = sum(any(c in text for c in unseen) for text in held_out)
+        print(f"udm: {texts} held-out text(s) hold {len(unseen)} character(s) the training texts never have "
+              f"({' '.join(unseen[:10])}{' ...' if len(unseen) > 10 else ''}); they read as [UNK]", file=sys.stderr)
 
 
 def prompt_ids(tok, prompts: list[str], length: int) -> Tensor:

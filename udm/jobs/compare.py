@@ -44,6 +44,7 @@ from omegaconf import DictConfig
 
 from udm.errors import UdmError
 from udm.jobs.guidance_figure import guidance_figure
+from udm.jobs.outputs import check_output_folder
 from udm.metrics.base import fmt, metric_classes
 
 SCHEMA_PREFIX = "udm-eval/"
@@ -434,6 +435,8 @@ def warn(problems: list[str]) -> None:
 
 def compare(cfg: DictConfig) -> dict[str, Any]:
     root = Path(str(cfg.dir)).expanduser()
+    if cfg.get("out_dir"):
+        check_output_folder(str(cfg.out_dir))
     if not root.is_dir():
         raise UdmError(f"{root} is not a folder; give a udm-train -m sweep folder (runs/multirun/<date>), "
                        f"a folder of run folders, or a folder of udm-eval JSON files")
@@ -447,8 +450,7 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     swept = differing([run.settings for run in runs if run.settings is not None])
     classes = list(metric_classes(cfg, strict=False).values())  # a metric whose class is not importable here: no column
     table = build_table(runs, swept, classes)
-    out_dir = Path(str(cfg.out_dir)).expanduser() if cfg.get("out_dir") else root
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_folder(str(cfg.out_dir) if cfg.get("out_dir") else root, key="out_dir" if cfg.get("out_dir") else "dir")
     stem = fresh_stem(out_dir, cfg.name, (".md", "-samples.png", "-fid-steps.png", "-guidance.png"))
     figures = []
     grid = samples_figure(runs, swept, out_dir / f"{stem}-samples.png", problems, cfg.get("panel_images"))

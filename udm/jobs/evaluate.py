@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,6 +80,7 @@ from torch import Tensor
 from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.jobs.conditions import describe as describe_conditions
+from udm.jobs.outputs import check_output_folder
 from udm.jobs.conditions import batches, guidance_settings, prior_labels, requested_labels, with_guidance
 from udm.jobs.sample import fresh_path
 from udm.metrics.base import Context, Metric, Row, load_metrics
@@ -270,6 +270,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.n < 2:
         raise UdmError(f"n must be at least 2 samples, got {cfg.n}")
     model = open_model(cfg.ckpt, "cpu", progress=cfg.progress)
+    folder = check_output_folder(cfg.out_dir or model.run_dir / "eval")  # before the extractor and the samples
+    if cfg.get("cache_dir"):
+        check_output_folder(cfg.cache_dir, key="cache_dir")
     labels = requested_labels(model, cfg, 1)  # label=K: [K]; labels=all: one of each class; the n samples cycle through them
     if labels is not None:
         labels = labels.repeat(-(-cfg.n // len(labels)))[: cfg.n]
@@ -292,8 +295,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for metric in metrics:
         result.update(score(metric, model, samples, context))
 
-    folder = Path(cfg.out_dir) if cfg.get("out_dir") else model.run_dir / "eval"
-    folder.mkdir(parents=True, exist_ok=True)
     json_path = fresh_path(folder, f"{cfg.sampler_name}-{steps}steps-n{cfg.n}-seed{cfg.seed}{describe_conditions(cfg)}", ".json")
     result["samples_file"] = str(model.save_samples(samples, json_path.with_suffix("")))
     result["json"] = str(json_path)

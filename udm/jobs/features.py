@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 from torch import Tensor
 
+from udm.jobs.outputs import check_output_folder
 from udm.errors import UdmError
 from udm.models import pick_device
 from udm.nets.classifier import Classifier
@@ -170,6 +171,7 @@ def ensure_extractor(data_cfg: dict[str, Any], extractor: DictConfig, cache_dir:
 def features(cfg: DictConfig) -> dict[str, Any]:
     """udm-features: train (or find) the extractor for cfg.data and print its held-out accuracy."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    check_output_folder(cfg.cache_dir or default_cache_dir(), key="cache_dir")
     net, info = ensure_extractor(data_cfg, cfg.extractor, cfg.cache_dir, pick_device(cfg.device), cfg.retrain, cfg.progress)
     trained = f"trained in {info['train_seconds']:.1f}s on {info['n_train']} images"
     print(f"udm-features: held-out accuracy {info['test_accuracy']:.2%} on {info['n_test']} images "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from udm.data.tokenizers import encode, unknown_characters
 from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.jobs.conditions import batches, guidance_settings, with_guidance
+from udm.jobs.outputs import check_output_folder
 from udm.jobs.sample import fresh_path
 from udm.jobs.text_conditions import describe as describe_condition
 from udm.jobs.text_conditions import given, requested_text_condition
@@ -126,6 +126,7 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     if cfg.n < 1:
         raise UdmError(f"n must be a positive number of texts, got {cfg.n}")
     opened = open_model(cfg.ckpt, cfg.device, expect="text", progress=cfg.progress)
+    folder = check_output_folder(cfg.out_dir or opened.run_dir / "samples")
     process, device, tok, ckpt_path = opened.process, opened.device, opened.tokenizer(), opened.checkpoint_path
     generator = torch.Generator(device).manual_seed(cfg.seed)
     cond = requested_text_condition(opened, cfg, cfg.n)
@@ -149,8 +150,6 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     ids = torch.cat(chunks)
     texts = opened.decode(ids)
 
-    folder = Path(cfg.out_dir) if cfg.get("out_dir") else opened.run_dir / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
     pace = f"{tps}perstep" if tps else f"{min(steps, t_start)}steps"
     stem = f"{cfg.sampler_name}-{pace}-n{len(texts)}-seed{cfg.seed}" + ("-infill" if cfg.get("template") else "")
     stem += describe_condition(cfg)

@@ -14,6 +14,7 @@ from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.jobs.conditions import describe as describe_conditions
 from udm.jobs.conditions import batches, prior_labels, requested_labels, with_guidance
+from udm.jobs.outputs import check_output_folder
 from udm.models import open_model
 from udm.processes import Cold
 
@@ -33,8 +34,15 @@ def load_input(path: str, shape: list[int]) -> torch.Tensor:
 
     c, h, w = shape
     source = Path(path).expanduser()
-    data = ImageFolder(str(source), image_size=h, channels=c, resize=False) if source.is_dir() else ArrayFile(str(source), image_size=h, channels=c)
+    if not source.exists():
+        raise UdmError(f"input={path!r} does not exist; give a folder of images or a .npy/.pt file")
+    data = (ImageFolder(str(source), image_size=h, channels=c, resize=False) if source.is_dir()
+            else ArrayFile(str(source), image_size=h, channels=c, key="input"))
     images = data.load()
+    if len(images) == 0:
+        raise UdmError(f"input {source} holds no images")
+    if not bool(torch.isfinite(images).all()):
+        raise UdmError(f"input {source} holds NaN or infinite values; restore images of finite pixels")
     if images.dim() != 4 or list(images.shape[1:]) != shape:
         raise UdmError(f"input {source} holds images of shape {list(images.shape[1:])}; this checkpoint needs {shape}")
     if images.min() < -1 - 1e-6 or images.max() > 1 + 1e-6:
@@ -45,8 +53,13 @@ def load_input(path: str, shape: list[int]) -> torch.Tensor:
 def sample_images(cfg: DictConfig) -> dict[str, Any]:
     if cfg.n < 1:
         raise UdmError(f"n must be a positive number of samples, got {cfg.n}")
+    if not cfg.get("input") and (cfg.get("input_t") is not None or cfg.get("degrade_input")):
+        raise UdmError("input_t and degrade_input apply to restoring your images: give input=FILE_OR_FOLDER with them")
+    if cfg.get("out_dir"):
+        check_output_folder(cfg.out_dir)
     asked = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("process", "net") if cfg.get(k)}
     model = open_model(cfg.ckpt, cfg.device, expect=("image", "points"), check=asked, progress=cfg.progress)
+    folder = check_output_folder(cfg.out_dir or model.run_dir / "samples")
     process, device = model.process, model.device
     if cfg.get("prior_noise") is not None:
         if not isinstance(process, Cold):  # x_T = D_T(x0) + prior_noise z is cold diffusion's prior
@@ -78,8 +91,6 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
     samples = torch.cat(chunks)
     n = len(samples)
 
-    folder = Path(cfg.out_dir) if cfg.get("out_dir") else model.run_dir / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
     steps = len(sampler.timesteps(process, t_start))
     stem = f"{cfg.sampler_name}-{steps}steps-n{n}-seed{cfg.seed}" + (f"-restored-t{t_start}" if cfg.get("input") else "")
     stem += describe_conditions(cfg)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 from udm.callbacks import SaveOnSignal
 from udm.checkpoint import CHECKPOINT_KEY, check_compatible, find_checkpoint, load_checkpoint
 from udm.errors import UdmError
+from udm.jobs.outputs import check_output_folder
+from udm.jobs.run_lock import run_lock
+from udm.loggers import drop_rows_from
 from udm.lit import DiffusionModule
 
 
@@ -66,25 +67,33 @@ def check_trainer_steps(trainer: DictConfig) -> None:
     steps, interval = trainer.get("max_steps", -1), trainer.get("val_check_interval", 1.0)
     if type(steps) is not int or steps < -1:
         raise UdmError(f"trainer.max_steps must be a whole number of steps (-1: no limit), got {steps!r}")
+    if steps == 0:
+        raise UdmError("trainer.max_steps=0 trains nothing and writes no checkpoint; give a number of steps (-1: no limit)")
     if not ((type(interval) is int and interval >= 1) or (type(interval) is float and 0 < interval <= 1)):
         raise UdmError(f"trainer.val_check_interval (also the checkpoint interval) must be a whole number of steps >= 1 "
                        f"or a fraction of an epoch in (0, 1], got {interval!r}")
 
 
-def check_output_folder(folder: Path, need_bytes: int) -> None:
-    """Fail before training, in one message, when `folder` cannot be written or obviously lacks room for a
-    checkpoint."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".udm-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UdmError(f"cannot write to the output folder {folder}: {e.strerror or e}") from None
-    free = shutil.disk_usage(folder).free
-    if free < need_bytes:
-        raise UdmError(f"not enough disk space in {folder}: {free / 2**20:.1f} MiB free, and a checkpoint of this "
-                       f"model takes about {need_bytes / 2**20:.1f} MiB; free some space or choose another folder")
+def check_schedule(cfg: DictConfig) -> None:
+    """OneCycleLR divides by its warm-up length pct_start x total_steps - 1 and fails at its first step when that
+    is 0 (e.g. 20 steps at pct_start 0.05): refused before anything runs."""
+    scheduler = cfg.get("scheduler")
+    if not scheduler or not str(scheduler.get("_target_", "")).endswith("OneCycleLR"):
+        return
+    total, pct = scheduler.get("total_steps"), scheduler.get("pct_start", 0.3)
+    if isinstance(total, int) and total > 0 and (float(pct * total) - 1 == 0 or pct >= 1):
+        raise UdmError(f"OneCycleLR cannot run {total} steps with a warm-up of pct_start={pct} ({pct * total:g} step): "
+                       f"its learning-rate ramp would divide by zero; change trainer.max_steps or scheduler.pct_start")
+
+
+def keep_log_until(cfg: DictConfig, step: int) -> None:
+    """On a resume into the folder that holds the CSV log, drop the rows from `step` on (the resumed run logs
+    them again); every earlier row stays (udm.loggers.KeepingCSVLogger appends)."""
+    csv_cfg = (cfg.get("logger") or {}).get("csv")
+    if csv_cfg is not None:
+        version = csv_cfg.get("version")
+        folder = Path(csv_cfg.save_dir) / str(csv_cfg.get("name") or "") / (f"version_{version}" if isinstance(version, int) else str(version or ""))
+        drop_rows_from(folder / "metrics.csv", step)
 
 
 def checkpoint_bytes(module: torch.nn.Module) -> int:
@@ -105,9 +114,16 @@ def build_recipe(cfg: DictConfig, datamodule) -> dict[str, Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one model; returns the run folder, the last checkpoint and the final sample grid."""
-    out = Path(cfg.out_dir)
+    """Train one model; returns the run folder, the last checkpoint and the final sample grid. One udm-train
+    at a time per run folder (udm.jobs.run_lock)."""
     check_trainer_steps(cfg.trainer)
+    check_schedule(cfg)
+    with run_lock(Path(cfg.out_dir)):
+        return train_in(cfg)
+
+
+def train_in(cfg: DictConfig) -> dict[str, Any]:
+    out = Path(cfg.out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -123,8 +139,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     recipe = build_recipe(cfg, datamodule)
     ckpt_path = resume_path(cfg.get("resume"), out.parent)
     if ckpt_path is not None:
-        check_compatible(ckpt_path, load_checkpoint(ckpt_path)[CHECKPOINT_KEY], recipe)
+        resumed = load_checkpoint(ckpt_path)
+        check_compatible(ckpt_path, resumed[CHECKPOINT_KEY], recipe)
         print(f"resuming from {ckpt_path}")
+        keep_log_until(cfg, int(resumed.get("global_step", 0)))
 
     module = DiffusionModule(
         process,
@@ -145,7 +163,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
     for folder in {out, *(Path(c.dirpath) for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None))}:
-        check_output_folder(folder, checkpoint_bytes(module))
+        check_output_folder(folder, checkpoint_bytes(module), key="hydra.run.dir")
     print(f"udm-train: {process.describe()}, {type(net).__name__} with "
           f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, {len(datamodule.train)} training examples "
           f"of shape {list(datamodule.shape)}; writing to {out}")

@@ -61,6 +61,7 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
     condition, x0_hat is the guided prediction on the steps inside its interval."""
     pairs = list(zip(ts, ts[1:] + [0]))
     idle = process.steps_without_change(ts)  # e.g. [MASK] diffusion with more steps than tokens: no network call
+    first_bad = torch.full((), -1, device=x.device)  # the first step whose x_s is not finite, tracked without a sync
     for i, (t_int, s_int) in enumerate(track(pairs, description="sampling", disable=not progress, transient=True)):
         if idle[i]:
             continue
@@ -75,10 +76,16 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
             x0_hat = transform(x0_hat, i)
         x_in = x if x0_u is None else guidance.recorrupt(process, x, x0_hat, x0_u, t)
         x_t, x = x, step(process, x_in, x0_hat, t, s, generator)
+        if x.is_floating_point():
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(x).all(), i, first_bad)
         if corrector is not None and s_int > 0:
             x = corrector(process, model, x, s, generator, cond)
         if callback is not None:
             callback(Step(i, t_int, s_int, x_t, x0_hat, x))
+    if int(first_bad) >= 0:
+        t_bad, s_bad = pairs[int(first_bad)]
+        raise UdmError(f"sampling produced NaN or infinite values at step {int(first_bad) + 1} of {len(pairs)} "
+                       f"(t={t_bad} -> s={s_bad}); the net or its inputs are not finite there, and nothing is returned")
     return x
 
 
