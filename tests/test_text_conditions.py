@@ -259,3 +259,13 @@ def test_a_title_is_cut_and_padded_as_in_training(poems_file):
         title_ids(model, "  ", 5)
     with pytest.raises(UdmError, match="does not know: x"):
         title_ids(model, "山x", 5)
+
+
+def test_the_author_embedding_starts_on_the_token_embeddings_scale():
+    """N(0, 1) rows (nn.Embedding's default) are ~30x the BERT token embeddings and swamp them after the
+    embedding LayerNorm, so the net learns to ignore the author; the rows start at BERT's initializer_range."""
+    torch.manual_seed(0)
+    net = Transformer(vocab_size=50, length=6, hidden=64, layers=1, heads=2, num_classes=4)
+    tokens = net.bert.get_input_embeddings().weight.norm(dim=1).mean()
+    authors = net.class_emb.weight.norm(dim=1).mean()
+    assert 0.5 < float(authors / tokens) < 2

@@ -459,7 +459,7 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     steps = steps_figure(runs, swept, out_dir / f"{stem}-fid-steps.png")
     if steps:
         figures.append(("FID against sampling steps and sampling cost", steps))
-    guided = guidance_figure(runs, lambda run: describe(run, swept), out_dir / f"{stem}-guidance.png")
+    guided = guidance_figure(runs, lambda run: run.label, out_dir / f"{stem}-guidance.png")  # short names: many curves
     if guided:
         figures.append(("FID against conditional accuracy under guidance", guided))
     markdown = out_dir / f"{stem}.md"

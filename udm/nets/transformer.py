@@ -84,6 +84,8 @@ class Transformer(nn.Module):
             self.output = nn.Linear(hidden, input_dim)
         self.num_classes, self.prompt_length = num_classes, prompt_length
         self.class_emb = nn.Embedding(num_classes + 1, hidden) if num_classes else None  # row num_classes: the null class
+        if self.class_emb is not None:  # on the token embeddings' scale: nn.Embedding's N(0, 1) would swamp them
+            nn.init.normal_(self.class_emb.weight, std=config.initializer_range)
         self.null_prompt = nn.Parameter(torch.zeros(prompt_length, hidden)) if prompt_length else None
         self.time = None
         if time_conditioning:
