@@ -143,7 +143,7 @@ def test_a_busy_run_folder_is_refused_and_keeps_its_recorded_config(tmp_path):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text("the first run's config\n")
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": "earlier", "hydra": {"config.yaml": "the first run's config\n"}}
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": "earlier"}
     (run / ".udm-train.lock").write_text(json.dumps(holder))
     proc = run_main("udm-train", "experiment=digits_smoke", "trainer.max_steps=2", f"hydra.run.dir={run}")
     assert proc.returncode == 2 and f"is in use by udm-train process {os.getpid()}" in proc.stderr
@@ -156,6 +156,11 @@ def test_a_busy_run_folder_is_refused_and_keeps_its_recorded_config(tmp_path):
                     "val_samples=0", "final_samples=0", f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / ".udm-train.lock").exists()
+    config = (run / ".hydra" / "config.yaml").read_text()
+    again = run_main("udm-train", "experiment=digits_smoke", "seed=7", f"hydra.run.dir={run}")  # a new run, no resume=
+    assert again.returncode == 2 and "already holds another run's checkpoints; continue that run with resume=" in again.stderr
+    assert (run / ".hydra" / "config.yaml").read_text() == config and not (run / ".hydra.before").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
 
 
 def test_a_sample_that_turns_non_finite_is_an_error_naming_the_step():
@@ -276,6 +281,7 @@ def files(tmp_path_factory):
         assert proc.returncode == 0, proc.stderr[-3000:]
     good = (image / "checkpoints" / "last.ckpt").read_bytes()
     (tmp / "truncated.ckpt").write_bytes(good[: len(good) // 2])
+    (tmp / "head.ckpt").write_bytes(good[:10_000])  # a download cut off early: torch fails with a bare OSError
     torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 0}, tmp / "foreign.ckpt")  # Lightning's, not udm's
     torch.save(torch.zeros(3), tmp / "tensor.ckpt")
     (tmp / "notes.ckpt").write_text("not a checkpoint at all")
@@ -324,7 +330,7 @@ CASES = {
        for kind, (path, message) in CHECKPOINTS.items() for reader in READERS},
     "unknown-group-option": ("udm-train", "process=nonesuch", "Could not find 'process/nonesuch'"),
     "unknown-key": ("udm-train", "experiment=digits_smoke", "nosuch=1", "Could not override 'nosuch'"),
-    "steps-not-a-number": (*TRAIN, "trainer.max_steps=abc", "trainer.max_steps must be a whole number of steps"),
+    "steps-not-a-number": (*TRAIN, "trainer.max_steps=abc", "trainer.max_steps='abc': trainer.max_steps is a number"),
     "negative-steps": (*TRAIN, "trainer.max_steps=-5", "trainer.max_steps must be a whole number of steps"),
     "zero-checkpoint-interval": (*TRAIN, "trainer.val_check_interval=0", "trainer.val_check_interval"),
     "zero-batch-size": (*TRAIN, "data.batch_size=0", "data.batch_size=0: data.batch_size is the training batch size"),
@@ -360,7 +366,7 @@ CASES = {
             "n-not-a-number": (("ckpt={image}", "n=abc"), "n='abc': n is the number of samples, a whole number >= 1"),
             "n-fraction": (("ckpt={image}", "n=1.5"), "n=1.5: n is the number of samples"),
             "seed-not-a-number": (("ckpt={image}", "seed=abc"), "seed='abc': seed is the random seed"),
-            "negative-seed": (("ckpt={image}", "seed=-1"), "seed=-1: seed is the random seed, a whole number >= 0"),
+            "negative-seed": (("ckpt={image}", "seed=-1"), "seed=-1: seed is the random seed, a whole number in [0, 4294967295]"),
             "batch-size-0": (("ckpt={image}", "batch_size=0"), "batch_size=0: batch_size is the samples drawn at once"),
             "device-bogus": (("ckpt={image}", "device=bogus"), "device='bogus' is not a device torch knows"),
             "device-cuda": (("ckpt={image}", "device=cuda"), "asks for CUDA"),
@@ -384,6 +390,14 @@ CASES = {
             "class-prior-unconditional": (("ckpt={image}", "class_prior=true"), "class_prior chooses the held-out image"),
             "guidance-variant": (("ckpt={image}", "guidance_variant=cfg3"), "guidance_variant='cfg3'"),
             "prior-noise-negative": (("ckpt={image}", "prior_noise=-1"), "prior_noise=-1: prior_noise is the cold prior's noise"),
+            "checkpoint-cut-early": (("ckpt={tmp}/head.ckpt",), "head.ckpt is not a readable checkpoint"),
+            "interval-not-numbers": (("ckpt={image}", "guidance=2", "guidance_interval=[a,b]"), "guidance_interval is [lo, hi]"),
+            "seed-too-large": (("ckpt={image}", "seed=99999999999999999999"), "seed=99999999999999999999: seed is the random seed"),
+            "corrector-steps-negative": (("ckpt={image}", "sampler=pc", "sampler.corrector_steps=-1"),
+                                         "corrector_steps is a whole number of Langevin steps >= 0"),
+            "snr-not-a-number": (("ckpt={image}", "sampler=pc", "sampler.snr=abc"), "sampler.snr='abc': sampler.snr is a number"),
+            "compile-not-bool": (("ckpt={image}", "fast.compile=maybe"), "fast.compile='maybe': fast.compile is true or false"),
+            "n-with-input": (("ckpt={image}", "n=2", "input={tmp}/nine.npy"), "n does not apply when restoring input="),
         },
         "udm-generate": {
             "no-ckpt": ((), "ckpt is required"),
@@ -401,6 +415,7 @@ CASES = {
             "metrics-not-bool": (("ckpt={text}", "metrics=maybe"), "metrics='maybe'"),
             "empty-template": (("ckpt={text}", "template=''"), "template='': template is the template to infill"),
             "device-bogus": (("ckpt={text}", "device=bogus"), "device='bogus' is not a device torch knows"),
+            "steps-and-tokens-per-step": (("ckpt={text}", "sampler.steps=3", "tokens_per_step=4"), "not both"),
         },
         "udm-eval": {
             "no-ckpt": ((), "ckpt is required"),
@@ -414,6 +429,7 @@ CASES = {
             "device-bogus": (("ckpt={image}", "n=2", "device=bogus"), "device='bogus' is not a device torch knows"),
             "label-unconditional": (("ckpt={image}", "labels=all"), "was trained without class labels"),
             "unknown-metric": (("ckpt={image}", "metrics=[nope]"), "unknown metric(s) nope"),
+            "nodes-without-cluster": (("ckpt={image}", "n=2", "num_nodes=2"), "this is no cluster job"),
         },
         "udm-compare": {
             "no-dir": ((), "dir is required"),
@@ -421,11 +437,15 @@ CASES = {
             "out-dir-a-file": (("{image}", "out_dir={tmp}/a_file"), "a_file is a file, not a folder"),
             "panel-images-0": (("{image}", "panel_images=0"), "panel_images=0"),
             "empty-name": (("{image}", "name=''"), "name='': name is the report's file name"),
+            "name-with-folders": (("{image}", "name=../../escaped"), "is the report's file name, without folders"),
         },
         "udm-features": {
             "device-bogus": (("data=digits", "device=bogus"), "device='bogus' is not a device torch knows"),
             "retrain-not-bool": (("data=digits", "retrain=maybe"), "retrain='maybe'"),
             "cache-dir-a-file": (("data=digits", "cache_dir={tmp}/a_file"), "a_file is a file, not a folder"),
+            "lr-not-a-number": (("data=digits", "extractor.lr=abc"), "extractor.lr='abc'"),
+            "zero-epochs": (("data=digits", "extractor.epochs=0"), "extractor.epochs=0"),
+            "image-folder-without-path": (("data=image_folder",), "data.path is required"),
         },
         "udm-train": {
             "zero-steps": (("experiment=digits_smoke", "trainer.max_steps=0", "hydra.run.dir={tmp}/new"), "trains nothing"),
@@ -439,6 +459,18 @@ CASES = {
             "text-file-without-path": (("experiment=quatrain_mask", "data=text_file", "hydra.run.dir={tmp}/new"), "data.path"),
             "onecycle-divides-by-zero": (("experiment=quatrain_mask", "trainer.max_steps=20", "hydra.run.dir={tmp}/new"),
                                          "OneCycleLR cannot run 20 steps"),
+            **{name: (("experiment=digits_smoke", arg, "hydra.run.dir={tmp}/new"), message) for name, arg, message in (
+                ("zero-image-size", "data.image_size=0", "data.image_size and data.channels must be >= 1"),
+                ("lr-not-a-number", "optimizer.lr=abc", "optimizer.lr='abc': optimizer.lr is the learning rate"),
+                ("zero-channels", "net.channels=0", "net.channels and every net.channel_mult must be >= 1"),
+                ("channels-not-a-number", "net.channels=abc", "net.channels='abc': net.channels is a whole number"),
+                ("T-not-a-number", "process.T=abc", "process.T='abc': process.T is a whole number"),
+                ("val-batches-not-a-number", "trainer.limit_val_batches=abc", "trainer.limit_val_batches='abc'"),
+                ("save-top-k-not-a-number", "callbacks.checkpoint.save_top_k=abc", "callbacks.checkpoint.save_top_k='abc'"),
+                ("split-seed-not-a-number", "data.split_seed=abc", "data.split_seed='abc'"),
+                ("negative-gradient-clip", "trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1"),
+                ("attention-nowhere", "net.attention_resolutions=[3]", "match(es) none of the feature-map sides [8, 4]"),
+            )},
         },
     }.items() for case, (args, message) in cases.items()},
 }

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import random
 import signal
 import sys
@@ -178,11 +179,20 @@ class SaveOnSignal(L.Callback):
         trainer.should_stop = True
 
 
+PREVIOUS_CONFIG = ".hydra.before"  # the folder's recorded config as it was before this command (udm.jobs.train)
+
+
 class OutputFolderCheck(HydraCallback):
-    """Before a run (or a sweep) starts: its output folder must be creatable and writable."""
+    """Before a run (or a sweep) starts: its output folder must be creatable and writable. A run folder that
+    already records a config (.hydra/) has it copied to .hydra.before first, because Hydra writes the new
+    command's config over it before udm's code runs; a command that is then refused puts it back."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_creatable(config, "hydra.run.dir")
+        folder = Path(str(OmegaConf.select(config, "hydra.run.dir"))).expanduser()
+        recorded = folder / str(OmegaConf.select(config, "hydra.output_subdir") or ".hydra")
+        if recorded.is_dir():
+            shutil.copytree(recorded, folder / PREVIOUS_CONFIG, dirs_exist_ok=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_creatable(config, "hydra.sweep.dir")

@@ -48,7 +48,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         reason = reason.split(" was not an allowed global")[0].replace("Unsupported global: GLOBAL ", "")
         raise UdmError(f"{path} contains Python objects that udm will not unpickle ({reason[:200]}); nothing in it "
                        f"was run, and it is not a udm checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UdmError(f"{path} is not a readable checkpoint (truncated or not a torch file: {reason[:200]})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

@@ -36,16 +36,16 @@ def message(e: BaseException) -> str:
     return str(e)
 
 
-def report_errors(job, cfg: DictConfig, table: dict | None = None):
+def report_errors(job, cfg: DictConfig, script: str | None = None):
     """Run a job after checking its settings (udm.jobs.settings); input problems end in one message on stderr and
     exit code 2, not a traceback (UDM_DEBUG=1 shows the traceback)."""
     from udm.console import quiet_libraries
-    from udm.jobs.settings import check_settings
+    from udm.jobs.settings import check_script
 
     quiet_libraries()
     try:
-        if table:
-            check_settings(cfg, table)
+        if script:
+            check_script(cfg, script)
         return job(cfg)
     except (UdmError, InstantiationException, ValueError, OmegaConfBaseException, OSError) as e:
         if os.environ.get(DEBUG) or (isinstance(e, OSError) and e.errno not in USER_OS_ERRORS):
@@ -56,28 +56,25 @@ def report_errors(job, cfg: DictConfig, table: dict | None = None):
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_main(cfg: DictConfig) -> None:
-    from udm.jobs import settings
     from udm.jobs.train import train
 
-    result = report_errors(train, cfg, settings.TRAIN)
+    result = report_errors(train, cfg, "train")
     if result.get("stopped"):  # by SIGTERM / Ctrl-C, after saving: exit as the signal would
         sys.exit(128 + result["stopped"])
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 def sample_main(cfg: DictConfig) -> None:
-    from udm.jobs import settings
     from udm.jobs.sample import sample_images
 
-    report_errors(sample_images, cfg, settings.SAMPLE)
+    report_errors(sample_images, cfg, "sample")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
 def _generate(cfg: DictConfig) -> None:
-    from udm.jobs import settings
     from udm.jobs.generate import generate_text
 
-    report_errors(generate_text, cfg, settings.GENERATE)
+    report_errors(generate_text, cfg, "generate")
 
 
 TEXT_KEYS = ("author", "label", "title", "template")  # udm-generate's values in the user's own words
@@ -105,26 +102,23 @@ def generate_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="features")
 def features_main(cfg: DictConfig) -> None:
-    from udm.jobs import settings
     from udm.jobs.features import features
 
-    report_errors(features, cfg, settings.FEATURES)
+    report_errors(features, cfg, "features")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def eval_main(cfg: DictConfig) -> None:
-    from udm.jobs import settings
     from udm.jobs.evaluate import evaluate
 
-    report_errors(evaluate, cfg, settings.EVALUATE)
+    report_errors(evaluate, cfg, "eval")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
 def _compare(cfg: DictConfig) -> None:
-    from udm.jobs import settings
     from udm.jobs.compare import compare
 
-    report_errors(compare, cfg, settings.COMPARE)
+    report_errors(compare, cfg, "compare")
 
 
 HYDRA_VALUE_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p", "--package", "--info")

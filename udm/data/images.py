@@ -49,6 +49,8 @@ class ImageData(InMemoryData):
         super().__init__()
         if not 0 < test_fraction < 1:
             raise UdmError(f"data.test_fraction must lie in (0, 1), got {test_fraction}")
+        if image_size < 1 or channels < 1:
+            raise UdmError(f"data.image_size and data.channels must be >= 1, got {image_size} and {channels}")
         if condition not in ("none", "label"):
             raise UdmError(f"data.condition must be none or label (the class label) for images, got {condition!r}")
         self.condition = condition

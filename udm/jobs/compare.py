@@ -435,6 +435,9 @@ def warn(problems: list[str]) -> None:
 
 def compare(cfg: DictConfig) -> dict[str, Any]:
     root = Path(str(cfg.dir)).expanduser()
+    name = str(cfg.name)
+    if Path(name).name != name or name in (".", ".."):
+        raise UdmError(f"name={name!r} is the report's file name, without folders; choose the folder with out_dir=")
     if cfg.get("out_dir"):
         check_output_folder(str(cfg.out_dir))
     if not root.is_dir():

@@ -85,7 +85,8 @@ def with_guidance(sampler, cfg: DictConfig, model: TrainedModel | None = None, w
     if getattr(sampler, "guidance", None) is not None:
         raise UdmError("the sampler config already guides (sampler.guidance); give guidance either there or as guidance=w, "
                        "not both")
-    if interval is not None and (not isinstance(interval, (list, tuple, ListConfig)) or len(interval) != 2):
+    if interval is not None and (not isinstance(interval, (list, tuple, ListConfig)) or len(interval) != 2
+                                 or not all(type(v) in (int, float) for v in interval)):
         raise UdmError(f"guidance_interval is [lo, hi] in fractions of T, e.g. guidance_interval=[0.1,0.7]; got {interval!r}")
     scale = cfg.guidance
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):

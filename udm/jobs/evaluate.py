@@ -68,6 +68,7 @@ metric was not computed are absent:
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -179,6 +180,9 @@ def launch(cfg: DictConfig):
         raise UdmError(f"devices and num_nodes must be >= 1, got devices={devices}, num_nodes={nodes}")
     if devices * nodes == 1:
         return None
+    if nodes > 1 and not any(os.environ.get(v) for v in ("SLURM_JOB_ID", "MASTER_ADDR", "WORLD_SIZE")):
+        raise UdmError(f"num_nodes={nodes} waits for {nodes - 1} other node(s), and this is no cluster job (no SLURM_JOB_ID, "
+                       f"MASTER_ADDR or WORLD_SIZE); run it through SLURM or torchrun, or use devices=N on one machine")
     import lightning as L
 
     accelerator = "cpu" if cfg.device == "cpu" else "auto"

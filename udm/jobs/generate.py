@@ -23,6 +23,7 @@ from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.jobs.conditions import batches, guidance_settings, with_guidance
 from udm.jobs.outputs import check_output_folder
+from udm.jobs.settings import command_line_keys
 from udm.jobs.sample import fresh_path
 from udm.jobs.text_conditions import describe as describe_condition
 from udm.jobs.text_conditions import given, requested_text_condition
@@ -90,6 +91,10 @@ def token_starts(cfg: DictConfig, process: TokenProcess, tok, generator, device,
     tps = int(cfg.tokens_per_step)
     if not 1 <= tps <= L:
         raise UdmError(f"tokens_per_step must lie in 1..{L} (the sequence length), got {tps}")
+    if cfg.sampler.get("steps") is not None:  # the steps set the pace: tokens_per_step does not apply
+        if "tokens_per_step" in command_line_keys():
+            raise UdmError("give tokens_per_step (steps = length / tokens per step) or sampler.steps, not both")
+        tps = 0
     fix, t_start, blanks = identity, process.T, L
     if cfg.get("template"):
         template = encode_template(tok, cfg.template, cfg.blank, L).to(device)

@@ -1,8 +1,8 @@
 """One run folder, one udm-train: a lock file that a second run on a busy folder is refused by.
 
-Hydra writes the command's config into <run>/.hydra before udm's code runs, so the lock also keeps the
-holder's .hydra files: a refused run puts them back, and the folder's recorded config stays its checkpoint's.
-A lock whose process is gone (killed with -9, the machine restarted) is stale and taken over.
+A lock whose process is gone (killed with -9, the machine restarted) is stale and taken over. (Hydra writes
+the command's config into <run>/.hydra before udm's code runs; udm.callbacks.OutputFolderCheck keeps the
+earlier one, which udm.jobs.train puts back when the command is refused.)
 """
 
 from __future__ import annotations
@@ -30,20 +30,16 @@ def alive(pid: int) -> bool:
     return True
 
 
-def hydra_files(folder: Path) -> dict[str, str]:
-    return {p.name: p.read_text() for p in sorted((folder / ".hydra").glob("*.yaml"))}
-
-
 @contextmanager
 def run_lock(folder: Path):
     """Hold the folder's lock while the body runs (rank 0 only); refuse, in one message, a folder another live
-    udm-train holds, after restoring that run's .hydra files."""
+    udm-train holds."""
     if any(os.environ.get(v, "0") != "0" for v in RANK_VARIABLES):
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)
     path, host = folder / LOCK, socket.gethostname()
-    mine = {"pid": os.getpid(), "host": host, "since": time.strftime("%Y-%m-%d %H:%M:%S"), "hydra": hydra_files(folder)}
+    mine = {"pid": os.getpid(), "host": host, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -58,8 +54,6 @@ def run_lock(folder: Path):
                 if holder is not None:
                     path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            for name, text in holder.get("hydra", {}).items():
-                (folder / ".hydra" / name).write_text(text)
             raise UdmError(f"the run folder {folder} is in use by udm-train process {holder['pid']} on {holder['host']} "
                            f"(since {holder['since']}); wait for it to finish, stop it, or choose another hydra.run.dir")
     with os.fdopen(fd, "w") as file:

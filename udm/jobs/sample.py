@@ -15,6 +15,7 @@ from udm.fast import describe_net
 from udm.jobs.conditions import describe as describe_conditions
 from udm.jobs.conditions import batches, prior_labels, requested_labels, with_guidance
 from udm.jobs.outputs import check_output_folder
+from udm.jobs.settings import command_line_keys
 from udm.models import open_model
 from udm.processes import Cold
 
@@ -55,6 +56,8 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
         raise UdmError(f"n must be a positive number of samples, got {cfg.n}")
     if not cfg.get("input") and (cfg.get("input_t") is not None or cfg.get("degrade_input")):
         raise UdmError("input_t and degrade_input apply to restoring your images: give input=FILE_OR_FOLDER with them")
+    if cfg.get("input") and "n" in command_line_keys():
+        raise UdmError("n does not apply when restoring input=...: every image of the input is restored")
     if cfg.get("out_dir"):
         check_output_folder(cfg.out_dir)
     asked = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("process", "net") if cfg.get(k)}

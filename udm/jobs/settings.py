@@ -8,6 +8,7 @@ own arguments when built).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -32,10 +33,11 @@ class Setting:
             text = " or ".join(map(str, self.choices))
         elif self.kind in ("int", "number"):
             text = "a whole number" if self.kind == "int" else "a number"
+            show = (lambda v: str(v)) if self.kind == "int" else (lambda v: f"{v:g}")
             if self.minimum is not None and self.maximum is not None:
-                text += f" in [{self.minimum:g}, {self.maximum:g}]"
+                text += f" in [{show(self.minimum)}, {show(self.maximum)}]"
             elif self.minimum is not None:
-                text += f" >= {self.minimum:g}"
+                text += f" >= {show(self.minimum)}"
         else:
             text = {"bool": "true or false", "text": "text", "path": "a path", "list": "a list, e.g. [a,b]"}[self.kind]
         return text + (" (or null)" if self.optional else "")
@@ -78,8 +80,47 @@ def check_settings(cfg: DictConfig, table: dict[str, Setting]) -> None:
             raise UdmError(f"{key}={shown!r}: {key} is {setting.what}, {setting.allowed()}")
 
 
-def whole(what: str, minimum: int | None = None, optional: bool = False) -> Setting:
-    return Setting("int", what, optional, minimum)
+def check_like_defaults(cfg: DictConfig, groups: tuple[str, ...], strict: tuple[str, ...] = ()) -> None:
+    """Every value of the config groups `groups` (net, process, ... as composed) has the type of the default in
+    the YAML file it came from (hydra's runtime choices): a number where the file has a number, true/false where
+    it has a bool; in the `strict` groups a whole number where the file has one. One UdmError naming the key."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from udm.cli import CONF_DIR
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    for group in groups:
+        choice, node = choices.get(group), OmegaConf.select(cfg, group, default=None)
+        path = f"{CONF_DIR}/{group}/{choice}.yaml"
+        if not choice or not isinstance(node, DictConfig) or not os.path.isfile(path):
+            continue
+        compare_types(node, OmegaConf.load(path), group, group in strict)
+
+
+def compare_types(node: DictConfig, defaults: DictConfig, prefix: str, strict: bool) -> None:
+    for key in defaults:
+        if key not in node.keys() or OmegaConf.is_missing(node, key) or OmegaConf.is_missing(defaults, key):
+            continue
+        default, value = defaults._get_node(key)._value(), node._get_node(key)._value()
+        if isinstance(default, DictConfig) and isinstance(value, DictConfig):
+            compare_types(value, default, f"{prefix}.{key}", strict)
+            continue
+        if value is None or isinstance(value, str) and value.startswith("${") or isinstance(default, str) and default.startswith("${"):
+            continue  # unset, or an interpolation (resolved where it is used)
+        if isinstance(default, bool):
+            ok, allowed = isinstance(value, bool), "true or false"
+        elif isinstance(default, int) and strict:
+            ok, allowed = type(value) is int, "a whole number"
+        elif isinstance(default, (int, float)):
+            ok, allowed = type(value) in (int, float), "a number"
+        else:
+            continue
+        if not ok:
+            raise UdmError(f"{prefix}.{key}={value!r}: {prefix}.{key} is {allowed} (its default is {default!r})")
+
+
+def whole(what: str, minimum: int | None = None, optional: bool = False, maximum: int | None = None) -> Setting:
+    return Setting("int", what, optional, minimum, maximum)
 
 
 def number(what: str, minimum: float | None = None, maximum: float | None = None, optional: bool = False) -> Setting:
@@ -102,10 +143,12 @@ def choice(what: str, *choices, optional: bool = False) -> Setting:
     return Setting("choice", what, optional, choices=choices)
 
 
+SEED_MAX = 2**32 - 1  # what numpy's and torch's generators both take
+
 SAMPLING = {
     "ckpt": path("the checkpoint to sample: a .ckpt file or a run folder"),
     "n": whole("the number of samples", 1),
-    "seed": whole("the random seed", 0),
+    "seed": whole("the random seed", 0, maximum=SEED_MAX),
     "batch_size": whole("the samples drawn at once", 1),
     "device": text("the device: auto, cpu, cuda or cuda:N"),
     "progress": flag("whether to show progress bars"),
@@ -157,6 +200,9 @@ EVALUATE = {
     "cache_dir": path("the feature extractors' cache folder", optional=True),
 }
 FEATURES = {
+    "data.path": path("the data to train the extractor on", optional=True),
+    "extractor.epochs": whole("the extractor's training epochs", 1),
+    "extractor.lr": number("the extractor's learning rate", 0),
     "cache_dir": path("the feature extractors' cache folder", optional=True),
     "retrain": flag("whether to replace the cached extractor"),
     "device": text("the device: auto, cpu, cuda or cuda:N"),
@@ -170,7 +216,13 @@ COMPARE = {
     "panel_images": whole("the samples shown per run", 1, optional=True),
 }
 TRAIN = {
-    "seed": whole("the random seed", 0),
+    "seed": whole("the random seed", 0, maximum=SEED_MAX),
+    "data.path": path("the data to train on", optional=True),  # ??? (image_folder, text_file) is still required
+    "data.split_seed": whole("the seed of the held-out split", 0, maximum=SEED_MAX),
+    "optimizer.lr": number("the learning rate", 0),
+    "trainer.gradient_clip_val": number("the gradient norm clip", 0, optional=True),
+    "trainer.limit_val_batches": number("the validation batches (a count, or a fraction of them)", 0, optional=True),
+    "callbacks.checkpoint.save_top_k": whole("the checkpoints kept (-1: all)", -1, optional=True),
     "resume": path("the checkpoint or run folder to resume (or last)", optional=True),
     "val_samples": whole("the samples drawn at each validation", 0),
     "final_samples": whole("the samples drawn after training", 0),
@@ -180,3 +232,38 @@ TRAIN = {
     "sampler.steps": whole("the validation sampler's steps", 1, optional=True),
     "sampler.eta": number("the validation sampler's eta", 0, 1),
 }
+
+
+TABLES = {"train": TRAIN, "sample": SAMPLE, "generate": GENERATE, "eval": EVALUATE, "features": FEATURES,
+          "compare": COMPARE}
+GROUPS = {  # the config groups whose values must have their defaults' types; strict: whole numbers stay whole
+    "train": (("net", "process", "data", "sampler", "trainer"), ("net", "process", "data", "sampler")),
+    "sample": (("sampler", "fast"), ("sampler",)),
+    "generate": (("sampler", "fast"), ("sampler",)),
+    "eval": (("sampler", "fast"), ("sampler",)),
+    "features": (("data", "extractor"), ("data", "extractor")),
+}
+OWN_NODES = {"train": ("optimizer", "callbacks")}  # nested settings in the script's own YAML file
+
+
+def check_script(cfg: DictConfig, script: str) -> None:
+    """Everything the console script `script` (the name of its YAML file) can check before any work."""
+    from udm.cli import CONF_DIR
+
+    check_settings(cfg, TABLES[script])
+    groups, strict = GROUPS.get(script, ((), ()))
+    check_like_defaults(cfg, groups, strict)
+    own = OmegaConf.load(f"{CONF_DIR}/{script}.yaml")
+    for name in OWN_NODES.get(script, ()):
+        node, defaults = cfg.get(name), own.get(name)
+        if isinstance(node, DictConfig) and isinstance(defaults, DictConfig):
+            compare_types(node, defaults, name, strict=False)
+
+
+def command_line_keys() -> set[str]:
+    """The keys the user set on the command line (Hydra's task overrides), e.g. {"n", "sampler.steps"}."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task if "=" in o}

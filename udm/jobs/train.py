@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from udm.callbacks import SaveOnSignal
+from udm.callbacks import PREVIOUS_CONFIG, SaveOnSignal
 from udm.checkpoint import CHECKPOINT_KEY, check_compatible, find_checkpoint, load_checkpoint
 from udm.errors import UdmError
 from udm.jobs.outputs import check_output_folder
@@ -86,6 +87,15 @@ def check_schedule(cfg: DictConfig) -> None:
                        f"its learning-rate ramp would divide by zero; change trainer.max_steps or scheduler.pct_start")
 
 
+def refuse_a_used_folder(cfg: DictConfig, out: Path) -> None:
+    """A fresh run (no resume=) into a folder that already holds a run's checkpoints is refused: it would write
+    last-v1.ckpt beside the other run's last.ckpt (which udm-sample then reads) and its config over that run's."""
+    folder = Path(OmegaConf.select(cfg, "callbacks.checkpoint.dirpath", default=None) or out / "checkpoints")
+    if folder.is_dir() and any(folder.glob("*.ckpt")):
+        raise UdmError(f"{folder} already holds another run's checkpoints; continue that run with resume={out}, or "
+                       f"train a new one in another folder (hydra.run.dir=...)")
+
+
 def keep_log_until(cfg: DictConfig, step: int) -> None:
     """On a resume into the folder that holds the CSV log, drop the rows from `step` on (the resumed run logs
     them again); every earlier row stays (udm.loggers.KeepingCSVLogger appends)."""
@@ -118,8 +128,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     at a time per run folder (udm.jobs.run_lock)."""
     check_trainer_steps(cfg.trainer)
     check_schedule(cfg)
-    with run_lock(Path(cfg.out_dir)):
-        return train_in(cfg)
+    out = Path(cfg.out_dir)
+    try:
+        with run_lock(out):
+            return train_in(cfg)
+    except UdmError:  # refused before training: the folder's recorded config is the earlier run's again
+        restore_config(out)
+        raise
+    finally:
+        shutil.rmtree(out / PREVIOUS_CONFIG, ignore_errors=True)
+
+
+def restore_config(out: Path) -> None:
+    """Put back the .hydra/ that Hydra overwrote for a command that was refused (udm.callbacks.OutputFolderCheck)."""
+    previous = out / PREVIOUS_CONFIG
+    if previous.is_dir():
+        shutil.copytree(previous, out / ".hydra", dirs_exist_ok=True)
 
 
 def train_in(cfg: DictConfig) -> dict[str, Any]:
@@ -138,6 +162,8 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
         net = net.to(memory_format=torch.channels_last)
     recipe = build_recipe(cfg, datamodule)
     ckpt_path = resume_path(cfg.get("resume"), out.parent)
+    if ckpt_path is None:
+        refuse_a_used_folder(cfg, out)
     if ckpt_path is not None:
         resumed = load_checkpoint(ckpt_path)
         check_compatible(ckpt_path, resumed[CHECKPOINT_KEY], recipe)
@@ -167,6 +193,7 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
     print(f"udm-train: {process.describe()}, {type(net).__name__} with "
           f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, {len(datamodule.train)} training examples "
           f"of shape {list(datamodule.shape)}; writing to {out}")
+    shutil.rmtree(out / PREVIOUS_CONFIG, ignore_errors=True)  # the folder is this run's now
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     result: dict[str, Any] = {"out_dir": str(out)}

@@ -106,6 +106,12 @@ class UNet(nn.Module):
                 f"image_size {image_size} must be divisible by patch_size * 2^(levels - 1) = "
                 f"{patch_size * 2 ** (levels - 1)} for {levels} U-Net levels"
             )
+        if channels < 1 or not channel_mult or any(m < 1 for m in channel_mult):
+            raise ValueError(f"net.channels and every net.channel_mult must be >= 1, got {channels} and {list(channel_mult)}")
+        unused = [r for r in attention_resolutions if r not in [side // 2**i for i in range(levels)]]
+        if unused:
+            raise ValueError(f"net.attention_resolutions={list(attention_resolutions)}: {unused} match(es) none of the "
+                             f"feature-map sides {[side // 2**i for i in range(levels)]}; choose among them, or [] for none")
         if any(channels * m % groups for m in channel_mult):
             raise ValueError(f"every level width channels * mult must be divisible by groups={groups}")
         self.image_size, self.in_channels, self.patch_size = image_size, in_channels, patch_size

@@ -3,6 +3,7 @@ each takes an optional `guidance` (udm.samplers.Guidance: classifier-free guidan
 
 from __future__ import annotations
 
+from udm.errors import UdmError
 from udm.samplers.grids import SolverTime
 from udm.samplers.guidance import Guidance
 from udm.samplers.langevin import Langevin
@@ -57,5 +58,7 @@ class PredictorCorrector(Sampler):
 
     def __init__(self, steps: int | None = None, eta: float = 1.0, corrector_steps: int = 1, snr: float = 0.16,
                  guidance: Guidance | None = None):
+        if type(corrector_steps) is not int or corrector_steps < 0:
+            raise UdmError(f"corrector_steps is a whole number of Langevin steps >= 0 (0: none), got {corrector_steps!r}")
         super().__init__(Mixed(eta=eta), steps, corrector=Langevin(corrector_steps, snr) if corrector_steps != 0 else None,
                          guidance=guidance)
