@@ -110,7 +110,8 @@ def test_infilling_keeps_the_template_characters(poem_run, training_texts):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["tokens_per_step=0"], "tokens_per_step must lie in 1..32"),
+        (["tokens_per_step=0"], "tokens_per_step=0: tokens_per_step is the tokens restored per step"),
+        (["tokens_per_step=33"], "tokens_per_step must lie in 1..32"),
         (["template='朝辭白帝＿＿。'"], "template is 7 tokens long"),
         (["template='朝辭白帝彩雲間，＿＿＿＿＿＿＿。兩岸猿聲啼不住，輕舟已過萬重😀。'"], "does not know: 😀"),
     ],

@@ -190,6 +190,7 @@ def test_a_text_checkpoint_gets_text_measures_and_the_token_nelbo(tmp_path):
         evaluate(compose_config("eval", f"ckpt={ckpt}", "n=4", "metrics=[fid]", f"out_dir={tmp_path}"))
 
 
+@pytest.mark.slow  # DDP sampling is also covered by test_cli's and test_reliability's two-process runs (the default suite stays under 10 minutes on 2 cores)
 def test_sampling_shared_by_two_processes_gives_the_single_process_scores(trained, extractor):
     """devices=2 (DDP over gloo): each rank draws its share of the batches, rank 0 scores the gathered samples.
     Batches carry their own generators, so the samples, and with them FID/KID, equal one process's exactly."""

@@ -144,6 +144,7 @@ def test_udm_sample_plain_is_exact_and_default_is_close(tmp_path):
     assert gap.max() < 0.1
 
 
+@pytest.mark.slow  # two trainings; the sampling fast path is covered by test_udm_sample_plain_is_exact_and_default_is_close (the default suite stays under 10 minutes on 2 cores)
 def test_training_fast_path_follows_the_plain_losses(tmp_path):
     """udm-train trainer.precision=bf16-mixed channels_last=true: the same batches give losses within 5% of float32's
     (the first is equal: the U-Net's output layer starts at zero) and its NHWC checkpoint samples on the plain path."""

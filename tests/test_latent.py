@@ -102,6 +102,7 @@ SMOKE = ["experiment=digits_smoke", "process=latent", "process.encoder.channels=
          "val_samples=4", "final_samples=4"]
 
 
+@pytest.mark.slow  # two trainings; the latent process is covered in-process by the rest of the file (the default suite stays under 10 minutes on 2 cores)
 def test_two_stage_and_joint_training_through_the_console_scripts(tmp_path):
     ae, lat, joint = tmp_path / "ae", tmp_path / "latent", tmp_path / "joint"
     run_cli("udm-train", *SMOKE, "process.stage=autoencoder", "val_samples=0", "final_samples=0", f"hydra.run.dir={ae}", cwd=tmp_path)

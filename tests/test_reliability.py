@@ -537,6 +537,7 @@ def test_ddp_and_slurm_sizes_come_from_the_trainer_config():
     assert launcher.timeout_min > 0 and launcher.signal_delay_s > 0
 
 
+@pytest.mark.slow  # the launcher integration; Hydra multiruns are covered by test_cli (the default suite stays under 10 minutes on 2 cores)
 def test_a_sweep_through_the_submitit_local_launcher(tmp_path):
     sweep = tmp_path / "sweep"
     run_cli("udm-train", "-m", "hydra/launcher=local", "experiment=digits_smoke", "seed=0,1", "trainer.max_steps=2",
