@@ -567,3 +567,20 @@ def test_ddp_ranks_branch_off_distinct_but_reproducible_noise_streams():
     untouched = first_draw(0, world_size=1)
     torch.manual_seed(0)
     assert torch.equal(untouched, torch.rand(4))  # one process: the stream is left as seeded
+
+
+def test_settings_of_several_types_in_lightning_stay_open_and_the_rest_keep_their_defaults_types():
+    from omegaconf import OmegaConf
+
+    from udm.errors import UdmError
+    from udm.jobs.settings import compare_types
+
+    defaults = OmegaConf.create({"devices": 1, "val_check_interval": 500, "deterministic": False})
+    for devices in ("auto", -1, [0, 1]):
+        compare_types(OmegaConf.create({"devices": devices, "val_check_interval": 0.5, "deterministic": True}), defaults,
+                      "trainer", strict=False)
+    with pytest.raises(UdmError, match="trainer.deterministic='yes': trainer.deterministic is true or false"):
+        compare_types(OmegaConf.create({"devices": 1, "val_check_interval": 1, "deterministic": "yes"}), defaults,
+                      "trainer", strict=False)
+    with pytest.raises(UdmError, match="net.channels=1.5: net.channels is a whole number"):
+        compare_types(OmegaConf.create({"channels": 1.5}), OmegaConf.create({"channels": 32}), "net", strict=True)

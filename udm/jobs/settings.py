@@ -97,8 +97,13 @@ def check_like_defaults(cfg: DictConfig, groups: tuple[str, ...], strict: tuple[
         compare_types(node, OmegaConf.load(path), group, group in strict)
 
 
+MANY_TYPES = {"trainer.devices"}  # Lightning takes 2, "auto", -1 or [0, 1] alike
+
+
 def compare_types(node: DictConfig, defaults: DictConfig, prefix: str, strict: bool) -> None:
     for key in defaults:
+        if f"{prefix}.{key}" in MANY_TYPES:
+            continue
         if key not in node.keys() or OmegaConf.is_missing(node, key) or OmegaConf.is_missing(defaults, key):
             continue
         default, value = defaults._get_node(key)._value(), node._get_node(key)._value()
