@@ -28,6 +28,8 @@ included; the re-corruption touches none. It needs an invertible process and a s
 inverse (the baseline step redraws eps: there is none to replace); both are refused when the sampler is
 checked. With autoguidance x0_u is the guide's prediction. On [MASK] diffusion the noise is the set of
 masked positions, which x0_u and x0_w share, so CFG++ is CFG there (x0_u's draw only advances the generator).
+On the encoding (latent) process the inverse re-encodes the decoded x0_u, so with a sampling token decoder the
+eps it re-corrupts with is close to, not exactly, the net's unconditional eps (guiding on the codes would be exact).
 """
 
 from __future__ import annotations
