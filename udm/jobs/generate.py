@@ -82,11 +82,6 @@ def identity(model):
 def token_starts(cfg: DictConfig, process: TokenProcess, tok, generator, device, n: int):
     """A token process: x_T (all [MASK] / random tokens, or the template with its blanks), steps from
     tokens_per_step, and `fix`, what every net that predicts here is wrapped in (keep_fixed with a template)."""
-    for key in ("temperature", "order"):
-        if cfg.get(key) is not None:
-            setattr(process, key, cfg[key])
-    if process.temperature < 0 or process.order not in ("random", "confidence"):
-        raise UdmError(f"temperature must be >= 0 and order random|confidence; got {process.temperature}, {process.order!r}")
     L = process.length
     tps = int(cfg.tokens_per_step)
     if not 1 <= tps <= L:
@@ -117,8 +112,9 @@ def latent_starts(cfg: DictConfig, process: Latent, length: int, generator, devi
     """The encoding model of tokens: x_T ~ N(0, I) in the embedding space, the sampler's steps."""
     if cfg.get("template"):
         raise UdmError("template infilling needs a token process ([MASK] or replace); this checkpoint diffuses embeddings")
-    if cfg.get("order") is not None:
-        raise UdmError("order applies to token processes; this checkpoint diffuses embeddings")
+    for key in ("order", "top_k", "top_p", "sample_dtype"):
+        if cfg.get(key) is not None:
+            raise UdmError(f"{key} applies to token processes; this checkpoint diffuses embeddings")
     if cfg.get("temperature") is not None:
         if cfg.temperature < 0:
             raise UdmError(f"temperature must be >= 0, got {cfg.temperature}")
@@ -138,7 +134,8 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     n = cfg.n if cond is None else len(cond)
     wrap = instantiate(cfg.fast)
     fast = wrap(opened.net, device=device)
-    if isinstance(process, TokenProcess):
+    if isinstance(process, TokenProcess):  # this run's token sampling: a copy, the checkpoint's process stays as it is
+        process = process.sampling(**{k: cfg.get(k) for k in ("temperature", "order", "top_k", "top_p", "sample_dtype")})
         fix, starts, t_start, steps, tps = token_starts(cfg, process, tok, generator, device, n)
     elif isinstance(process, Latent):
         fix, starts, t_start, steps, tps = latent_starts(cfg, process, opened.shape[-1], generator, device, n)

@@ -17,6 +17,8 @@ first, carried by x0_hat as a `priority`.
 
 from __future__ import annotations
 
+import copy
+
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -53,8 +55,11 @@ class TokenProcess(ForwardProcess):
     ids never generated ([PAD], [UNK], [MASK], ...). schedule 'count' is time as a count of
     corrupted tokens (T = l, k(t) = t); 'linear' / 'cosine' are a rate over T steps
     (k(t) = round(l * gamma(t / T)), continuous-time masked diffusion on a grid).
-    temperature scales the logits when x0_hat is drawn (0 = argmax); order picks which
-    corrupted positions are restored first. loss_on: 'corrupted' or 'all' positions.
+    temperature scales the logits when x0_hat is drawn (0 = argmax); top_k / top_p keep only
+    the k most likely tokens / the smallest set whose probability reaches p (nucleus sampling),
+    after the temperature; sample_dtype='float64' draws the Gumbel noise and scales the logits in
+    double precision (float32 Gumbel-max under-samples rare tokens, flow_matching issue 27).
+    order picks which corrupted positions are restored first. loss_on: 'corrupted' or 'all' positions.
     """
 
     capabilities = Capabilities(invertible=True, real_valued=False, why_not_extrapolate="x0_hat is token ids")
@@ -69,8 +74,12 @@ class TokenProcess(ForwardProcess):
         temperature: float = 1.0,
         order: str = "random",
         loss_on: str = "corrupted",
+        top_k: int | None = None,
+        top_p: float | None = None,
+        sample_dtype: str = "float32",
     ):
         super().__init__()
+        check_sampling(temperature, top_k, top_p, sample_dtype)
         if length < 1:
             raise ValueError(f"sequence length must be positive, got {length}")
         if schedule not in SCHEDULES:
@@ -79,8 +88,6 @@ class TokenProcess(ForwardProcess):
             raise ValueError(f"unknown order {order!r}; choose one of {list(ORDERS)}")
         if loss_on not in ("corrupted", "all"):
             raise ValueError(f"loss_on must be 'corrupted' or 'all', got {loss_on!r}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
         if schedule == "count":
             if T is not None and T != length:
                 raise ValueError(f"schedule='count' has T = length = {length}; got T={T} (use schedule='linear' for another T)")
@@ -95,6 +102,7 @@ class TokenProcess(ForwardProcess):
         index[regular] = torch.arange(len(regular))
         self.length, self.vocab_size, self.special_ids = length, vocab_size, special
         self.schedule, self.T, self.temperature, self.order, self.loss_on = schedule, T, temperature, order, loss_on
+        self.top_k, self.top_p, self.sample_dtype = top_k, top_p, sample_dtype
         special_mask = torch.zeros(vocab_size, dtype=torch.bool)
         special_mask[special] = True
         self.register_buffer("special_mask", special_mask, persistent=False)
@@ -160,12 +168,29 @@ class TokenProcess(ForwardProcess):
             raise ValueError(f"the net gives {out.shape[-1]} logits per position; the tokenizer has {self.vocab_size} tokens")
         return out.float().masked_fill(self.special_mask, float("-inf"))
 
+    def sampling(self, temperature: float | None = None, order: str | None = None, top_k: int | None = None,
+                 top_p: float | None = None, sample_dtype: str | None = None) -> TokenProcess:
+        """A copy of the process that draws x0_hat with these settings (None: keep the process's own)."""
+        other = copy.copy(self)
+        for key, value in (("temperature", temperature), ("order", order), ("top_k", top_k), ("top_p", top_p),
+                           ("sample_dtype", sample_dtype)):
+            if value is not None:
+                setattr(other, key, value)
+        if other.order not in ORDERS:
+            raise ValueError(f"unknown order {other.order!r}; choose one of {list(ORDERS)}")
+        check_sampling(other.temperature, other.top_k, other.top_p, other.sample_dtype)
+        return other
+
     def draw(self, logits: Tensor, generator: torch.Generator | None) -> Tensor:
-        """A token per position from softmax(logits / temperature) (Gumbel-max), argmax at temperature 0."""
+        """A token per position from softmax(logits / temperature) (Gumbel-max), restricted to the top_k / top_p
+        tokens where asked; argmax at temperature 0."""
         if self.temperature == 0:
             return logits.argmax(-1)
-        u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-20, 1.0)
-        return (logits / self.temperature - torch.log(-torch.log(u))).argmax(-1)
+        double = self.sample_dtype == "float64"
+        scaled = truncate((logits.double() if double else logits) / self.temperature, self.top_k, self.top_p)
+        u = torch.rand(scaled.shape, device=logits.device, generator=generator, **({"dtype": torch.float64} if double else {}))
+        u = u.clamp_(1e-300 if double else 1e-20, 1.0)
+        return (scaled - torch.log(-torch.log(u))).argmax(-1)
 
     def priority(self, logits: Tensor, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
         """q(x0_i = token_i | x_t) for order='confidence' (computed only then), else uniform noise."""
@@ -226,6 +251,31 @@ class TokenMask(TokenProcess):
         masked = x_t == self.mask_id
         tokens = torch.where(masked, drawn, x_t)
         return TokenEstimate(tokens, self.priority(logits, tokens, generator))
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, sample_dtype: str) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and (type(top_k) is not int or top_k < 1):
+        raise ValueError(f"top_k must be a whole number of tokens >= 1 (or null: all), got {top_k!r}")
+    if top_p is not None and not (type(top_p) in (int, float) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must lie in (0, 1] (or null: all), got {top_p!r}")
+    if sample_dtype not in ("float32", "float64"):
+        raise ValueError(f"sample_dtype must be float32 or float64, got {sample_dtype!r}")
+
+
+def truncate(scaled: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
+    """The logits with every token outside the top_k and outside the nucleus of mass top_p set to -inf (the most
+    likely token always stays)."""
+    if top_k is not None and top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[..., -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        ordered, index = scaled.sort(dim=-1, descending=True)
+        probs = ordered.softmax(-1)
+        outside = probs.cumsum(-1) - probs >= top_p  # the mass before this token already reaches p
+        scaled = scaled.masked_fill(outside.scatter(-1, index, outside), float("-inf"))
+    return scaled
 
 
 class TokenReplace(TokenProcess):
