@@ -3,6 +3,8 @@ guidance_variant=cfg|cfg++ and guide=CKPT (autoguidance)."""
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
@@ -40,13 +42,20 @@ def requested_labels(model: TrainedModel, cfg: DictConfig, n: int) -> Tensor | N
             raise UdmError(f"labels takes 'all' (n samples of every class, one grid row per class), got {labels!r}")
         return torch.arange(classes, device=model.device).repeat_interleave(n)
     if isinstance(label, str) and condition.get("names"):  # a class by name: label=cat for an image folder's cat/
-        from udm.jobs.text_conditions import class_index
-
         label = class_index([str(n) for n in condition["names"]], label, "label")
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < classes:
         names = f" ({', '.join(map(str, condition['names']))})" if condition.get("names") else ""
         raise UdmError(f"label={label!r}: this model knows the classes 0..{classes - 1}{names}")
     return torch.full((n,), label, dtype=torch.long, device=model.device)
+
+
+def class_index(names: list[str], value: str, kind: str) -> int:
+    """The index of `value` among the model's classes; an unknown one names the closest known ones."""
+    if value in names:
+        return names.index(value)
+    close = difflib.get_close_matches(value, names, n=3, cutoff=0.0)
+    raise UdmError(f"{kind}={value!r} is not one this model knows; closest: {', '.join(close)} "
+                   f"(all {len(names)}: {', '.join(names)})")
 
 
 def prior_labels(model: TrainedModel, cfg: DictConfig, labels: Tensor | None) -> Tensor | None:

@@ -159,8 +159,9 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     txt.write_text("\n".join(texts) + "\n", encoding="utf-8")
     result: dict[str, Any] = {"texts": texts, "txt": str(txt), "seconds": seconds, "steps": min(steps, t_start), "net": describe_net(fast),
                               "tokens_per_second": ids.numel() / seconds, "texts_per_second": len(texts) / seconds}
-    if cond is not None or guidance_settings(cfg):
-        result["condition"] = {**{k: str(v) for k, v in given(cfg).items()}, **guidance_settings(cfg)}
+    guided = guidance_settings(cfg)
+    if cond is not None or guided:
+        result["condition"] = {**{k: str(v) for k, v in given(cfg).items()}, **guided}
     if cfg.metrics:
         result["metrics"] = text_metrics(texts, opened.data("fit").train_texts)
     json_path = txt.with_suffix(".json")

@@ -6,8 +6,6 @@ recipe records; a title becomes its token ids [n, P], cut or padded to the P tok
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
@@ -15,7 +13,7 @@ from torch import Tensor
 from udm.data.text import prompt_ids
 from udm.data.tokenizers import encode, unknown_characters
 from udm.errors import UdmError
-from udm.jobs.conditions import describe_guidance
+from udm.jobs.conditions import class_index, describe_guidance
 from udm.models import TrainedModel
 
 CLASS_KEYS = {"author": "authors", "label": "labels"}  # one class / every class, per kind of class-like condition
@@ -53,15 +51,6 @@ def requested_text_condition(model: TrainedModel, cfg: DictConfig, n: int) -> Te
             raise UdmError(f"{key} takes 'all' (n texts for every {wanted}, one after another), got {value!r}")
         return torch.arange(len(names), device=model.device).repeat_interleave(n)
     return torch.full((n,), class_index(names, str(value), wanted), dtype=torch.long, device=model.device)
-
-
-def class_index(names: list[str], value: str, kind: str) -> int:
-    """The index of `value` among the model's classes; an unknown one names the closest known ones."""
-    if value in names:
-        return names.index(value)
-    close = difflib.get_close_matches(value, names, n=3, cutoff=0.0)
-    raise UdmError(f"{kind}={value!r} is not one this model knows; closest: {', '.join(close)} "
-                   f"(all {len(names)}: {', '.join(names)})")
 
 
 def title_ids(model: TrainedModel, title: str, length: int) -> Tensor:
