@@ -23,6 +23,10 @@ class KeepingWriter(ExperimentWriter):
 class KeepingCSVLogger(CSVLogger):
     """CSVLogger (same arguments) whose metrics.csv keeps the rows of earlier runs into the same folder."""
 
+    def drop_rows_from(self, step: int) -> int:
+        """Remove this log's rows at `step` and later (a resume from a checkpoint at `step` logs them again)."""
+        return drop_rows_from(Path(self.log_dir) / KeepingWriter.NAME_METRICS_FILE, step)
+
     @property
     def experiment(self) -> KeepingWriter:
         if self._experiment is None:

@@ -16,7 +16,7 @@ from udm.checkpoint import CHECKPOINT_KEY, check_compatible, find_checkpoint, lo
 from udm.errors import UdmError
 from udm.jobs.outputs import check_output_folder
 from udm.jobs.run_lock import run_lock
-from udm.loggers import drop_rows_from
+from udm.loggers import KeepingCSVLogger
 from udm.lit import DiffusionModule
 
 
@@ -96,16 +96,6 @@ def refuse_a_used_folder(cfg: DictConfig, out: Path) -> None:
                        f"train a new one in another folder (hydra.run.dir=...)")
 
 
-def keep_log_until(cfg: DictConfig, step: int) -> None:
-    """On a resume into the folder that holds the CSV log, drop the rows from `step` on (the resumed run logs
-    them again); every earlier row stays (udm.loggers.KeepingCSVLogger appends)."""
-    csv_cfg = (cfg.get("logger") or {}).get("csv")
-    if csv_cfg is not None:
-        version = csv_cfg.get("version")
-        folder = Path(csv_cfg.save_dir) / str(csv_cfg.get("name") or "") / (f"version_{version}" if isinstance(version, int) else str(version or ""))
-        drop_rows_from(folder / "metrics.csv", step)
-
-
 def checkpoint_bytes(module: torch.nn.Module) -> int:
     """A lower bound on one checkpoint's size: the weights, their EMA copy and Adam's two moments."""
     return 4 * sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
@@ -162,13 +152,14 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
         net = net.to(memory_format=torch.channels_last)
     recipe = build_recipe(cfg, datamodule)
     ckpt_path = resume_path(cfg.get("resume"), out.parent)
+    resumed_step = None
     if ckpt_path is None:
         refuse_a_used_folder(cfg, out)
-    if ckpt_path is not None:
+    else:
         resumed = load_checkpoint(ckpt_path)
         check_compatible(ckpt_path, resumed[CHECKPOINT_KEY], recipe)
         print(f"resuming from {ckpt_path}")
-        keep_log_until(cfg, int(resumed.get("global_step", 0)))
+        resumed_step = int(resumed.get("global_step", 0))
 
     module = DiffusionModule(
         process,
@@ -187,6 +178,10 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
         module.train()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    if resumed_step is not None:  # the resumed run logs the steps from its checkpoint on again: their old rows go
+        for logger in loggers:
+            if isinstance(logger, KeepingCSVLogger):
+                logger.drop_rows_from(resumed_step)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
     for folder in {out, *(Path(c.dirpath) for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None))}:
         check_output_folder(folder, checkpoint_bytes(module), key="hydra.run.dir")
