@@ -3,11 +3,10 @@ sample the class it was drawn for (udm-eval labels=all on a class-conditional ch
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from udm.metrics.base import Context, Metric, Row
-from udm.metrics.fid import as_8bit, extractor, has_labels
+from udm.metrics.fid import extractor, has_labels, on_saved_pixels
 
 
 class ClassAccuracy(Metric):
@@ -27,9 +26,7 @@ class ClassAccuracy(Metric):
     def compute(self, model, samples: Tensor, context: Context) -> dict:
         classifier, _ = extractor(model, context)  # trained here when not cached (with gradients)
         device = next(classifier.parameters()).device
-        with torch.no_grad():  # scored as a saved PNG shows them
-            predicted = torch.cat([classifier.eval()(as_8bit(batch).to(device)).argmax(-1).cpu()
-                                   for batch in samples.split(context.batch_size)])
+        predicted = on_saved_pixels(classifier.eval(), samples, context.batch_size, device).argmax(-1)
         wanted = context.conditions.cpu()
         hits = predicted == wanted
         per_class = {int(k): float(hits[wanted == k].float().mean()) for k in wanted.unique()}

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from udm.metrics.base import Context, Metric, Row
-from udm.metrics.fid import as_8bit, extractor, has_labels
+from udm.metrics.fid import extractor, has_labels, on_saved_pixels
 
 
 def mean_pairwise_distance(features: Tensor) -> float:
@@ -35,16 +35,12 @@ class ClassDiversity(Metric):
             return f"within-class diversity needs udm's classifier and labelled held-out images, which {type(context.data).__name__} data lacks"
         return None
 
-    def features(self, classifier, images: Tensor, batch_size: int) -> Tensor:
-        device = next(classifier.parameters()).device
-        with torch.no_grad():
-            return torch.cat([classifier.eval().features(as_8bit(b).to(device)).float().cpu() for b in images.split(batch_size)])
-
     def compute(self, model, samples: Tensor, context: Context) -> dict:
         classifier, _ = extractor(model, context)
         wanted, data = context.conditions.cpu(), context.data
-        fake = self.features(classifier, samples, context.batch_size)
-        real = self.features(classifier, data.test, context.batch_size)
+        features, device = classifier.eval().features, next(classifier.parameters()).device
+        fake = on_saved_pixels(features, samples, context.batch_size, device)
+        real = on_saved_pixels(features, data.test, context.batch_size, device)
         per_class = {}
         for k in wanted.unique().tolist():
             mine, theirs = fake[wanted == k], real[data.test_cond == k]

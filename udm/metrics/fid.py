@@ -41,6 +41,13 @@ def as_8bit(images: Tensor) -> Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
 
 
+@torch.no_grad()
+def on_saved_pixels(fn, images: Tensor, batch_size: int, device) -> Tensor:
+    """fn (the classifier, or its feature layer) over the images as a saved PNG shows them, batch by batch on
+    `device`; the results in float32 on the CPU."""
+    return torch.cat([fn(as_8bit(batch).to(device)).float().cpu() for batch in images.split(batch_size)])
+
+
 def check_images(real: Tensor, fake: Tensor) -> None:
     for name, x in (("real", real), ("generated", fake)):
         if x.dim() != 4 or not x.is_floating_point():
