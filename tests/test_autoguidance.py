@@ -69,4 +69,4 @@ def test_a_guide_of_another_process_shape_or_condition_is_refused(run):
     with pytest.raises(UdmError, match=r"guide=\S*five.ckpt was trained with the condition .*'classes': 5"):
         guide_with("five.ckpt", lambda recipe: recipe["condition"].update(classes=5))
     sampler = guide_with("bare.ckpt", lambda recipe: recipe.pop("condition"))  # an unconditional guide: called without
-    assert sampler.guidance.guide is not None and not sampler.guidance.guide_conditional
+    assert isinstance(sampler.guidance.guide, torch.nn.Module) and sampler.guidance.guide_conditional is False
