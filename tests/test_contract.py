@@ -30,9 +30,10 @@ SMALL = {"gaussian": ["process.T=40"], "latent": ["process.T=40"], "latent_token
 GAUSSIAN_NOISE = {"gaussian", "ve", "latent", "latent_tokens"}
 SCORE = {"gaussian", "ve", "latent", "latent_tokens"}
 EXTRAPOLATES = {"gaussian", "ve", "blur", "inpaint", "pixelate"}
+REMASKS = {p for p in PROCESSES if p.startswith("token_")}  # the mixed step with eta > 0 remasks tokens (ReMDM)
 SERVES = {  # sampler config -> the process configs it must serve; every other process must be refused
     "ddim": set(PROCESSES), "improved": set(PROCESSES), "naive": set(PROCESSES),
-    "ddpm": GAUSSIAN_NOISE, "ddpm_beta": {"gaussian", "latent", "latent_tokens"},  # VE's sigma_t^2 = beta_t is not defined
+    "ddpm": GAUSSIAN_NOISE | REMASKS, "remdm": REMASKS, "ddpm_beta": {"gaussian", "latent", "latent_tokens"},  # VE's sigma_t^2 = beta_t is not defined
     "pc": SCORE, "langevin": SCORE, "dpm_solver": EXTRAPOLATES,
     "analytic_ddpm": {"gaussian", "latent", "latent_tokens"}, "analytic_ddim": {"gaussian", "latent", "latent_tokens"},
 }
@@ -135,13 +136,14 @@ def test_every_process_keeps_the_contract(process_name):
             assert torch.equal(again, x_t) if not again.is_floating_point() else torch.allclose(again, x_t, atol=1e-12)
 
 
-def test_eta_is_refused_where_there_is_no_gaussian_noise():
-    """The knob that used to be dropped silently: eta > 0 on blur (sigma = 0) or tokens."""
-    for name in ("blur", "token_mask", "token_replace"):
-        process = build_process(name)
-        with pytest.raises(UdmError, match=r"eta=0\.5 .*needs Gaussian noise.*" + type(process).__name__):
-            DDIM(steps=3, eta=0.5).check(process)
-        DDIM(steps=3, eta=0.0).check(process)  # eta = 0 is the inverse step, which they have
+def test_eta_is_refused_where_there_is_no_gaussian_noise_nor_remasking():
+    """The knob that used to be dropped silently: eta > 0 on blur (sigma = 0); token processes remask instead."""
+    process = build_process("blur")
+    with pytest.raises(UdmError, match=r"eta=0\.5 .*needs Gaussian noise.*" + type(process).__name__):
+        DDIM(steps=3, eta=0.5).check(process)
+    DDIM(steps=3, eta=0.0).check(process)  # eta = 0 is the inverse step, which it has
+    for name in sorted(REMASKS):
+        DDIM(steps=3, eta=0.5).check(build_process(name))
 
 
 def test_cold_processes_with_noise_take_the_mixed_step_and_ddpm():

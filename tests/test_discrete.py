@@ -189,15 +189,14 @@ def test_mask_steps_that_reveal_nothing_skip_the_network():
 
 
 @pytest.mark.parametrize("kind", ["mask", "replace"])
-def test_token_processes_refuse_fresh_noise_and_extrapolation(kind):
-    """Tokens have no Gaussian noise (DDPM / eta > 0) and no real-valued x0_hat (DPM-Solver): refused by name."""
+def test_token_processes_refuse_gaussian_variances_and_extrapolation(kind):
+    """Tokens remask rather than add Gaussian noise (DDPM's variances are refused by name) and have no real-valued
+    x0_hat (DPM-Solver)."""
     p = make(kind)
     x0 = data(2)
     x_T = start(p, x0, torch.Generator().manual_seed(0))
     name = type(p).__name__
-    with pytest.raises(UdmError, match=f"eta=1.0 .*needs Gaussian noise.*which {name}"):
-        DDPM()(p, oracle(x0), x_T)
-    with pytest.raises(UdmError, match=f"eta=0.5 .*needs Gaussian noise.*which {name}"):
-        DDIM(steps=4, eta=0.5)(p, oracle(x0), x_T)
+    with pytest.raises(UdmError, match=f"variance='beta' does not apply to {name}.*rescale"):
+        DDPM(variance="beta")(p, oracle(x0), x_T)
     with pytest.raises(UdmError, match=f"DPM-Solver.*needs real-valued data, which {name}"):
         DPMSolver(steps=4)(p, oracle(x0), x_T)

@@ -31,6 +31,9 @@ from udm.metrics.text import text_metrics
 from udm.models import open_model
 from udm.processes import Latent, TokenMask, TokenProcess
 from udm.processes.base import predict
+from udm.samplers import OutputCache
+
+TOKEN_SAMPLING = ("temperature", "order", "top_k", "top_p", "sample_dtype", "block_size")  # udm-generate keys for TokenProcess.sampling
 
 
 def encode_template(tok, template: str, blank: str, length: int) -> torch.Tensor:
@@ -112,7 +115,7 @@ def latent_starts(cfg: DictConfig, process: Latent, length: int, generator, devi
     """The encoding model of tokens: x_T ~ N(0, I) in the embedding space, the sampler's steps."""
     if cfg.get("template"):
         raise UdmError("template infilling needs a token process ([MASK] or replace); this checkpoint diffuses embeddings")
-    for key in ("order", "top_k", "top_p", "sample_dtype"):
+    for key in TOKEN_SAMPLING[1:]:
         if cfg.get(key) is not None:
             raise UdmError(f"{key} applies to token processes; this checkpoint diffuses embeddings")
     if cfg.get("temperature") is not None:
@@ -135,13 +138,13 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     wrap = instantiate(cfg.fast)
     fast = wrap(opened.net, device=device)
     if isinstance(process, TokenProcess):  # this run's token sampling: a copy, the checkpoint's process stays as it is
-        process = process.sampling(**{k: cfg.get(k) for k in ("temperature", "order", "top_k", "top_p", "sample_dtype")})
+        process = process.sampling(**{k: cfg.get(k) for k in TOKEN_SAMPLING})
         fix, starts, t_start, steps, tps = token_starts(cfg, process, tok, generator, device, n)
     elif isinstance(process, Latent):
         fix, starts, t_start, steps, tps = latent_starts(cfg, process, opened.shape[-1], generator, device, n)
     else:
         raise UdmError(f"{ckpt_path} holds {process.describe()}, which does not generate tokens")
-    model = fix(fast)
+    model = fix(fast) if opened.net.uses_time else OutputCache(fix(fast), opened.net)
     sampler = with_guidance(opened.sampler(instantiate(cfg.sampler, steps=min(steps, t_start))), cfg, opened,
                             lambda guide: fix(wrap(guide, device=device)))
 
@@ -159,6 +162,8 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     txt.write_text("\n".join(texts) + "\n", encoding="utf-8")
     result: dict[str, Any] = {"texts": texts, "txt": str(txt), "seconds": seconds, "steps": min(steps, t_start), "net": describe_net(fast),
                               "tokens_per_second": ids.numel() / seconds, "texts_per_second": len(texts) / seconds}
+    if isinstance(model, OutputCache):  # x0_hat cache: steps whose x_t did not change reused the last output
+        result["network_calls"] = {"made": model.calls, "reused": model.hits}
     guided = guidance_settings(cfg)
     if cond is not None or guided:
         result["condition"] = {**{k: str(v) for k, v in given(cfg).items()}, **guided}
@@ -175,5 +180,8 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
         m = result["metrics"]
         print(f"udm-generate: form accuracy {m['form_accuracy']:.1%}, copied lines {m['copy_rate']:.1%}, "
               f"{m['distinct_chars']:.1f} distinct characters per text")
+    if result.get("network_calls", {}).get("reused"):
+        calls = result["network_calls"]
+        print(f"udm-generate: {calls['reused']} of {calls['made'] + calls['reused']} net outputs reused (x_t unchanged)")
     print(f"udm-generate: texts written to {txt}")
     return result

@@ -18,6 +18,8 @@ class MLP(nn.Module):
         self.out = nn.Linear(hidden, dim)
         self.act = nn.SiLU()
 
+    uses_time = True  # the output depends on t (udm.samplers.OutputCache applies to nets that ignore it)
+
     def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
         refuse_condition(self, cond)
         emb = self.time(timestep_embedding(t, self.hidden))

@@ -92,6 +92,11 @@ class Transformer(nn.Module):
             self.time = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
             nn.init.zeros_(self.time[-1].weight), nn.init.zeros_(self.time[-1].bias)
 
+    @property
+    def uses_time(self) -> bool:
+        """Whether the output depends on t (time_conditioning); a net that ignores it may have its output cached."""
+        return self.time is not None
+
     def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
         if self.class_emb is None and self.null_prompt is None:
             refuse_condition(self, cond)

@@ -155,6 +155,8 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
+    uses_time = True  # the output depends on t (udm.samplers.OutputCache applies to nets that ignore it)
+
     def forward(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
         if self.class_emb is None:
             refuse_condition(self, cond)

@@ -16,7 +16,8 @@ from udm.errors import UdmError
 class Capabilities:
     """invertible       F_t^{-1}(x0, x_t) exists: the inverse and mixed steps, DPM-Solver, distillation
     gaussian_noise   q(eps) = N(0, I): the mixed step with fresh noise (eta > 0)
-    variances        the sigma_t choices its mixed step knows ('posterior', 'beta')
+    variances        the sigma_t choices its mixed step knows ('posterior', 'beta'; for tokens the remasking schedules)
+    remasking        the mixed step with eta > 0 corrupts revealed tokens again (ReMDM) instead of adding Gaussian noise
     score            grad log p_t(x_t) from the net's output: Langevin and predictor-corrector sampling
     analytic_variance  Analytic-DPM's optimal variance (a VP Gaussian: alphabar_t and eps_hat)
     likelihood       the variational bound it reports: 'bits/dim' (VP Gaussian on pixels), 'token nelbo', or None
@@ -29,6 +30,7 @@ class Capabilities:
     invertible: bool = False
     gaussian_noise: bool = False
     variances: tuple[str, ...] = ()
+    remasking: bool = False
     score: bool = False
     analytic_variance: bool = False
     likelihood: str | None = None

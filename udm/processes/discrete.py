@@ -31,7 +31,8 @@ from udm.processes.base import ForwardProcess
 from udm.processes.capabilities import Capabilities
 
 SCHEDULES = ("count", "linear", "cosine")
-ORDERS = ("random", "confidence")
+ORDERS = ("random", "confidence", "margin", "entropy")
+REMASKING = ("rescale", "cap", "confidence")  # ReMDM's schedules of sigma_t (Wang et al. 2025, sec. 4.1)
 
 
 class TokenNoise(NamedTuple):
@@ -42,6 +43,7 @@ class TokenNoise(NamedTuple):
 class TokenEstimate(NamedTuple):
     tokens: Tensor  # [B, L] long: x0_hat
     priority: Tensor  # [B, L] float in [0, 1]: corrupted positions with higher priority are restored first
+    confidence: Tensor | None = None  # [B, L] float: q(x0_i = tokens_i | x_t), what ReMDM's confidence schedule remembers
 
 
 def tokens_of(x: Tensor | TokenEstimate) -> Tensor:
@@ -59,10 +61,18 @@ class TokenProcess(ForwardProcess):
     the k most likely tokens / the smallest set whose probability reaches p (nucleus sampling),
     after the temperature; sample_dtype='float64' draws the Gumbel noise and scales the logits in
     double precision (float32 Gumbel-max under-samples rare tokens, flow_matching issue 27).
-    order picks which corrupted positions are restored first. loss_on: 'corrupted' or 'all' positions.
+    order picks which corrupted positions are restored first: at random, or the most certain first by the
+    probability of the drawn token ('confidence'), the margin between the two most likely tokens ('margin')
+    or the lowest entropy ('entropy'). block_size (semi-autoregressive generation, as LLaDA's blocks): the
+    positions are restored block by block, left to right, each block seeing the finished ones (and the order
+    within a block); null: the whole sequence is one block. loss_on: 'corrupted' or 'all' positions.
+
+    The mixed step with eta > 0 remasks (ReMDM, Wang et al. 2025): `remasked` picks revealed positions to
+    corrupt again, which the net re-predicts on a later step.
     """
 
-    capabilities = Capabilities(invertible=True, real_valued=False, why_not_extrapolate="x0_hat is token ids")
+    capabilities = Capabilities(invertible=True, real_valued=False, why_not_extrapolate="x0_hat is token ids",
+                                remasking=True, variances=REMASKING)
 
     def __init__(
         self,
@@ -77,9 +87,11 @@ class TokenProcess(ForwardProcess):
         top_k: int | None = None,
         top_p: float | None = None,
         sample_dtype: str = "float32",
+        block_size: int | None = None,
     ):
         super().__init__()
         check_sampling(temperature, top_k, top_p, sample_dtype)
+        check_block_size(block_size, length)
         if length < 1:
             raise ValueError(f"sequence length must be positive, got {length}")
         if schedule not in SCHEDULES:
@@ -102,7 +114,7 @@ class TokenProcess(ForwardProcess):
         index[regular] = torch.arange(len(regular))
         self.length, self.vocab_size, self.special_ids = length, vocab_size, special
         self.schedule, self.T, self.temperature, self.order, self.loss_on = schedule, T, temperature, order, loss_on
-        self.top_k, self.top_p, self.sample_dtype = top_k, top_p, sample_dtype
+        self.top_k, self.top_p, self.sample_dtype, self.block_size = top_k, top_p, sample_dtype, block_size
         special_mask = torch.zeros(vocab_size, dtype=torch.bool)
         special_mask[special] = True
         self.register_buffer("special_mask", special_mask, persistent=False)
@@ -169,16 +181,17 @@ class TokenProcess(ForwardProcess):
         return out.float().masked_fill(self.special_mask, float("-inf"))
 
     def sampling(self, temperature: float | None = None, order: str | None = None, top_k: int | None = None,
-                 top_p: float | None = None, sample_dtype: str | None = None) -> TokenProcess:
+                 top_p: float | None = None, sample_dtype: str | None = None, block_size: int | None = None) -> TokenProcess:
         """A copy of the process that draws x0_hat with these settings (None: keep the process's own)."""
         other = copy.copy(self)
         for key, value in (("temperature", temperature), ("order", order), ("top_k", top_k), ("top_p", top_p),
-                           ("sample_dtype", sample_dtype)):
+                           ("sample_dtype", sample_dtype), ("block_size", block_size)):
             if value is not None:
                 setattr(other, key, value)
         if other.order not in ORDERS:
             raise ValueError(f"unknown order {other.order!r}; choose one of {list(ORDERS)}")
         check_sampling(other.temperature, other.top_k, other.top_p, other.sample_dtype)
+        check_block_size(other.block_size, other.length)
         return other
 
     def draw(self, logits: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -192,11 +205,55 @@ class TokenProcess(ForwardProcess):
         u = u.clamp_(1e-300 if double else 1e-20, 1.0)
         return (scaled - torch.log(-torch.log(u))).argmax(-1)
 
-    def priority(self, logits: Tensor, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
-        """q(x0_i = token_i | x_t) for order='confidence' (computed only then), else uniform noise."""
+    def estimate(self, logits: Tensor, tokens: Tensor, generator: torch.Generator | None) -> TokenEstimate:
+        """x0_hat = tokens with its restoring priority and the net's confidence q(x0_i = tokens_i | x_t)."""
+        confidence = (logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).exp()
+        return TokenEstimate(tokens, self.in_blocks(self.priority(logits, confidence, generator)), confidence)
+
+    def priority(self, logits: Tensor, confidence: Tensor, generator: torch.Generator | None) -> Tensor:
+        """[B, L] in [0, 1], higher is restored first: uniform noise (order='random'), the drawn token's
+        probability, the margin p_(1) - p_(2) of the two most likely tokens, or exp(-entropy)."""
         if self.order == "confidence":
-            return (logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).exp()
-        return torch.rand(tokens.shape, device=tokens.device, generator=generator)
+            return confidence
+        if self.order == "margin":
+            top = logits.softmax(-1).topk(2, dim=-1).values
+            return top[..., 0] - top[..., 1]
+        if self.order == "entropy":
+            p = logits.softmax(-1)
+            return torch.exp((p * logits.log_softmax(-1)).nan_to_num().sum(-1))  # exp(-H) in (0, 1]
+        return torch.rand(confidence.shape, device=confidence.device, generator=generator)
+
+    def in_blocks(self, priority: Tensor) -> Tensor:
+        """The priority with whole blocks ranked left to right: (blocks - 1 - b + p) / blocks for block b."""
+        if self.block_size is None:
+            return priority
+        blocks = math.ceil(self.length / self.block_size)
+        b = torch.arange(self.length, device=priority.device) // self.block_size
+        return (blocks - 1 - b + priority.clamp(0, 1)) / blocks
+
+    def remasked(self, x0_hat: TokenEstimate, x_t: Tensor, t: Tensor, s: Tensor, eta: float, schedule: str,
+                 weight_logits: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        """[B, L] bool: the revealed positions (where x_t agrees with x0_hat) corrupted again on the step t -> s.
+
+        With alpha_t = 1 - k(t)/L the share of revealed positions, ReMDM's largest remasking rate keeping the
+        marginals is sigma_max = min(1, (1 - alpha_s) / alpha_t) = min(1, k(s) / (L - k(t))); 'rescale' takes
+        sigma = eta sigma_max, 'cap' sigma = min(eta, sigma_max). The count r ~ Binomial(L - k(t), sigma) (each
+        revealed token independently, as in ReMDM) is capped at k(s), so x_s still holds k(s) corrupted
+        positions: r remasked ones and the k(s) - r least certain of x_t's. Which r: uniformly at random, or
+        with weight_logits (ReMDM-conf: -confidence at reveal) by Gumbel top-r. At s = 0, k(s) = 0 and nothing is remasked.
+        """
+        revealed = x_t == x0_hat.tokens
+        n_revealed = revealed.sum(-1)
+        k_s = self.k[s]
+        sigma_max = (k_s / n_revealed.clamp(min=1)).clamp(max=1.0)
+        sigma = torch.minimum(sigma_max, torch.full_like(sigma_max, eta)) if schedule == "cap" else eta * sigma_max
+        r = torch.binomial(n_revealed.double(), sigma.double(), generator=generator).long().clamp(max=k_s)
+        score = -torch.log(-torch.log(torch.rand(x_t.shape, device=x_t.device, generator=generator).clamp_(1e-20, 1.0)))
+        if weight_logits is not None:
+            score = score + weight_logits
+        score = score.masked_fill(~revealed, float("-inf"))
+        rank = (-score).argsort(dim=-1, stable=True).argsort(-1)
+        return revealed & (rank < r.unsqueeze(-1))
 
     def guide(self, out_c: Tensor, out_u: Tensor, w: float, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None):
         """Guidance on log-probabilities, log p_w = log p_u + w (log p_c - log p_u), then x0_hat drawn from p_w
@@ -238,7 +295,8 @@ class TokenMask(TokenProcess):
     def prior(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.full(x0.shape, self.mask_id, dtype=torch.long, device=x0.device)
 
-    capabilities = Capabilities(invertible=True, real_valued=False, likelihood="token nelbo", why_not_extrapolate="x0_hat is token ids")
+    capabilities = Capabilities(invertible=True, real_valued=False, likelihood="token nelbo", why_not_extrapolate="x0_hat is token ids",
+                                remasking=True, variances=REMASKING)
 
     def steps_without_change(self, ts: list[int]) -> list[bool]:
         """A step between times with equal counts k(t) = k(s) reveals no position: x_s = x_t, no network needed."""
@@ -250,7 +308,12 @@ class TokenMask(TokenProcess):
         drawn = self.draw(logits, generator)
         masked = x_t == self.mask_id
         tokens = torch.where(masked, drawn, x_t)
-        return TokenEstimate(tokens, self.priority(logits, tokens, generator))
+        return self.estimate(logits, tokens, generator)
+
+
+def check_block_size(block_size: int | None, length: int) -> None:
+    if block_size is not None and not (type(block_size) is int and 1 <= block_size <= length):
+        raise ValueError(f"block_size must be a whole number of tokens in 1..{length} (or null: one block), got {block_size!r}")
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, sample_dtype: str) -> None:
@@ -308,4 +371,4 @@ class TokenReplace(TokenProcess):
         chosen = rank < self.k[t].unsqueeze(-1)
         drawn = self.draw(logits.scatter(-1, x_t.unsqueeze(-1), float("-inf")), generator)  # never the token seen
         tokens = torch.where(chosen, drawn, x_t)
-        return TokenEstimate(tokens, self.priority(logits, tokens, generator))
+        return self.estimate(logits, tokens, generator)

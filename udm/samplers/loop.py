@@ -60,7 +60,7 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
     `step` and `transform` are already bound to this run (their `bind(process, ts)`). With `guidance` and a
     condition, x0_hat is the guided prediction on the steps inside its interval."""
     pairs = list(zip(ts, ts[1:] + [0]))
-    idle = process.steps_without_change(ts)  # e.g. [MASK] diffusion with more steps than tokens: no network call
+    idle = step.idle(process, ts)  # e.g. [MASK] diffusion with more steps than tokens: no network call
     first_bad = torch.full((), -1, device=x.device)  # the first step whose x_s is not finite, tracked without a sync
     for i, (t_int, s_int) in enumerate(track(pairs, description="sampling", disable=not progress, transient=True)):
         if idle[i]:

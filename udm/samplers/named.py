@@ -45,6 +45,16 @@ class Improved(Sampler):
         super().__init__(Inverse(), steps, guidance=guidance)
 
 
+class ReMDM(Sampler):
+    """Remasking for token processes (ReMDM, Wang et al. 2025): the mixed step at eta, where revealed tokens are
+    corrupted again at ReMDM's rate sigma_t (`schedule` rescale: eta sigma_max; cap: min(eta, sigma_max);
+    confidence: rescale, the least confident at reveal remasked most) and re-predicted. eta = 0 is the
+    improved sampler, bit for bit."""
+
+    def __init__(self, steps: int | None = None, eta: float = 0.1, schedule: str = "cap", guidance: Guidance | None = None):
+        super().__init__(Mixed(eta=eta, variance=schedule), steps, guidance=guidance)
+
+
 class Naive(Sampler):
     """The baseline step x_s = F_s(x0_hat, fresh noise): cold diffusion's naive sampler; works for every process."""
 
