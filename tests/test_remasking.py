@@ -225,3 +225,17 @@ def test_output_cache_refuses_a_time_conditioned_net():
         from udm.samplers import OutputCache
 
         OutputCache(net, net)
+
+
+def test_remdm_loop_revisits_the_nearly_finished_text_and_still_returns_x0():
+    """loop_steps = 6 at loop_at = 0.25: the grid holds six extra steps at t_on = 3 of L = 12 (count schedule);
+    remasking corrupts and reveals tokens there, and an oracle still ends at x0."""
+    p = make("mask")
+    x0 = data(8)
+    sampler = ReMDM(eta=0.5, loop_steps=6, loop_at=0.25)
+    ts = sampler.timesteps(p)
+    assert ts == list(range(12, 3, -1)) + [3] * 7 + [2, 1]
+    changed = []
+    out = sampler(p, oracle(x0), p.prior(x0, None), generator=torch.Generator().manual_seed(0),
+                  callback=lambda st: changed.append(bool((st.x_t != st.x_s).any())) if st.t == st.s else None)
+    assert torch.equal(out, x0) and len(changed) == 6 and all(changed)

@@ -81,3 +81,22 @@ class Explicit:
             raise UdmError(f"the input sits at t = {start}, but the explicit timesteps start at {self.timesteps[0]}; "
                            f"begin them at {start}")
         return list(self.timesteps)
+
+
+class Loop:
+    """ReMDM's loop (Wang et al. 2025, sec. 4.2): the uniform grid of `steps`, with `loop_steps` more steps that stay
+    at the grid time t_on nearest `at * start` (the share of positions still corrupted there, for a count schedule).
+    A step t_on -> t_on reveals nothing new, so only a remasking step (eta > 0) does anything on it: it corrupts
+    revealed tokens again and reveals as many, letting the sampler revise the nearly finished text."""
+
+    def __init__(self, at: float = 0.1, loop_steps: int = 8):
+        if not 0 < float(at) < 1:
+            raise UdmError(f"the loop's place `at` is a share of the starting time in (0, 1), got {at}")
+        if type(loop_steps) is not int or loop_steps < 0:
+            raise UdmError(f"loop_steps must be a whole number of extra steps >= 0, got {loop_steps!r}")
+        self.at, self.loop_steps = float(at), loop_steps
+
+    def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[int]:
+        ts = Uniform()(process, steps, start)
+        on = min(range(len(ts)), key=lambda i: abs(ts[i] - self.at * ts[0]))
+        return ts[: on + 1] + [ts[on]] * self.loop_steps + ts[on + 1:]

@@ -4,7 +4,7 @@ each takes an optional `guidance` (udm.samplers.Guidance: classifier-free guidan
 from __future__ import annotations
 
 from udm.errors import UdmError
-from udm.samplers.grids import SolverTime
+from udm.samplers.grids import Loop, SolverTime
 from udm.samplers.guidance import Guidance
 from udm.samplers.langevin import Langevin
 from udm.samplers.loop import Sampler
@@ -49,10 +49,13 @@ class ReMDM(Sampler):
     """Remasking for token processes (ReMDM, Wang et al. 2025): the mixed step at eta, where revealed tokens are
     corrupted again at ReMDM's rate sigma_t (`schedule` rescale: eta sigma_max; cap: min(eta, sigma_max);
     confidence: rescale, the least confident at reveal remasked most) and re-predicted. eta = 0 is the
-    improved sampler, bit for bit."""
+    improved sampler, bit for bit. loop_steps > 0 adds ReMDM's loop: that many extra steps at the time where a
+    share `loop_at` of the positions is still corrupted, on which remasking revises the nearly finished text."""
 
-    def __init__(self, steps: int | None = None, eta: float = 0.1, schedule: str = "cap", guidance: Guidance | None = None):
-        super().__init__(Mixed(eta=eta, variance=schedule), steps, guidance=guidance)
+    def __init__(self, steps: int | None = None, eta: float = 0.1, schedule: str = "cap", loop_steps: int = 0,
+                 loop_at: float = 0.1, guidance: Guidance | None = None):
+        grid = Loop(loop_at, loop_steps) if loop_steps else None
+        super().__init__(Mixed(eta=eta, variance=schedule), steps, grid=grid, guidance=guidance)
 
 
 class Naive(Sampler):
