@@ -107,9 +107,24 @@ def test_infilling_keeps_the_template_characters(poem_run, training_texts):
     assert report["metrics"]["form_accuracy"] == sum(not PUNCTUATION.intersection(t[8:15]) for t in texts) / 4
 
 
+def test_generate_with_remasking_loop_and_blocks(mask_run):
+    """ReMDM with its loop, line-by-line blocks and the margin order through udm-generate: quatrain-length texts, and
+    every step of the grid (32 + 4 loop steps) either called the time-free net or reused its output."""
+    tmp, run, _ = mask_run
+    proc = run_cli("udm-generate", f"ckpt={run}", "n=3", "sampler=remdm", "sampler.eta=0.3", "sampler.loop_steps=4",
+                   "block_size=8", "order=margin", cwd=tmp)
+    txt = next(line.split(" to ")[-1] for line in proc.stdout.splitlines() if "texts written to" in line)
+    texts = open(txt, encoding="utf-8").read().splitlines()
+    assert len(texts) == 3 and all(len(t) == 32 and "[MASK]" not in t for t in texts)
+    calls = json.loads(open(txt[:-4] + ".json", encoding="utf-8").read())["network_calls"]
+    assert calls["made"] + calls["reused"] == 36 and calls["made"] >= 1
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
+        (["block_size=40"], "block_size must be a whole number of tokens in 1..32"),
+        (["sampler=remdm", "sampler.schedule=often"], "variance='often' does not apply to TokenMask"),
         (["tokens_per_step=0"], "tokens_per_step=0: tokens_per_step is the tokens restored per step"),
         (["tokens_per_step=33"], "tokens_per_step must lie in 1..32"),
         (["template='朝辭白帝＿＿。'"], "template is 7 tokens long"),
