@@ -170,10 +170,11 @@ def test_confidence_orders_reveal_the_most_certain_positions_first(order):
 def test_order_values_against_closed_forms():
     p = make("mask", order="margin")
     logits = torch.log(torch.tensor([[[0.5, 0.3, 0.2] + [1e-30] * (V - 3)]]))
-    conf = torch.tensor([[0.5]])
-    assert torch.allclose(p.priority(logits, conf, None), torch.tensor([[0.2]]), atol=1e-6)
+    tokens = torch.tensor([[1]])
+    assert torch.allclose(p.priority(logits, tokens, None), torch.tensor([[0.2]]), atol=1e-6)
     entropy = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))
-    assert torch.allclose(p.sampling(order="entropy").priority(logits, conf, None), torch.tensor([[math.exp(-entropy)]]), atol=1e-5)
+    assert torch.allclose(p.sampling(order="entropy").priority(logits, tokens, None), torch.tensor([[math.exp(-entropy)]]), atol=1e-5)
+    assert torch.allclose(p.sampling(order="confidence").priority(logits, tokens, None), torch.tensor([[0.3]]), atol=1e-6)
 
 
 def test_bad_remasking_knobs_are_refused():

@@ -43,7 +43,17 @@ class TokenNoise(NamedTuple):
 class TokenEstimate(NamedTuple):
     tokens: Tensor  # [B, L] long: x0_hat
     priority: Tensor  # [B, L] float in [0, 1]: corrupted positions with higher priority are restored first
-    confidence: Tensor | None = None  # [B, L] float: q(x0_i = tokens_i | x_t), what ReMDM's confidence schedule remembers
+    logits: Tensor | None = None  # [B, L, V]: the logits x0_hat was drawn from (special tokens at -inf)
+
+    def confidence(self) -> Tensor:
+        """[B, L]: q(x0_i = tokens_i | x_t), computed when asked (an exp over the vocabulary per position)."""
+        if self.logits is None:
+            raise ValueError("this token estimate carries no logits to read its confidence from")
+        return token_probability(self.logits, self.tokens)
+
+
+def token_probability(logits: Tensor, tokens: Tensor) -> Tensor:
+    return (logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).exp()
 
 
 def tokens_of(x: Tensor | TokenEstimate) -> Tensor:
@@ -206,22 +216,21 @@ class TokenProcess(ForwardProcess):
         return (scaled - torch.log(-torch.log(u))).argmax(-1)
 
     def estimate(self, logits: Tensor, tokens: Tensor, generator: torch.Generator | None) -> TokenEstimate:
-        """x0_hat = tokens with its restoring priority and the net's confidence q(x0_i = tokens_i | x_t)."""
-        confidence = (logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).exp()
-        return TokenEstimate(tokens, self.in_blocks(self.priority(logits, confidence, generator)), confidence)
+        """x0_hat = tokens with its restoring priority and the logits it was drawn from."""
+        return TokenEstimate(tokens, self.in_blocks(self.priority(logits, tokens, generator)), logits)
 
-    def priority(self, logits: Tensor, confidence: Tensor, generator: torch.Generator | None) -> Tensor:
+    def priority(self, logits: Tensor, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
         """[B, L] in [0, 1], higher is restored first: uniform noise (order='random'), the drawn token's
         probability, the margin p_(1) - p_(2) of the two most likely tokens, or exp(-entropy)."""
         if self.order == "confidence":
-            return confidence
+            return token_probability(logits, tokens)
         if self.order == "margin":
             top = logits.softmax(-1).topk(2, dim=-1).values
             return top[..., 0] - top[..., 1]
         if self.order == "entropy":
             p = logits.softmax(-1)
             return torch.exp((p * logits.log_softmax(-1)).nan_to_num().sum(-1))  # exp(-H) in (0, 1]
-        return torch.rand(confidence.shape, device=confidence.device, generator=generator)
+        return torch.rand(tokens.shape, device=tokens.device, generator=generator)
 
     def in_blocks(self, priority: Tensor) -> Tensor:
         """The priority with whole blocks ranked left to right: (blocks - 1 - b + p) / blocks for block b."""

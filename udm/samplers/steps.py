@@ -127,5 +127,5 @@ class Remasking(StepRule):
         if remembered:
             tokens = x0_hat.tokens
             revealed_now = (x_t != tokens) & (x_s == tokens)
-            self.confidence = torch.where(revealed_now, x0_hat.confidence, self.confidence)
+            self.confidence = torch.where(revealed_now, x0_hat.confidence(), self.confidence)
         return x_s
