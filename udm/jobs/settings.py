@@ -106,10 +106,11 @@ def compare_types(node: DictConfig, defaults: DictConfig, prefix: str, strict: b
             continue
         if key not in node.keys() or OmegaConf.is_missing(node, key) or OmegaConf.is_missing(defaults, key):
             continue
-        default, value = defaults._get_node(key)._value(), node._get_node(key)._value()
-        if isinstance(default, DictConfig) and isinstance(value, DictConfig):
-            compare_types(value, default, f"{prefix}.{key}", strict)
+        default_node, value_node = defaults._get_node(key), node._get_node(key)
+        if isinstance(default_node, DictConfig) and isinstance(value_node, DictConfig):  # (._value() of one is a dict)
+            compare_types(value_node, default_node, f"{prefix}.{key}", strict)
             continue
+        default, value = default_node._value(), value_node._value()
         if value is None or isinstance(value, str) and value.startswith("${") or isinstance(default, str) and default.startswith("${"):
             continue  # unset, or an interpolation (resolved where it is used)
         if isinstance(default, bool):
