@@ -212,8 +212,11 @@ FEATURES = {
     "data.path": path("the data to train the extractor on", optional=True),
     "extractor.epochs": whole("the extractor's training epochs", 1),
     "extractor.lr": number("the extractor's learning rate", 0),
+    "judge.epochs": whole("the judge's training epochs", 1),
+    "judge.batch_size": whole("the judge's training batch size", 1),
+    "judge.lr": number("the judge's learning rate", 0),
     "cache_dir": path("the feature extractors' cache folder", optional=True),
-    "retrain": flag("whether to replace the cached extractor"),
+    "retrain": flag("whether to replace the cached extractor or judge"),
     "device": text("the device: auto, cpu, cuda or cuda:N"),
     "progress": flag("whether to show progress bars"),
 }
@@ -250,7 +253,7 @@ GROUPS = {  # the config groups whose values must have their defaults' types; st
     "sample": (("sampler", "fast"), ("sampler",)),
     "generate": (("sampler", "fast"), ("sampler",)),
     "eval": (("sampler", "fast"), ("sampler",)),
-    "features": (("data", "extractor"), ("data", "extractor")),
+    "features": (("data", "extractor", "judge"), ("data", "extractor", "judge")),
 }
 OWN_NODES = {"train": ("optimizer", "callbacks")}  # nested settings in the script's own YAML file
 
