@@ -157,6 +157,33 @@ def test_bad_input_is_refused_clearly(text_run, tmp_path):
         ensure_judge({"_target_": "udm.data.Digits"}, tiny_judge_cfg(), tmp_path, "cpu", progress=False)
 
 
+def test_udm_eval_reports_fluency_of_a_text_checkpoint_and_refuses_it_for_images(text_run, capsys):
+    from udm.jobs.evaluate import evaluate
+
+    tmp, ckpt, data_cfg, cache, judge, info = text_run
+    base = [f"ckpt={ckpt}", "n=6", "sampler=improved", f"cache_dir={cache}", f"out_dir={tmp / 'eval'}", "progress=false",
+            *TINY_OVERRIDES]
+    report = evaluate(compose_config("eval", *base, "nelbo_samples=4"))  # metrics=null: all that apply to text
+    table = capsys.readouterr().out
+    assert "training the fluency judge" not in table and "gen. perplexity" in table and "unigram entropy" in table
+    assert {"form_accuracy", "nelbo_per_token"} < set(report) and "fid" not in report
+    real = torch.load(ckpt, weights_only=True)  # the held-out texts: the first n of the data's test split
+    from hydra.utils import instantiate
+
+    data = instantiate(real["udm"]["data"])
+    data.setup("test")
+    assert report["fluency_real_texts"] == min(6, len(data.test)) == 4 and report["fluency_judge"] == info["id"]
+    assert report["real_ppl"] == pytest.approx(generative_perplexity(judge, data.test[:4]))
+    assert report["real_entropy"] == pytest.approx(float(unigram_entropy(data.test[:4]).mean()))
+    written = [data.tokenizer(t, add_special_tokens=False)["input_ids"]
+               for t in open(report["samples_file"], encoding="utf-8").read().splitlines()]
+    assert report["entropy"] == pytest.approx(float(unigram_entropy(written).mean()))  # of the texts written
+    assert report["gen_ppl"] > report["real_ppl"]  # an untrained model's texts read worse than real ones
+    image = fake_checkpoint(tmp / "digits.ckpt")
+    with pytest.raises(UdmError, match="metrics asks for fluency, but fluency applies to text checkpoints; this one holds image"):
+        evaluate(compose_config("eval", f"ckpt={image}", "n=4", "metrics=[fluency]", f"out_dir={tmp / 'eval'}"))
+
+
 def test_udm_features_reports_the_cached_judge_of_text_data(text_run, capsys):
     from udm.jobs.features import features
 

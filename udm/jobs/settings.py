@@ -252,7 +252,7 @@ GROUPS = {  # the config groups whose values must have their defaults' types; st
     "train": (("net", "process", "data", "sampler", "trainer"), ("net", "process", "data", "sampler")),
     "sample": (("sampler", "fast"), ("sampler",)),
     "generate": (("sampler", "fast"), ("sampler",)),
-    "eval": (("sampler", "fast"), ("sampler",)),
+    "eval": (("sampler", "fast", "judge"), ("sampler", "judge")),
     "features": (("data", "extractor", "judge"), ("data", "extractor", "judge")),
 }
 OWN_NODES = {"train": ("optimizer", "callbacks")}  # nested settings in the script's own YAML file
