@@ -193,3 +193,18 @@ def test_udm_features_reports_the_cached_judge_of_text_data(text_run, capsys):
     said = capsys.readouterr().out
     assert found["path"] == info["path"] and "training" not in said
     assert f"held-out perplexity is {info['test_perplexity']:.1f} on 4 texts" in said
+
+
+def test_udm_generate_measures_fluency_when_asked(text_run, capsys):
+    from udm.jobs.generate import generate_text
+
+    tmp, ckpt, _, cache, judge, _ = text_run
+    result = generate_text(compose_config("generate", f"ckpt={ckpt}", "n=3", "fluency=true", f"cache_dir={cache}",
+                                          f"out_dir={tmp / 'gen'}", "progress=false", *TINY_OVERRIDES))
+    m, tok = result["metrics"], tokenizer_from_state(torch.load(ckpt, weights_only=True)["udm"]["tokenizer"])
+    ids = torch.tensor(encode(tok, result["texts"]))
+    assert m["entropy"] == pytest.approx(float(unigram_entropy(ids).mean()))
+    assert m["gen_ppl"] == pytest.approx(generative_perplexity(judge, ids))
+    assert m["real_entropy"] > 0 and "perplexity" in capsys.readouterr().out
+    plain = generate_text(compose_config("generate", f"ckpt={ckpt}", "n=3", f"out_dir={tmp / 'gen'}", "progress=false"))
+    assert "gen_ppl" not in plain["metrics"]  # fluency=false (the default) leaves the judge alone

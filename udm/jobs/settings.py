@@ -195,6 +195,8 @@ GENERATE = {
     "labels": choice("n texts for every label", "all", optional=True),
     "title": text("the title to write to", optional=True),
     "metrics": flag("whether to measure the texts"),
+    "fluency": flag("whether to measure perplexity under udm's judge"),
+    "cache_dir": path("the judges' cache folder", optional=True),
 }
 EVALUATE = {
     **SAMPLING, **GUIDANCE,
@@ -251,7 +253,7 @@ TABLES = {"train": TRAIN, "sample": SAMPLE, "generate": GENERATE, "eval": EVALUA
 GROUPS = {  # the config groups whose values must have their defaults' types; strict: whole numbers stay whole
     "train": (("net", "process", "data", "sampler", "trainer"), ("net", "process", "data", "sampler")),
     "sample": (("sampler", "fast"), ("sampler",)),
-    "generate": (("sampler", "fast"), ("sampler",)),
+    "generate": (("sampler", "fast", "judge"), ("sampler", "judge")),
     "eval": (("sampler", "fast", "judge"), ("sampler", "judge")),
     "features": (("data", "extractor", "judge"), ("data", "extractor", "judge")),
 }
