@@ -92,6 +92,16 @@ def check_built(group, option, obj, cfg):
         assert isinstance(obj, L.Trainer) and obj.max_steps == cfg.trainer.max_steps, option
 
 
+@pytest.mark.parametrize("option", options("judge"))
+def test_every_judge_option_builds_a_language_model_of_the_data_tokens(option):
+    """The fluency judge's net (udm.jobs.judge fills vocab_size and length from the data): NLLs per token."""
+    from omegaconf import OmegaConf
+
+    net = instantiate(OmegaConf.load(Path(CONF_DIR) / "judge" / f"{option}.yaml").net, vocab_size=20, length=8)
+    nll = net.nll(torch.randint(0, 20, (3, 8)))
+    assert nll.shape == (3, 8) and bool((nll > 0).all())
+
+
 def test_data_options_compose():
     for option in options("data"):
         overrides = [f"data={option}"] + (["data.path=/nonexistent"] if option in ("image_folder", "array_file", "text_file") else [])

@@ -19,6 +19,9 @@ applies and skips the rest silently; naming one that does not apply is an error.
               evaluations per image, so 64 images at T = 1000 cost as much as 1,280 samples of
               50-step DDIM
     text      text checkpoints: form accuracy, copied lines, distinct characters (udm.metrics.text)
+    fluency   text checkpoints: generative perplexity under udm's own judge, a small GPT-2 trained on the
+              training split (udm-features; trained on the fly when not cached), and unigram entropy per
+              text, each also for the first n held-out texts (udm.metrics.fluency)
     nelbo     token processes: negative ELBO per token on the first nelbo_samples held-out texts
 Their settings are eval.yaml's bpd_*, kid_* and nelbo_samples keys (interpolated into their YAML files);
 `+metric.<name>.<key>=value` sets any metric's setting by its own name. The sampling cost (seconds and
@@ -58,6 +61,9 @@ metric was not computed are absent:
     bpd_levels, bpd_variance  the pixel levels of its discretized decoder, sigma_t^2 of its reverse steps
     bpd_seconds            its wall time (T network evaluations per image)
     form_accuracy, copy_rate, distinct_chars   text measures of the generated texts
+    gen_ppl, real_ppl      perplexity of the generated and of the first n held-out texts under udm's judge
+    entropy, real_entropy  unigram entropy per text (nats) of the same texts
+    fluency_judge, fluency_real_texts   the judge's id (perplexities compare only under one id), the held-out texts
     nelbo_per_token, nelbo_texts               negative ELBO per token (nats) and the held-out texts it averages over
     nelbo_skipped          held-out texts left out for holding characters unseen in training ([UNK])
   and last:

@@ -1,7 +1,8 @@
 """The FID feature extractor: a classifier trained on a data module's training split, cached per data config.
 
 `udm-features data=mnist` trains it (or reports the cached one); `udm-eval` loads it, and
-trains it on the fly when it is missing. The file lives at
+trains it on the fly when it is missing (for text data, `udm-features data=poems` trains the
+fluency judge instead: udm.jobs.judge). The file lives at
 
     <cache_dir>/<data name>-<hash of the data config>.pt
     cache_dir default: $XDG_CACHE_HOME/udm/features, else ~/.cache/udm/features
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 from torch import Tensor
@@ -46,9 +47,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "udm" / "features"
 
 
-def cache_path(data_cfg: dict[str, Any], cache_dir: str | Path | None = None) -> Path:
-    """Where the extractor for this data config lives: <cache_dir>/<name>-<hash>.pt."""
-    key = {k: v for k, v in data_cfg.items() if k not in NOT_THE_IMAGES}
+def cache_path(data_cfg: dict[str, Any], cache_dir: str | Path | None = None, ignore: tuple[str, ...] = NOT_THE_IMAGES) -> Path:
+    """Where the extractor for this data config lives: <cache_dir>/<name>-<hash>.pt, the hash over the data
+    settings but `ignore` (udm.jobs.judge keys its judges the same way, ignoring other settings)."""
+    key = {k: v for k, v in data_cfg.items() if k not in ignore}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = str(data_cfg.get("_target_", "data")).rsplit(".", 1)[-1].lower()
     return (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / f"{name}-{digest}.pt"
@@ -169,7 +171,12 @@ def ensure_extractor(data_cfg: dict[str, Any], extractor: DictConfig, cache_dir:
 
 
 def features(cfg: DictConfig) -> dict[str, Any]:
-    """udm-features: train (or find) the extractor for cfg.data and print its held-out accuracy."""
+    """udm-features: train (or find) the extractor for cfg.data and print its held-out accuracy; for text data,
+    the fluency judge instead (udm.jobs.judge)."""
+    if getattr(get_class(cfg.data._target_), "modality", None) == "text":
+        from udm.jobs.judge import fluency_judge
+
+        return fluency_judge(cfg)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     check_output_folder(cfg.cache_dir or default_cache_dir(), key="cache_dir")
     net, info = ensure_extractor(data_cfg, cfg.extractor, cfg.cache_dir, pick_device(cfg.device), cfg.retrain, cfg.progress)

@@ -1,8 +1,9 @@
 """generate_text(cfg): checkpoint -> token process + net -> a sampler -> n texts.
 
 The texts are printed and written one per line to a .txt file (never over an existing
-one), with their measures (form accuracy, copying, distinct characters) beside it in
-JSON. `template` infills: its known characters stay fixed and the blanks are generated,
+one), with their measures (form accuracy, copying, distinct characters; with fluency=true
+perplexity and unigram entropy under udm's judge, udm.metrics.fluency) beside it in JSON.
+`template` infills: its known characters stay fixed and the blanks are generated,
 which the inverse step supports directly (sampling starts at the t where exactly the
 blanks are corrupted).
 """
@@ -27,6 +28,7 @@ from udm.jobs.settings import command_line_keys
 from udm.jobs.sample import fresh_path
 from udm.jobs.text_conditions import describe as describe_condition
 from udm.jobs.text_conditions import given, requested_text_condition
+from udm.metrics.fluency import fluency, judge_for
 from udm.metrics.text import text_metrics
 from udm.models import open_model
 from udm.processes import Latent, TokenMask, TokenProcess
@@ -131,6 +133,8 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
         raise UdmError(f"n must be a positive number of texts, got {cfg.n}")
     opened = open_model(cfg.ckpt, cfg.device, expect="text", progress=cfg.progress)
     folder = check_output_folder(cfg.out_dir or opened.run_dir / "samples")
+    if cfg.metrics and cfg.fluency and cfg.cache_dir:  # where a missing judge would be written, before sampling
+        check_output_folder(cfg.cache_dir, key="cache_dir")
     process, device, tok, ckpt_path = opened.process, opened.device, opened.tokenizer(), opened.checkpoint_path
     generator = torch.Generator(device).manual_seed(cfg.seed)
     cond = requested_text_condition(opened, cfg, cfg.n)
@@ -169,6 +173,9 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
         result["condition"] = {**{k: str(v) for k, v in given(cfg).items()}, **guided}
     if cfg.metrics:
         result["metrics"] = text_metrics(texts, opened.data("fit").train_texts)
+        if cfg.fluency:
+            judge, _ = judge_for(opened, cfg.judge, cfg.cache_dir, device, cfg.progress, who="udm-generate")
+            result["metrics"].update(fluency(judge, ids, opened.data("fit").test[: len(ids)], cfg.batch_size))
     json_path = txt.with_suffix(".json")
     json_path.write_text(json.dumps({k: v for k, v in result.items() if k != "texts"}, indent=2, ensure_ascii=False))
 
@@ -180,6 +187,9 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
         m = result["metrics"]
         print(f"udm-generate: form accuracy {m['form_accuracy']:.1%}, copied lines {m['copy_rate']:.1%}, "
               f"{m['distinct_chars']:.1f} distinct characters per text")
+        if "gen_ppl" in m:
+            print(f"udm-generate: perplexity {m['gen_ppl']:.1f} under udm's judge (held-out texts {m['real_ppl']:.1f}), "
+                  f"unigram entropy {m['entropy']:.3f} nats per text (held-out {m['real_entropy']:.3f})")
     if result.get("network_calls", {}).get("reused"):
         calls = result["network_calls"]
         print(f"udm-generate: {calls['reused']} of {calls['made'] + calls['reused']} net outputs reused (x_t unchanged)")

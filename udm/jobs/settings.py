@@ -106,10 +106,11 @@ def compare_types(node: DictConfig, defaults: DictConfig, prefix: str, strict: b
             continue
         if key not in node.keys() or OmegaConf.is_missing(node, key) or OmegaConf.is_missing(defaults, key):
             continue
-        default, value = defaults._get_node(key)._value(), node._get_node(key)._value()
-        if isinstance(default, DictConfig) and isinstance(value, DictConfig):
-            compare_types(value, default, f"{prefix}.{key}", strict)
+        default_node, value_node = defaults._get_node(key), node._get_node(key)
+        if isinstance(default_node, DictConfig) and isinstance(value_node, DictConfig):  # (._value() of one is a dict)
+            compare_types(value_node, default_node, f"{prefix}.{key}", strict)
             continue
+        default, value = default_node._value(), value_node._value()
         if value is None or isinstance(value, str) and value.startswith("${") or isinstance(default, str) and default.startswith("${"):
             continue  # unset, or an interpolation (resolved where it is used)
         if isinstance(default, bool):
@@ -195,6 +196,8 @@ GENERATE = {
     "labels": choice("n texts for every label", "all", optional=True),
     "title": text("the title to write to", optional=True),
     "metrics": flag("whether to measure the texts"),
+    "fluency": flag("whether to measure perplexity under udm's judge"),
+    "cache_dir": path("the judges' cache folder", optional=True),
 }
 EVALUATE = {
     **SAMPLING, **GUIDANCE,
@@ -212,8 +215,11 @@ FEATURES = {
     "data.path": path("the data to train the extractor on", optional=True),
     "extractor.epochs": whole("the extractor's training epochs", 1),
     "extractor.lr": number("the extractor's learning rate", 0),
+    "judge.epochs": whole("the judge's training epochs", 1),
+    "judge.batch_size": whole("the judge's training batch size", 1),
+    "judge.lr": number("the judge's learning rate", 0),
     "cache_dir": path("the feature extractors' cache folder", optional=True),
-    "retrain": flag("whether to replace the cached extractor"),
+    "retrain": flag("whether to replace the cached extractor or judge"),
     "device": text("the device: auto, cpu, cuda or cuda:N"),
     "progress": flag("whether to show progress bars"),
 }
@@ -248,9 +254,9 @@ TABLES = {"train": TRAIN, "sample": SAMPLE, "generate": GENERATE, "eval": EVALUA
 GROUPS = {  # the config groups whose values must have their defaults' types; strict: whole numbers stay whole
     "train": (("net", "process", "data", "sampler", "trainer"), ("net", "process", "data", "sampler")),
     "sample": (("sampler", "fast"), ("sampler",)),
-    "generate": (("sampler", "fast"), ("sampler",)),
-    "eval": (("sampler", "fast"), ("sampler",)),
-    "features": (("data", "extractor"), ("data", "extractor")),
+    "generate": (("sampler", "fast", "judge"), ("sampler", "judge")),
+    "eval": (("sampler", "fast", "judge"), ("sampler", "judge")),
+    "features": (("data", "extractor", "judge"), ("data", "extractor", "judge")),
 }
 OWN_NODES = {"train": ("optimizer", "callbacks")}  # nested settings in the script's own YAML file
 

@@ -1,6 +1,6 @@
 """Metrics: the Metric base and its registry (udm.metrics.base), the metrics udm-eval scores (one file each:
-fid, class_accuracy, kid, bpd, text, nelbo, each registered by a YAML file in udm/conf/metric/), and their math (fid.py,
-likelihood.py, text.py)."""
+fid, class_accuracy, kid, bpd, text, fluency, nelbo, each registered by a YAML file in udm/conf/metric/), and their math
+(fid.py, likelihood.py, text.py, fluency.py)."""
 
 from udm.metrics.base import Context, Metric, Row, load_metrics, metric_classes
 
