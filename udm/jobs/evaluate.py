@@ -18,7 +18,8 @@ applies and skips the rest silently; naming one that does not apply is an error.
               bpd_samples held-out images (bpd_samples=0 turns it off); it costs T network
               evaluations per image, so 64 images at T = 1000 cost as much as 1,280 samples of
               50-step DDIM
-    text      text checkpoints: form accuracy, copied lines, distinct characters (udm.metrics.text)
+    text      text checkpoints: form accuracy, copied lines, distinct characters, and the lengths of
+              variable-length text (udm.metrics.text)
     nelbo     token processes: negative ELBO per token on the first nelbo_samples held-out texts
 Their settings are eval.yaml's bpd_*, kid_* and nelbo_samples keys (interpolated into their YAML files);
 `+metric.<name>.<key>=value` sets any metric's setting by its own name. The sampling cost (seconds and
@@ -57,7 +58,11 @@ metric was not computed are absent:
     bpd, bpd_sem, bpd_images  bits/dim, its standard error over images, the held-out images it averages over
     bpd_levels, bpd_variance  the pixel levels of its discretized decoder, sigma_t^2 of its reverse steps
     bpd_seconds            its wall time (T network evaluations per image)
-    form_accuracy, copy_rate, distinct_chars   text measures of the generated texts
+    form_accuracy, copy_rate, distinct_chars   text measures of the generated texts (form_accuracy only where the
+                           training texts share one length in characters)
+    mean_length, held_out_mean_length, length_tv, length_tv_train
+                           variable-length text (data.lengths=variable): tokens per text, and the total-variation
+                           distance of the length histogram to the held-out texts' (udm.metrics.lengths)
     nelbo_per_token, nelbo_texts               negative ELBO per token (nats) and the held-out texts it averages over
     nelbo_skipped          held-out texts left out for holding characters unseen in training ([UNK])
   and last:
