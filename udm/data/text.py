@@ -22,7 +22,8 @@ from torch import Tensor
 
 from udm.data.memory import InMemoryData
 from udm.data.lengths import pad_rows
-from udm.data.tokenizers import char_tokenizer, decode, encode, end_and_pad, load_tokenizer, special_ids, tokenizer_state
+from udm.data.tokenizers import (char_tokenizer, decode, encode, end_and_pad, load_tokenizer, special_ids,
+                                  tokenizer_state)
 from udm.errors import UdmError
 
 PUNCTUATION = set("，。、；：？！,.;:?!")
@@ -113,9 +114,9 @@ class TextData(InMemoryData):
         self.tokenizer = (load_tokenizer(self.tokenizer_path) if self.tokenizer_path
                           else char_tokenizer(train + prompts, end=self.variable))
         if self.variable and self.tokenizer.eos_token_id is None:
-            raise UdmError(f"data.lengths=variable ends every line with the tokenizer's end token (eos_token), and the "
-                           f"tokenizer in {self.tokenizer_path} has none; add one (tok.add_special_tokens({{'eos_token': "
-                           f"'[EOS]'}}), then tok.save_pretrained(folder))")
+            raise UdmError(f"data.lengths=variable ends every line with the tokenizer's end token (eos_token), and "
+                           f"the tokenizer in {self.tokenizer_path} has none; add one (tok.add_special_tokens("
+                           f"{{'eos_token': '[EOS]'}}), then tok.save_pretrained(folder))")
         self.train_texts, self.test_texts = train, test
         if not self.tokenizer_path and stage in (None, "fit"):  # said once, when training reads the data
             warn_unseen(test, train + prompts)

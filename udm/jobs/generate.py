@@ -2,9 +2,9 @@
 
 The texts are printed and written one per line to a .txt file (never over an existing
 one), with their measures (form accuracy, copying, distinct characters; for variable-length
-text the lengths against the held-out texts') beside it in JSON. `template` infills: its known characters stay fixed and the blanks are generated,
-which the inverse step supports directly (sampling starts at the t where exactly the
-blanks are corrupted).
+text the lengths against the held-out texts') beside it in JSON. `template` infills: its
+known characters stay fixed and the blanks are generated, which the inverse step supports
+directly (sampling starts at the t where exactly the blanks are corrupted).
 """
 
 from __future__ import annotations

@@ -50,6 +50,11 @@ def lines(text: str) -> list[str]:
     return [line for line in (part.strip() for part in punctuation()[1].split(text)) if line]
 
 
+def characters(text: str) -> set[str]:
+    """The distinct characters of `text` that are neither punctuation nor space."""
+    return {c for c in text if not c.isspace()} - punctuation()[0]
+
+
 def has_form(train_texts: list[str]) -> bool:
     """Whether the training texts share one length in characters, the form that form accuracy checks."""
     return len({len(t) for t in train_texts}) == 1
@@ -67,7 +72,7 @@ def text_metrics(samples: list[str], train_texts: list[str]) -> dict[str, float]
         measures["form_accuracy"] = sum(well_formed(s, length, slots) for s in samples) / len(samples)
     return measures | {
         "copy_rate": sum(line in known for line in generated) / max(1, len(generated)),
-        "distinct_chars": sum(len({c for c in s if not c.isspace()} - punctuation()[0]) for s in samples) / len(samples),
+        "distinct_chars": sum(len(characters(s)) for s in samples) / len(samples),
         "n": len(samples),
     }
 
