@@ -99,9 +99,12 @@ class TrainedModel:
         return self._data["_tokenizer"]
 
     def decode(self, samples: Tensor) -> list[str]:
-        """Token ids [N, L] -> texts with the checkpoint's own tokenizer (special tokens shown)."""
+        """Token ids [N, L] -> texts with the checkpoint's own tokenizer (special tokens shown; a variable-length
+        text ends at its end token, padding left out: udm.data.tokenizers.decode)."""
+        from udm.data.tokenizers import decode
+
         tok = self.tokenizer()
-        return [tok.decode(row, skip_special_tokens=False) for row in samples.tolist()]
+        return [decode(tok, row) for row in samples.tolist()]
 
     def references(self, n: int, labels: Tensor | None = None) -> Tensor:
         """n x0 batches fixing the samples' shape, on the device: held-out data where the prior depends on it

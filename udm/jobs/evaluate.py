@@ -18,7 +18,8 @@ applies and skips the rest silently; naming one that does not apply is an error.
               bpd_samples held-out images (bpd_samples=0 turns it off); it costs T network
               evaluations per image, so 64 images at T = 1000 cost as much as 1,280 samples of
               50-step DDIM
-    text      text checkpoints: form accuracy, copied lines, distinct characters (udm.metrics.text)
+    text      text checkpoints: form accuracy, copied lines, distinct characters, and the lengths of
+              variable-length text (udm.metrics.text)
     fluency   text checkpoints: generative perplexity under udm's own judge, a small GPT-2 trained on the
               training split (udm-features; trained on the fly when not cached), and unigram entropy per
               text, each also for the first n held-out texts (udm.metrics.fluency)
@@ -60,7 +61,11 @@ metric was not computed are absent:
     bpd, bpd_sem, bpd_images  bits/dim, its standard error over images, the held-out images it averages over
     bpd_levels, bpd_variance  the pixel levels of its discretized decoder, sigma_t^2 of its reverse steps
     bpd_seconds            its wall time (T network evaluations per image)
-    form_accuracy, copy_rate, distinct_chars   text measures of the generated texts
+    form_accuracy, copy_rate, distinct_chars   text measures of the generated texts (form_accuracy only where the
+                           training texts share one length in characters)
+    mean_length, held_out_mean_length, length_tv, length_tv_train
+                           variable-length text (data.lengths=variable): tokens per text, and the total-variation
+                           distance of the length histogram to the held-out texts' (udm.metrics.lengths)
     gen_ppl, real_ppl      perplexity of the generated and of the first n held-out texts under udm's judge
     entropy, real_entropy  unigram entropy per text (nats) of the same texts
     fluency_judge, fluency_real_texts   the judge's id (perplexities compare only under one id), the held-out texts

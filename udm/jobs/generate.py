@@ -1,11 +1,11 @@
 """generate_text(cfg): checkpoint -> token process + net -> a sampler -> n texts.
 
 The texts are printed and written one per line to a .txt file (never over an existing
-one), with their measures (form accuracy, copying, distinct characters; with fluency=true
-perplexity and unigram entropy under udm's judge, udm.metrics.fluency) beside it in JSON.
-`template` infills: its known characters stay fixed and the blanks are generated,
-which the inverse step supports directly (sampling starts at the t where exactly the
-blanks are corrupted).
+one), with their measures (form accuracy, copying, distinct characters; for variable-length
+text the lengths against the held-out texts'; with fluency=true perplexity and unigram entropy
+under udm's judge, udm.metrics.fluency) beside it in JSON. `template` infills: its known
+characters stay fixed and the blanks are generated, which the inverse step supports directly
+(sampling starts at the t where exactly the blanks are corrupted).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from udm.data.tokenizers import encode, unknown_characters
+from udm.data.tokenizers import encode, end_and_pad, unknown_characters
 from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.jobs.conditions import batches, guidance_settings, with_guidance
@@ -29,6 +29,7 @@ from udm.jobs.sample import fresh_path
 from udm.jobs.text_conditions import describe as describe_condition
 from udm.jobs.text_conditions import given, requested_text_condition
 from udm.metrics.fluency import fluency, judge_for
+from udm.metrics.lengths import length_measures
 from udm.metrics.text import text_metrics
 from udm.models import open_model
 from udm.processes import Latent, TokenMask, TokenProcess
@@ -128,6 +129,28 @@ def latent_starts(cfg: DictConfig, process: Latent, length: int, generator, devi
     return identity, starts, process.T, cfg.sampler.get("steps") or process.T, 0
 
 
+def measure(opened, ids: torch.Tensor, texts: list[str]) -> dict[str, float]:
+    """The text measures of the generated texts against the checkpoint's training texts, and for variable-length
+    text their lengths against the held-out texts' (udm.metrics.text, udm.metrics.lengths)."""
+    data = opened.data("fit")
+    measures = text_metrics(texts, data.train_texts)
+    if getattr(data, "variable", False):
+        measures |= length_measures(ids, data.test, data.train, *end_and_pad(opened.tokenizer()))
+    return measures
+
+
+def describe_measures(m: dict[str, float]) -> str:
+    said = [f"form accuracy {m['form_accuracy']:.1%}"] if "form_accuracy" in m else []
+    said += [f"copied lines {m['copy_rate']:.1%}", f"{m['distinct_chars']:.1f} distinct characters per text"]
+    if "mean_length" in m:
+        said += [f"mean length {m['mean_length']:.1f} tokens (held-out {m['held_out_mean_length']:.1f}), length TV "
+                 f"{m['length_tv']:.3f} (training texts at this n: {m['length_tv_train']:.3f})"]
+    if "gen_ppl" in m:
+        said += [f"perplexity {m['gen_ppl']:.1f} under udm's judge (held-out texts {m['real_ppl']:.1f}), unigram entropy "
+                 f"{m['entropy']:.3f} nats per text (held-out {m['real_entropy']:.3f})"]
+    return ", ".join(said)
+
+
 def generate_text(cfg: DictConfig) -> dict[str, Any]:
     if cfg.n < 1:
         raise UdmError(f"n must be a positive number of texts, got {cfg.n}")
@@ -172,7 +195,7 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     if cond is not None or guided:
         result["condition"] = {**{k: str(v) for k, v in given(cfg).items()}, **guided}
     if cfg.metrics:
-        result["metrics"] = text_metrics(texts, opened.data("fit").train_texts)
+        result["metrics"] = measure(opened, ids, texts)
         if cfg.fluency:
             judge, _ = judge_for(opened, cfg.judge, cfg.cache_dir, device, cfg.progress, who="udm-generate")
             result["metrics"].update(fluency(judge, ids, opened.data("fit").test[: len(ids)], cfg.batch_size))
@@ -184,12 +207,7 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     print(f"udm-generate: {len(texts)} texts in {seconds:.1f}s ({result['texts_per_second']:.1f}/s, "
           f"{result['tokens_per_second']:.0f} tokens/s) with {cfg.sampler_name}, {result['steps']} steps" + (f", {tps} per step" if tps else "") + f", net in {result['net']}")
     if "metrics" in result:
-        m = result["metrics"]
-        print(f"udm-generate: form accuracy {m['form_accuracy']:.1%}, copied lines {m['copy_rate']:.1%}, "
-              f"{m['distinct_chars']:.1f} distinct characters per text")
-        if "gen_ppl" in m:
-            print(f"udm-generate: perplexity {m['gen_ppl']:.1f} under udm's judge (held-out texts {m['real_ppl']:.1f}), "
-                  f"unigram entropy {m['entropy']:.3f} nats per text (held-out {m['real_entropy']:.3f})")
+        print(f"udm-generate: {describe_measures(result['metrics'])}")
     if result.get("network_calls", {}).get("reused"):
         calls = result["network_calls"]
         print(f"udm-generate: {calls['reused']} of {calls['made'] + calls['reused']} net outputs reused (x_t unchanged)")

@@ -1,10 +1,15 @@
-"""What a reader of generated fixed-length text sees, as numbers.
+"""What a reader of generated text sees, as numbers.
 
 form accuracy: the text has the training texts' length and its punctuation exactly where
     the training texts have theirs (for quatrains: 7 characters then ， or 。, four times);
-copying: the fraction of generated lines (the stretches between punctuation) that occur
-    verbatim among the training lines;
-distinct characters: non-punctuation characters that differ, per text.
+    defined where the training texts have a form, one length in characters: not for
+    variable-length text, nor for a subword tokenizer's fixed token count (texts of many
+    character lengths), where it is left out rather than scored against a modal length;
+copying: the fraction of generated lines (the stretches between punctuation, surrounding
+    spaces stripped) that occur verbatim among the training lines;
+distinct characters: non-punctuation, non-space characters that differ, per text;
+lengths (variable-length text only): mean length and the distance between the length
+    histograms of generated and held-out texts (udm.metrics.lengths).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ def punctuation() -> tuple[frozenset[str], re.Pattern]:
 
 
 def punctuation_slots(train_texts: list[str]) -> tuple[int, frozenset[int]]:
-    """The training texts' modal length and the positions that hold punctuation in most of them."""
+    """The training texts' modal length and the positions that hold punctuation in most of them (of the texts of
+    that length)."""
     marks = punctuation()[0]
     length = Counter(len(t) for t in train_texts).most_common(1)[0][0]
     counts = Counter(i for t in train_texts if len(t) == length for i, c in enumerate(t) if c in marks)
@@ -40,31 +46,51 @@ def well_formed(text: str, length: int, slots: frozenset[int]) -> bool:
 
 
 def lines(text: str) -> list[str]:
-    return [line for line in punctuation()[1].split(text) if line]
+    """The stretches of `text` between punctuation, without the spaces around them (words keep theirs)."""
+    return [line for line in (part.strip() for part in punctuation()[1].split(text)) if line]
+
+
+def characters(text: str) -> set[str]:
+    """The distinct characters of `text` that are neither punctuation nor space."""
+    return {c for c in text if not c.isspace()} - punctuation()[0]
+
+
+def has_form(train_texts: list[str]) -> bool:
+    """Whether the training texts share one length in characters, the form that form accuracy checks."""
+    return len({len(t) for t in train_texts}) == 1
 
 
 def text_metrics(samples: list[str], train_texts: list[str]) -> dict[str, float]:
+    """form_accuracy (only where the training texts have a form), copy_rate, distinct_chars and n of `samples`."""
     if not samples:
         raise ValueError("no generated texts to measure")
-    length, slots = punctuation_slots(train_texts)
     known = {line for t in train_texts for line in lines(t)}
     generated = [line for s in samples for line in lines(s)]
-    return {
-        "form_accuracy": sum(well_formed(s, length, slots) for s in samples) / len(samples),
+    measures = {}
+    if has_form(train_texts):
+        length, slots = punctuation_slots(train_texts)
+        measures["form_accuracy"] = sum(well_formed(s, length, slots) for s in samples) / len(samples)
+    return measures | {
         "copy_rate": sum(line in known for line in generated) / max(1, len(generated)),
-        "distinct_chars": sum(len(set(s) - punctuation()[0]) for s in samples) / len(samples),
+        "distinct_chars": sum(len(characters(s)) for s in samples) / len(samples),
         "n": len(samples),
     }
 
 
 class TextMeasures(Metric):
     """text (conf/metric/text.yaml): form_accuracy, copy_rate and distinct_chars of the decoded samples against
-    the checkpoint's training texts (text_metrics above)."""
+    the checkpoint's training texts (text_metrics above); for variable-length text also the length measures of
+    udm.metrics.lengths against the held-out texts."""
 
-    columns = ("form_accuracy", "copy_rate", "distinct_chars")
+    LENGTHS = ("mean_length", "held_out_mean_length", "length_tv", "length_tv_train")
+    columns = ("form_accuracy", "copy_rate", "distinct_chars", *LENGTHS)
     table = (Row("form_accuracy", "form accuracy", "{:.1%}", compare_label="form acc."),
              Row("copy_rate", "copied lines", "{:.1%}"),
-             Row("distinct_chars", "distinct chars", "{:.1f}", note="per text"))
+             Row("distinct_chars", "distinct chars", "{:.1f}", note="per text"),
+             Row("mean_length", "mean length", "{:.1f}", note="tokens; held-out texts {held_out_mean_length:.1f}",
+                 compare_label="mean len."),
+             Row("length_tv", "length TV", "{:.3f}", note="vs held-out lengths; training texts at this n: "
+                 "{length_tv_train:.3f}", compare_label="len. TV"))
     order = 40
 
     def why_not(self, model, context: Context) -> str | None:
@@ -73,5 +99,11 @@ class TextMeasures(Metric):
         return None
 
     def compute(self, model, samples, context: Context) -> dict:
-        measures = text_metrics(model.decode(samples), context.data.train_texts)
+        data = context.data
+        measures = text_metrics(model.decode(samples), data.train_texts)
+        if getattr(data, "variable", False):
+            from udm.data.tokenizers import end_and_pad
+            from udm.metrics.lengths import length_measures
+
+            measures |= length_measures(samples, data.test, data.train, *end_and_pad(model.tokenizer()))
         return {k: v for k, v in measures.items() if k in self.columns}
