@@ -137,7 +137,7 @@ def test_every_process_keeps_the_contract(process_name):
 
 def test_eta_is_refused_where_there_is_no_gaussian_noise():
     """The knob that used to be dropped silently: eta > 0 on blur (sigma = 0) or tokens."""
-    for name in ("blur", "token_mask", "token_replace"):
+    for name in ("blur", "token_mask", "token_replace", "token_uniform"):
         process = build_process(name)
         with pytest.raises(UdmError, match=r"eta=0\.5 .*needs Gaussian noise.*" + type(process).__name__):
             DDIM(steps=3, eta=0.5).check(process)
