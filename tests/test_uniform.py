@@ -1,14 +1,19 @@
 """Uniform-state token diffusion: the corrupted fraction and x_T against their closed forms, an oracle through the
-improved sampler, and training."""
+improved sampler, and the continuous-time negative ELBO against quadrature and a brute-force discrete-time bound."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy import stats
+from scipy import integrate, stats
 
-from udm.processes import TokenUniform
+from udm.errors import UdmError
+from udm.metrics.likelihood import token_nelbo
+from udm.metrics.nelbo import BOUNDS, TokenNELBO
+from udm.metrics.uniform_likelihood import nelbo_integrand, net_time, uniform_nelbo
+from udm.processes import TokenMask, TokenReplace, TokenUniform
 from udm.samplers import DDIM, Improved, Inverse, Naive
 
 L, V, SPECIAL = 12, 10, [0, 1, 2]
@@ -127,3 +132,112 @@ def test_training_decreases_the_loss_on_a_tiny_text():
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert first > 0.7 * math.log(N) and last < 0.5 * first, (first, last)
+
+
+# --- the bound ----------------------------------------------------------------------------------------------
+
+
+def expected_integrand(alpha, x_theta_of, n, x=0):
+    """E_{z ~ q_alpha(. | x)} of the integrand for one position, the model a table x_theta_of(alpha) [z, n]."""
+    q = alpha * F.one_hot(torch.tensor(x), n).double() + (1 - alpha) / n
+    values = nelbo_integrand(torch.tensor(alpha, dtype=torch.float64), x_theta_of(alpha), torch.full((n,), x), torch.arange(n))
+    return float((q * values).sum())
+
+
+def continuous_bound(x_theta_of, n, x=0):
+    """int_0^1 E_z[integrand] dalpha by adaptive quadrature (the log singularity at alpha = 1 is integrable)."""
+    value, _ = integrate.quad(lambda a: expected_integrand(a, x_theta_of, n, x), 0, 1, limit=200, epsabs=1e-12, epsrel=1e-12)
+    return value
+
+
+def discrete_bound(x_theta_of, n, T, x=0):
+    """The discrete-time negative ELBO of the per-position uniform chain on alpha_j = 1 - j / T, by brute force:
+    sum_j E_{z_j ~ q(. | x)} KL(q(z_{j-1} | z_j, x) || p(z_{j-1} | z_j)), with duo's model
+    p(z_{j-1} | z_j) = q(z_{j-1} | z_j, x = x_theta), x_theta plugged into q(z_{j-1} | x) as a probability vector
+    (= sum_x q(z_{j-1} | z_j, x) pi(x), pi(x) proportional to x_theta(x) q(z_j | x)). No prior term (alpha_T = 0) and
+    no decoder term (alpha_0 = 1)."""
+    eye, total = torch.eye(n, dtype=torch.float64), 0.0
+    for j in range(1, T + 1):
+        a_t, a_s = 1 - j / T, 1 - (j - 1) / T
+        step = eye * (a_t / a_s) + (1 - a_t / a_s) / n  # q(z_t | z_s) [z_s, z_t]
+        q_s, q_t = a_s * eye + (1 - a_s) / n, a_t * eye + (1 - a_t) / n  # q(z | x) [x, z]
+        posterior = step * q_s[x][:, None] / q_t[x][None, :]  # q(z_s | z_t, x) [z_s, z_t]
+        joint = step * (x_theta_of(a_t) @ q_s).T  # q(z_t | z_s) sum_x' x_theta(x' | z_t) q(z_s | x')
+        model = joint / joint.sum(0, keepdim=True)
+        kl = torch.where(posterior > 0, posterior * (posterior / model).log(), 0.0).sum(0)
+        total += float((q_t[x] * kl).sum())
+    return total
+
+
+def table(n, seed=0):
+    """x_theta(alpha) [z, n]: a fixed smooth table, different for every seen token z."""
+    g = torch.Generator().manual_seed(seed)
+    A, C = torch.randn(n, n, generator=g, dtype=torch.float64), torch.randn(n, n, generator=g, dtype=torch.float64)
+    return lambda alpha: (A + alpha * C).softmax(-1)
+
+
+@pytest.mark.parametrize("x", [0, 1, 2])
+def test_the_continuous_bound_is_the_limit_of_the_discrete_time_bound(x):
+    x_theta_of = table(3)
+    exact = continuous_bound(x_theta_of, 3, x)
+    d500, d1000 = discrete_bound(x_theta_of, 3, 500, x), discrete_bound(x_theta_of, 3, 1000, x)
+    assert abs(d1000 - exact) < 1e-3
+    assert abs(2 * d1000 - d500 - exact) < 1e-5  # the gap is O(1 / T): Richardson's extrapolation removes it
+
+
+@pytest.mark.parametrize("n", [3, 50, 4000])
+def test_the_bound_of_the_uniform_model_is_log_n_and_of_the_oracle_zero(n):
+    """The uniform model's reverse chain is the stationary forward chain, so its bound is exactly -log p(x) = log n."""
+    x_theta = torch.full((2, n), 1 / n, dtype=torch.float64)
+    x, z = torch.tensor([0, 0]), torch.tensor([0, 1])  # by symmetry one z != x stands for all n - 1
+
+    def expected(alpha):
+        weights = torch.tensor([alpha + (1 - alpha) / n, (n - 1) * (1 - alpha) / n], dtype=torch.float64)
+        return float((weights * nelbo_integrand(torch.tensor(alpha, dtype=torch.float64), x_theta, x, z)).sum())
+
+    bound, _ = integrate.quad(expected, 0, 1, limit=200, epsabs=1e-12, epsrel=1e-12)
+    assert bound == pytest.approx(math.log(n), abs=1e-6)
+    alpha = torch.tensor([0.999, 0.5, 1e-3], dtype=torch.float64)[:, None]
+    z = torch.tensor([[0, 1, n - 1]] * 3)
+    x = torch.zeros(3, 3, dtype=torch.long)
+    assert (nelbo_integrand(alpha, F.one_hot(x, n).double(), x, z) == 0).all()
+    assert (nelbo_integrand(alpha, torch.rand(3, 3, n, dtype=torch.float64).softmax(-1), x, z) > 0).all()
+
+
+def test_the_estimate_is_zero_for_the_oracle_and_unbiased_for_a_context_free_model():
+    p = make()
+    x0 = data(8)
+    assert uniform_nelbo(p, oracle(x0), x0, torch.Generator().manual_seed(0)).abs().max() < 1e-9
+    # L = 1, T = 1: the net sees z_t alone, through a table of logits; the estimate's mean is the quadrature
+    one = TokenUniform(length=1, vocab_size=V, special_ids=SPECIAL)
+    logits = torch.randn(V, V, generator=torch.Generator().manual_seed(3))
+    probs = one.logits(logits).double().softmax(-1)[one.regular][:, one.regular]  # x_theta [z, x] over regular tokens
+    x0 = torch.full((40000, 1), 5)
+    estimate = uniform_nelbo(one, lambda z_t, t: logits[z_t], x0, torch.Generator().manual_seed(0), draws=2)
+    exact = continuous_bound(lambda alpha: probs, N, x=int(one.index[5]))
+    assert estimate.mean().item() == pytest.approx(exact, abs=4 * estimate.std().item() / len(x0) ** 0.5)
+
+
+def test_the_net_is_asked_at_the_trained_time_of_the_nearest_count():
+    p = make(schedule="linear", T=48)  # k(t) = round(t / 4) (half to even): about four times per count
+    tau = torch.tensor([0.0, 0.06, 0.5, 1.0], dtype=torch.float64)  # L tau = 0, 0.72, 6, 12
+    t = net_time(p, tau)
+    assert t.tolist() == [1, 3, 22, 46]  # t = 0 is never asked (the net never trained there); first of equal counts
+    assert p.k[t].tolist() == [0, 1, 6, 12]
+
+
+def test_each_token_process_gets_the_bound_it_declares():
+    mask = TokenMask(length=L, vocab_size=V, special_ids=SPECIAL[:2], mask_id=2)
+    replace = TokenReplace(length=L, vocab_size=V, special_ids=SPECIAL)
+    assert BOUNDS[make().capabilities.likelihood] is uniform_nelbo and BOUNDS[mask.capabilities.likelihood] is token_nelbo
+    metric = TokenNELBO(samples=4)
+    assert metric.why_not(SimpleNamespace(process=make()), None) is None
+    assert "TokenReplace(" in metric.why_not(SimpleNamespace(process=replace), None)
+    x0 = data(2)
+    with pytest.raises(UdmError, match="uniform-state token processes .*TokenMask"):
+        uniform_nelbo(mask, oracle(x0), x0)
+    with pytest.raises(UdmError, match=r"\[MASK\] \(absorbing\) processes only"):
+        token_nelbo(make(), oracle(x0), x0)
+    x0[0, 0] = 0
+    with pytest.raises(UdmError, match="special tokens"):
+        uniform_nelbo(make(), oracle(x0), x0)

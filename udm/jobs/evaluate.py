@@ -19,7 +19,8 @@ applies and skips the rest silently; naming one that does not apply is an error.
               evaluations per image, so 64 images at T = 1000 cost as much as 1,280 samples of
               50-step DDIM
     text      text checkpoints: form accuracy, copied lines, distinct characters (udm.metrics.text)
-    nelbo     token processes: negative ELBO per token on the first nelbo_samples held-out texts
+    nelbo     [MASK] and uniform-state token processes: negative ELBO per token on the first nelbo_samples
+              held-out texts
 Their settings are eval.yaml's bpd_*, kid_* and nelbo_samples keys (interpolated into their YAML files);
 `+metric.<name>.<key>=value` sets any metric's setting by its own name. The sampling cost (seconds and
 network evaluations per sample) is always measured.
@@ -59,6 +60,8 @@ metric was not computed are absent:
     bpd_seconds            its wall time (T network evaluations per image)
     form_accuracy, copy_rate, distinct_chars   text measures of the generated texts
     nelbo_per_token, nelbo_texts               negative ELBO per token (nats) and the held-out texts it averages over
+    nelbo_sem              its standard error over those texts ([MASK]: the sum over t is exact, one draw per t;
+                           uniform-state: one Monte Carlo draw of t per text, heavy-tailed)
     nelbo_skipped          held-out texts left out for holding characters unseen in training ([UNK])
   and last:
     samples_file, json     the PNG grid (or .txt of texts) and this file
