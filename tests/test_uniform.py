@@ -87,20 +87,24 @@ def test_oracle_recovers_x0_under_a_rate_schedule_and_with_the_baseline_step():
     assert torch.equal(Naive(steps=None)(make(), oracle(x0), make().prior(x0, g), generator=g), x0)
 
 
-def test_x0_hat_redraws_the_k_t_most_doubted_positions_and_may_keep_the_seen_token():
-    p = make()
+def test_x0_hat_redraws_the_k_t_most_doubted_positions_from_what_the_others_say():
+    """At t = 2 (alpha = 5/6, n = 7) a doubted position keeps its seen token only if its logit leads the others' by
+    more than log((n alpha + 1 - alpha) / (1 - alpha)) = log 36: the seen token's own evidence does not count."""
+    p = make(temperature=0)
     x_t = data(1)
     t = torch.tensor([2])
-    logits = F.one_hot(x_t, V).float() * 10
-    logits[0, [3, 7]] = F.one_hot(x_t[0, [3, 7]], V).float() * 2  # doubted, yet the seen token is still the likeliest
-    p.temperature = 0
-    assert torch.equal(p.x0_hat(logits, x_t, t).tokens, x_t)  # the edit model would have to change both
-    logits[0, 7, 5 if x_t[0, 7] != 5 else 6] = 3.0
+    logits = F.one_hot(x_t, V).float() * 12
+    logits[0, 3] = F.one_hot(x_t[0, 3], V).float() * (math.log(36) + 0.5)  # doubted, and the context still agrees
+    logits[0, 7] = F.one_hot(x_t[0, 7], V).float() * (math.log(36) - 0.5)  # doubted, and the context disagrees
+    logits[0, 7, 5 if x_t[0, 7] != 5 else 6] = 0.1
     est = p.x0_hat(logits, x_t, t)
-    assert (est.tokens != x_t).nonzero()[:, 1].tolist() == [7]
+    assert (est.tokens != x_t).nonzero()[:, 1].tolist() == [7] and est.tokens[0, 7] == (5 if x_t[0, 7] != 5 else 6)
     s = torch.tensor([1])  # the inverse step keeps k(s) = 1 of the d = 1 differing positions: no change yet
     assert torch.equal(Inverse()(p, x_t, est, t, s), x_t)
     assert torch.equal(Inverse()(p, x_t, est, t, torch.tensor([0])), est.tokens)
+    shift = p.context_logits(logits, x_t, torch.tensor([[5 / 6]])) - logits  # only the seen token's logit moves
+    assert torch.allclose(shift.gather(-1, x_t.unsqueeze(-1)), torch.tensor(-math.log(36)))
+    assert shift.abs().sum() == pytest.approx(L * math.log(36), rel=1e-6)
 
 
 def test_the_loss_is_cross_entropy_over_all_positions():
@@ -144,27 +148,44 @@ def expected_integrand(alpha, x_theta_of, n, x=0):
     return float((q * values).sum())
 
 
-def continuous_bound(x_theta_of, n, x=0):
+def continuous_bound(x_theta_of, n, x=0, points=None):
     """int_0^1 E_z[integrand] dalpha by adaptive quadrature (the log singularity at alpha = 1 is integrable)."""
-    value, _ = integrate.quad(lambda a: expected_integrand(a, x_theta_of, n, x), 0, 1, limit=200, epsabs=1e-12, epsrel=1e-12)
+    value, _ = integrate.quad(lambda a: expected_integrand(a, x_theta_of, n, x), 0, 1, limit=200, epsabs=1e-12,
+                              epsrel=1e-12, points=points)
     return value
 
 
-def discrete_bound(x_theta_of, n, T, x=0):
+def duo_model(x_theta_of, n):
+    """p(z_s | z_t) = q(z_s | z_t, x = x_theta), x_theta put into q(z_s | x) as a probability vector: [z_s, z_t]."""
+
+    def model(step, q_s, q_t, a_t):
+        joint = step * (x_theta_of(a_t) @ q_s).T  # q(z_t | z_s) sum_x x_theta(x | z_t) q(z_s | x)
+        return joint / joint.sum(0, keepdim=True)
+
+    return model
+
+
+def mixture_model(x_hat_of, n):
+    """p(z_s | z_t) = sum_x q(z_s | z_t, x) x_hat(x | z_t): [z_s, z_t]."""
+
+    def model(step, q_s, q_t, a_t):
+        return step * ((x_hat_of(a_t) / q_t.T) @ q_s).T  # q(z_s | z_t, x) = q(z_t | z_s) q(z_s | x) / q(z_t | x)
+
+    return model
+
+
+def discrete_bound(model, n, T, x=0):
     """The discrete-time negative ELBO of the per-position uniform chain on alpha_j = 1 - j / T, by brute force:
-    sum_j E_{z_j ~ q(. | x)} KL(q(z_{j-1} | z_j, x) || p(z_{j-1} | z_j)), with duo's model
-    p(z_{j-1} | z_j) = q(z_{j-1} | z_j, x = x_theta), x_theta plugged into q(z_{j-1} | x) as a probability vector
-    (= sum_x q(z_{j-1} | z_j, x) pi(x), pi(x) proportional to x_theta(x) q(z_j | x)). No prior term (alpha_T = 0) and
-    no decoder term (alpha_0 = 1)."""
+    sum_j E_{z_j ~ q(. | x)} KL(q(z_{j-1} | z_j, x) || p(z_{j-1} | z_j)); no prior term (alpha_T = 0: both uniform)
+    and no decoder term (alpha_0 = 1: z_0 = x)."""
     eye, total = torch.eye(n, dtype=torch.float64), 0.0
     for j in range(1, T + 1):
         a_t, a_s = 1 - j / T, 1 - (j - 1) / T
         step = eye * (a_t / a_s) + (1 - a_t / a_s) / n  # q(z_t | z_s) [z_s, z_t]
         q_s, q_t = a_s * eye + (1 - a_s) / n, a_t * eye + (1 - a_t) / n  # q(z | x) [x, z]
         posterior = step * q_s[x][:, None] / q_t[x][None, :]  # q(z_s | z_t, x) [z_s, z_t]
-        joint = step * (x_theta_of(a_t) @ q_s).T  # q(z_t | z_s) sum_x' x_theta(x' | z_t) q(z_s | x')
-        model = joint / joint.sum(0, keepdim=True)
-        kl = torch.where(posterior > 0, posterior * (posterior / model).log(), 0.0).sum(0)
+        p = model(step, q_s, q_t, a_t)
+        kl = torch.where(posterior > 0, posterior * (posterior / p).log(), 0.0).sum(0)
         total += float((q_t[x] * kl).sum())
     return total
 
@@ -176,13 +197,35 @@ def table(n, seed=0):
     return lambda alpha: (A + alpha * C).softmax(-1)
 
 
+def posterior_table(n, seed=0):
+    """x_hat(alpha) [z, n]: the Bayes posterior p(x | z) ~ pi_0(x | z) q_alpha(z | x) of a fixed smooth prior table,
+    which is what a net trained by cross-entropy estimates."""
+    prior = table(n, seed)
+
+    def x_hat(alpha):
+        likelihood = alpha * torch.eye(n, dtype=torch.float64) + (1 - alpha) / n  # q(z | x) [x, z], symmetric
+        joint = prior(alpha) * likelihood
+        return joint / joint.sum(-1, keepdim=True)
+
+    return prior, x_hat
+
+
 @pytest.mark.parametrize("x", [0, 1, 2])
 def test_the_continuous_bound_is_the_limit_of_the_discrete_time_bound(x):
+    """duo's model q(z_s | z_t, x_theta) with x_theta in the formula; the mixture sum_x q(z_s | z_t, x) x_hat(x) of a
+    posterior x_hat with its context posterior in the formula."""
     x_theta_of = table(3)
     exact = continuous_bound(x_theta_of, 3, x)
-    d500, d1000 = discrete_bound(x_theta_of, 3, 500, x), discrete_bound(x_theta_of, 3, 1000, x)
+    d500, d1000 = (discrete_bound(duo_model(x_theta_of, 3), 3, T, x) for T in (500, 1000))
     assert abs(d1000 - exact) < 1e-3
     assert abs(2 * d1000 - d500 - exact) < 1e-5  # the gap is O(1 / T): Richardson's extrapolation removes it
+    prior, x_hat_of = posterior_table(3, seed=1)
+    three = TokenUniform(length=1, vocab_size=3)  # no special tokens: the vocabulary is the 3 regular tokens
+    context = lambda alpha: three.context_logits(x_hat_of(alpha).log(), torch.arange(3), alpha).softmax(-1)
+    torch.testing.assert_close(context(0.3), prior(0.3), rtol=0, atol=1e-12)  # Bayes' rule undone
+    exact = continuous_bound(context, 3, x)
+    d500, d1000 = (discrete_bound(mixture_model(x_hat_of, 3), 3, T, x) for T in (500, 1000))
+    assert abs(d1000 - exact) < 1e-3 and abs(2 * d1000 - d500 - exact) < 1e-5
 
 
 @pytest.mark.parametrize("n", [3, 50, 4000])
@@ -208,13 +251,19 @@ def test_the_estimate_is_zero_for_the_oracle_and_unbiased_for_a_context_free_mod
     p = make()
     x0 = data(8)
     assert uniform_nelbo(p, oracle(x0), x0, torch.Generator().manual_seed(0)).abs().max() < 1e-9
-    # L = 1, T = 1: the net sees z_t alone, through a table of logits; the estimate's mean is the quadrature
-    one = TokenUniform(length=1, vocab_size=V, special_ids=SPECIAL)
-    logits = torch.randn(V, V, generator=torch.Generator().manual_seed(3))
-    probs = one.logits(logits).double().softmax(-1)[one.regular][:, one.regular]  # x_theta [z, x] over regular tokens
-    x0 = torch.full((40000, 1), 5)
-    estimate = uniform_nelbo(one, lambda z_t, t: logits[z_t], x0, torch.Generator().manual_seed(0), draws=2)
-    exact = continuous_bound(lambda alpha: probs, N, x=int(one.index[5]))
+    # L = 2, T = 2: each position's net output is a table of logits of its own z_t and of t, asked at t = 1
+    # (alpha_net = 1/2) for tau < 3/4 and at t = 2 (alpha_net = 0) above; the estimate's mean is the quadrature
+    two = TokenUniform(length=2, vocab_size=V, special_ids=SPECIAL)
+    logits = torch.randn(2, V, V, generator=torch.Generator().manual_seed(3)) * 2
+
+    def x_theta_of(alpha):
+        t = 1 if 1 - alpha < 0.75 else 2
+        context = two.context_logits(two.logits(logits[t - 1, two.regular]).double(), two.regular, 1 - t / 2)
+        return context.softmax(-1)[:, two.regular]
+
+    x0 = torch.full((40000, 2), 5)
+    estimate = uniform_nelbo(two, lambda z_t, t: logits[t[:, None] - 1, z_t], x0, torch.Generator().manual_seed(0), draws=2)
+    exact = continuous_bound(x_theta_of, N, x=int(two.index[5]), points=[0.25])
     assert estimate.mean().item() == pytest.approx(exact, abs=4 * estimate.std().item() / len(x0) ** 0.5)
 
 
@@ -222,8 +271,8 @@ def test_the_net_is_asked_at_the_trained_time_of_the_nearest_count():
     p = make(schedule="linear", T=48)  # k(t) = round(t / 4) (half to even): about four times per count
     tau = torch.tensor([0.0, 0.06, 0.5, 1.0], dtype=torch.float64)  # L tau = 0, 0.72, 6, 12
     t = net_time(p, tau)
-    assert t.tolist() == [1, 3, 22, 46]  # t = 0 is never asked (the net never trained there); first of equal counts
-    assert p.k[t].tolist() == [0, 1, 6, 12]
+    assert t.tolist() == [3, 3, 22, 46]  # the first of equal counts; never a time with no corrupted position
+    assert p.k[t].tolist() == [1, 1, 6, 12] and p.k[2] == 0
 
 
 def test_each_token_process_gets_the_bound_it_declares():

@@ -7,9 +7,9 @@ Each position is corrupted on its own: with alpha_t falling from 1 (t = 0) to 0 
 
 the marginal of the chain that jumps z -> y (y != z) at rate beta_t / n, beta_t = -alpha'_t / alpha_t. Its time
 reversal given x jumps z -> y at rate (beta_t / n) xbar_y / xbar_z. The model reverses with the same rates, x
-replaced by the net's probabilities x_theta(z_t, t) over the regular tokens, xbar_theta = n alpha_t x_theta +
-(1 - alpha_t) 1 (the limit of duo's p(z_s | z_t) = q(z_s | z_t, x = x_theta)). The KL of the path measures
-(Campbell et al. 2022) bounds -log p(x) by the expected sum over jumps of R_theta - R + R log(R / R_theta):
+replaced by probabilities x_theta(z_t, t) over the regular tokens, xbar_theta = n alpha_t x_theta + (1 - alpha_t) 1
+(the limit of duo's p(z_s | z_t) = q(z_s | z_t, x = x_theta)). The KL of the path measures (Campbell et al. 2022)
+bounds -log p(x) by the expected sum over jumps of R_theta - R + R log(R / R_theta):
 
     NELBO = int_0^1 E_{z_t} sum_positions (-alpha'_t / (n alpha_t)) [ n / xbar_theta_i - n / xbar_i
             + sum_{y != i} (xbar_y / xbar_i) log(xbar_y xbar_theta_i / (xbar_i xbar_theta_y)) ] dt,    i = z_t there,
@@ -19,9 +19,19 @@ Since sum_y xbar_y = sum_y xbar_theta_y = n, the bracket is sum_y b_y phi(a_y / 
 a = xbar_theta / xbar_theta_i and phi(r) = r - 1 - log r >= 0: a sum of nonnegative terms, zero when
 x_theta = onehot(x); that form is the one computed (the large terms n / xbar never meet to cancel).
 
+Which x_theta. udm's net is trained by cross-entropy, so its softmax x_hat estimates the posterior p(x0 | z_t),
+which has already read the seen token z_t,i. The reverse model that matches it is the mixture
+p(z_s | z_t) = sum_x q(z_s | z_t, x) x_hat(x) (the exact reverse when x_hat is exact); its rates are the ones
+above with x_theta = the context posterior pi(x) ~ x_hat(x) / q(z_t,i | x), the seen token's own evidence taken
+out by Bayes' rule (what the other positions say: TokenUniform.context_logits, which its x0_hat also draws from).
+duo and UDLM put their softmax in as x_theta, having trained it on this very bound; a posterior put in as is
+counts the seen token twice: on quatrain_uniform's checkpoint (1000 steps) that gives 11.3 nats per token, more
+than the uniform model's log n = 8.5, against 6.2 with pi.
+
 In alpha the integral is int_0^1 dalpha / (n alpha) E[...] for every schedule, so it is estimated with
 alpha = 1 - tau, tau uniform; the process's schedule only says at which of its times the net is asked: the t in
-1..T (the times it was trained at) whose count k(t) is nearest L tau. The net was trained with exactly k(t)
+1..T with k(t) >= 1 (the times it was trained at, some position corrupted) whose count k(t) is nearest L tau; its
+own-token evidence is taken out at its level alpha_net = 1 - k(t) / L. The net was trained with exactly k(t)
 corrupted positions; this bound, as UDLM's and duo's, is for independent corruption, the same in expectation.
 
 Numerical care: float64 throughout, and tau kept in [eps, 1 - eps]. Near alpha = 0 the bracket is O(alpha^2)
@@ -31,7 +41,6 @@ out about eps (log(n / eps) + 1) nats per token for the uniform model (2.3e-5 wi
 eps = 1e-6), less for a better one. The same growth makes the estimate heavy-tailed: average over many texts (or
 draws per text), and read its standard error.
 """
-
 from __future__ import annotations
 
 import torch
@@ -60,8 +69,9 @@ def nelbo_integrand(alpha: Tensor, x_theta: Tensor, x: Tensor, z: Tensor) -> Ten
 
 
 def net_time(process, tau: Tensor) -> Tensor:
-    """[B] long: the time in 1..T whose count k(t) is nearest L tau (the first of equals)."""
-    gap = (process.k[1:].double() - process.length * tau.unsqueeze(-1)).abs()
+    """[B] long: the time in 1..T with k(t) >= 1 whose count k(t) is nearest L tau (the first of equals)."""
+    k = process.k[1:].double()
+    gap = (k - process.length * tau.unsqueeze(-1)).abs().masked_fill(k == 0, float("inf"))
     return gap.argmin(-1) + 1
 
 
@@ -79,8 +89,9 @@ def uniform_nelbo(
 
     One network call per text and draw: tau = eps + (1 - 2 eps) (j + u) / draws for the draws j (stratified, one
     u ~ U(0, 1) per text), alpha = 1 - tau, z_t with each position kept with probability alpha and otherwise a
-    uniformly random regular token, x_theta the net's softmax at net_time(tau); the estimate is the mean over the
-    draws of sum_positions nelbo_integrand / L. See the module's docstring for the bound and its numerics.
+    uniformly random regular token, x_theta the context posterior (process.context_logits) of the net's output at
+    t = net_time(tau), its own-token evidence taken out at the net's level 1 - k(t) / L; the estimate is the mean over the draws of sum_positions
+    nelbo_integrand / L. See the module's docstring for the bound, the choice of x_theta and the numerics.
     """
     if process.capabilities.likelihood != "uniform nelbo":
         raise UdmError(f"the uniform-state negative ELBO is implemented for uniform-state token processes "
@@ -99,7 +110,8 @@ def uniform_nelbo(
         alpha = (1 - tau).unsqueeze(-1)
         keep = torch.rand(x.shape, device=device, generator=generator, dtype=torch.float64) < alpha
         z = torch.where(keep, x, torch.randint(0, n, x.shape, device=device, generator=generator))
-        logits = process.logits(model(process.regular[z], net_time(process, tau)))
-        x_theta = logits.double().softmax(-1)[..., process.regular]
-        nelbo += nelbo_integrand(alpha, x_theta, x, z).sum(-1)
+        t = net_time(process, tau)
+        z_t, alpha_net = process.regular[z], (1 - process.k[t].double() / process.length).unsqueeze(-1)
+        logits = process.context_logits(process.logits(model(z_t, t)).double(), z_t, alpha_net)
+        nelbo += nelbo_integrand(alpha, logits.softmax(-1)[..., process.regular], x, z).sum(-1)
     return nelbo / (draws * process.length)
