@@ -34,7 +34,12 @@ def replace_run(tmp_path_factory):
     return tiny_run(tmp_path_factory, "quatrain_replace")
 
 
-@pytest.fixture(params=["mask_run", "replace_run"])
+@pytest.fixture(scope="module")
+def uniform_run(tmp_path_factory):
+    return tiny_run(tmp_path_factory, "quatrain_uniform")
+
+
+@pytest.fixture(params=["mask_run", "replace_run", "uniform_run"])
 def poem_run(request):
     return request.getfixturevalue(request.param)
 

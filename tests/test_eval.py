@@ -167,16 +167,17 @@ def test_bad_requests_name_the_problem(tmp_path, args, message):
         evaluate(cfg)
 
 
-def test_a_text_checkpoint_gets_text_measures_and_the_token_nelbo(tmp_path):
+@pytest.mark.parametrize("experiment", ["quatrain_mask", "quatrain_uniform"])  # the [MASK] and the uniform-state bound
+def test_a_text_checkpoint_gets_text_measures_and_the_token_nelbo(tmp_path, experiment):
     from udm.jobs.evaluate import evaluate
 
-    ckpt = fake_checkpoint(tmp_path / "poems.ckpt", "net.hidden=32", "net.layers=1", "net.heads=2", experiment="quatrain_mask")
+    ckpt = fake_checkpoint(tmp_path / "poems.ckpt", "net.hidden=32", "net.layers=1", "net.heads=2", experiment=experiment)
     # named, not metrics=null: fluency would train its judge on the poems for minutes (tests/test_fluency.py runs it)
     cfg = compose_config("eval", f"ckpt={ckpt}", "n=4", "sampler=improved", "nelbo_samples=8", f"out_dir={tmp_path}", "progress=false",
                          "metrics=[text,nelbo]")
     report = evaluate(cfg)
     assert report["modality"] == "text" and report["steps"] == 32 and report["nfe_per_sample"] == 32
-    assert report["nelbo_per_token"] > 0
+    assert report["nelbo_per_token"] > 0 and report["nelbo_sem"] > 0
     assert report["nelbo_texts"] + report["nelbo_skipped"] == 8 and "fid" not in report and "bpd" not in report
     texts = Path(report["samples_file"]).read_text(encoding="utf-8").splitlines()
     assert len(texts) == 4

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from udm.conditioning import NULL_LABEL, drop_condition
 from udm.errors import UdmError
 from udm.nets import UNet
-from udm.processes import Blur, Gaussian, TokenMask, TokenReplace, VarianceExploding
+from udm.processes import Blur, Gaussian, TokenMask, TokenReplace, TokenUniform, VarianceExploding
 from udm.samplers import DDIM, DDPM, DPMSolver, Guidance, Improved, Mixed, Sampler
 from udm.samplers.loop import reverse_loop
 
@@ -337,11 +337,12 @@ def test_cfgpp_at_w1_differs_from_cfg_only_through_eps_and_is_cfg_when_the_branc
     (Blur(T=8, std_max=4.0).double(), lambda g: Improved(guidance=g)),
     (TokenMask(length=6, vocab_size=9, mask_id=8, temperature=0.0), lambda g: Improved(steps=3, guidance=g)),
     (TokenReplace(length=6, vocab_size=9, temperature=0.0), lambda g: Improved(guidance=g)),
+    (TokenUniform(length=6, vocab_size=9, temperature=0.0), lambda g: Improved(steps=3, guidance=g)),
 ])
 @pytest.mark.parametrize("w", [0.5, 2.0])
 def test_cfgpp_with_an_oracle_for_every_condition_still_recovers_x0(process, make, w):
     g = torch.Generator().manual_seed(2)
-    tokens = isinstance(process, (TokenMask, TokenReplace))
+    tokens = isinstance(process, (TokenMask, TokenReplace, TokenUniform))
     if tokens:
         x0 = torch.randint(0, 8, (3, 6), generator=g)
     else:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from udm.errors import UdmError
-from udm.processes import TokenMask, TokenReplace
+from udm.processes import TokenMask, TokenReplace, TokenUniform
 from udm.samplers import DDIM, Improved, ReMDM
 from udm.samplers.steps import Mixed
 
@@ -18,7 +18,8 @@ L, V, SPECIAL, MASK = 12, 40, [0, 1], 2
 def make(kind, **kwargs):
     if kind == "mask":
         return TokenMask(length=L, vocab_size=V, special_ids=SPECIAL, mask_id=MASK, **kwargs)
-    return TokenReplace(length=L, vocab_size=V, special_ids=[*SPECIAL, MASK], **kwargs)
+    edit = TokenUniform if kind == "uniform" else TokenReplace
+    return edit(length=L, vocab_size=V, special_ids=[*SPECIAL, MASK], **kwargs)
 
 
 def data(n=16, seed=0):
@@ -37,7 +38,7 @@ def noisy(seed=1):
     return model
 
 
-@pytest.mark.parametrize("kind", ["mask", "replace"])
+@pytest.mark.parametrize("kind", ["mask", "replace", "uniform"])
 @pytest.mark.parametrize("schedule", ["rescale", "cap", "confidence"])
 @pytest.mark.parametrize("steps,rate", [(None, "count"), (5, "count"), (None, "linear")])
 def test_oracle_returns_x0_exactly_through_remasking(kind, schedule, steps, rate):
@@ -49,7 +50,7 @@ def test_oracle_returns_x0_exactly_through_remasking(kind, schedule, steps, rate
     assert torch.equal(out, x0)
 
 
-@pytest.mark.parametrize("kind", ["mask", "replace"])
+@pytest.mark.parametrize("kind", ["mask", "replace", "uniform"])
 def test_eta_zero_is_the_improved_sampler_bit_for_bit(kind):
     p = make(kind, temperature=1.0)
     x_T = p.prior(data(8), torch.Generator().manual_seed(5))

@@ -23,7 +23,8 @@ applies and skips the rest silently; naming one that does not apply is an error.
     fluency   text checkpoints: generative perplexity under udm's own judge, a small GPT-2 trained on the
               training split (udm-features; trained on the fly when not cached), and unigram entropy per
               text, each also for the first n held-out texts (udm.metrics.fluency)
-    nelbo     token processes: negative ELBO per token on the first nelbo_samples held-out texts
+    nelbo     [MASK] and uniform-state token processes: negative ELBO per token on the first nelbo_samples
+              held-out texts
 Their settings are eval.yaml's bpd_*, kid_* and nelbo_samples keys (interpolated into their YAML files);
 `+metric.<name>.<key>=value` sets any metric's setting by its own name. The sampling cost (seconds and
 network evaluations per sample) is always measured.
@@ -70,6 +71,8 @@ metric was not computed are absent:
     entropy, real_entropy  unigram entropy per text (nats) of the same texts
     fluency_judge, fluency_real_texts   the judge's id (perplexities compare only under one id), the held-out texts
     nelbo_per_token, nelbo_texts               negative ELBO per token (nats) and the held-out texts it averages over
+    nelbo_sem              its standard error over those texts ([MASK]: the sum over t is exact, one draw per t;
+                           uniform-state: one Monte Carlo draw of t per text, heavy-tailed)
     nelbo_skipped          held-out texts left out for holding characters unseen in training ([UNK])
   and last:
     samples_file, json     the PNG grid (or .txt of texts) and this file

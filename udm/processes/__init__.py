@@ -5,6 +5,7 @@ from udm.processes.cold import Blur, Cold, Inpaint, Pixelate
 from udm.processes.discrete import TokenEstimate, TokenMask, TokenNoise, TokenProcess, TokenReplace
 from udm.processes.gaussian import Gaussian
 from udm.processes.latent import Latent
+from udm.processes.uniform import TokenUniform
 from udm.processes.ve import VarianceExploding
 
-__all__ = ["Blur", "Cold", "ForwardProcess", "Gaussian", "Inpaint", "Latent", "Pixelate", "TokenEstimate", "TokenMask", "TokenNoise", "TokenProcess", "TokenReplace", "VarianceExploding"]
+__all__ = ["Blur", "Cold", "ForwardProcess", "Gaussian", "Inpaint", "Latent", "Pixelate", "TokenEstimate", "TokenMask", "TokenNoise", "TokenProcess", "TokenReplace", "TokenUniform", "VarianceExploding"]

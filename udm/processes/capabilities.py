@@ -20,7 +20,8 @@ class Capabilities:
     remasking        the mixed step with eta > 0 corrupts revealed tokens again (ReMDM) instead of adding Gaussian noise
     score            grad log p_t(x_t) from the net's output: Langevin and predictor-corrector sampling
     analytic_variance  Analytic-DPM's optimal variance (a VP Gaussian: alphabar_t and eps_hat)
-    likelihood       the variational bound it reports: 'bits/dim' (VP Gaussian on pixels), 'token nelbo', or None
+    likelihood       the variational bound it reports: 'bits/dim' (VP Gaussian on pixels), 'token nelbo' ([MASK]
+                     tokens), 'uniform nelbo' (uniform-state tokens), or None; the metrics pick the bound by it
     extrapolates_x0  x0_hat may be extrapolated linearly between steps (DPM-Solver++); see `why_not_extrapolate`
     prior_needs_data x_T depends on a data batch (D_T(x0) of a held-out image), not only on its shape
     real_valued      x0 is real-valued (images, points), not token ids
