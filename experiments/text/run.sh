@@ -7,43 +7,49 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/text}
-N=${N:-200}          # quatrains per setting
+N=${N:-100}          # quatrains per setting
 NVERSE=${NVERSE:-100}
 train() { [ -f "$RUNS/$1/checkpoints/last.ckpt" ] || udm-train "${@:2}" "hydra.run.dir=$RUNS/$1" final_samples=0; }
 generate() {  # name ckpt args...: one setting, skipped when its JSON exists
   local out="$RUNS/gen/$1"
   ls "$out"/*.json >/dev/null 2>&1 && return
-  udm-generate ckpt="$RUNS/$2" n="${N_OVERRIDE:-$N}" show=0 fluency=true progress=false out_dir="$out" "${@:3}" > "$out.log" 2>&1 \
+  udm-generate ckpt="$RUNS/$2" n="${N_OVERRIDE:-$N}" show=0 fluency="${FLUENCY:-true}" progress=false out_dir="$out" "${@:3}" > "$out.log" 2>&1 \
     || { echo "failed: $1 (see $out.log)"; return 1; }
 }
 mkdir -p "$RUNS/gen"
 
-train quatrain_mask experiment=quatrain_mask
-train quatrain_replace experiment=quatrain_replace
-train quatrain_uniform experiment=quatrain_uniform
-train verse_mask experiment=verse_mask
-
-for pair in mask:quatrain_mask edit:quatrain_replace uniform:quatrain_uniform; do
-  proc=${pair%%:*} run=${pair#*:}
-  for tps in 1 2 4 8; do
-    generate "$proc-tps$tps" "$run" tokens_per_step=$tps
-    generate "$proc-tps$tps-top_p0.9" "$run" tokens_per_step=$tps top_p=0.9
-    generate "$proc-tps$tps-remdm" "$run" tokens_per_step=$tps sampler=remdm
-    generate "$proc-tps$tps-remdm-top_p0.9" "$run" tokens_per_step=$tps sampler=remdm top_p=0.9
+quatrains() {
+  train quatrain_mask experiment=quatrain_mask
+  train quatrain_replace experiment=quatrain_replace
+  train quatrain_uniform experiment=quatrain_uniform
+  for pair in mask:quatrain_mask edit:quatrain_replace uniform:quatrain_uniform; do
+    proc=${pair%%:*} run=${pair#*:}
+    for tps in 1 2 4 8; do
+      generate "$proc-tps$tps" "$run" tokens_per_step=$tps
+      generate "$proc-tps$tps-remdm-top_p0.9" "$run" tokens_per_step=$tps sampler=remdm top_p=0.9
+    done
+    generate "$proc-tps1-top_p0.9" "$run" tokens_per_step=1 top_p=0.9
+    generate "$proc-tps1-remdm" "$run" tokens_per_step=1 sampler=remdm
+    generate "$proc-tps1-remdm_loop-top_p0.9" "$run" tokens_per_step=1 sampler=remdm sampler.loop_steps=16 top_p=0.9
   done
-  generate "$proc-tps1-remdm_loop-top_p0.9" "$run" tokens_per_step=1 sampler=remdm sampler.loop_steps=16 top_p=0.9
-done
+}
 
-for order in random confidence; do
-  N_OVERRIDE=$NVERSE generate "verse-whole-$order" verse_mask order=$order
-  N_OVERRIDE=$NVERSE generate "verse-lines-$order" verse_mask order=$order block_size=8
-  N_OVERRIDE=$NVERSE generate "verse-couplets-$order" verse_mask order=$order block_size=16
-done
+verses() {  # a verse line by line (blocks of 8 tokens), couplet by couplet (16), or all 64 tokens at once
+  train verse_mask experiment=verse_mask
+  for order in random confidence; do
+    # form only: the verses' judge would be another GPT-2 to train (FLUENCY=true trains and uses it)
+    N_OVERRIDE=$NVERSE FLUENCY=${VERSE_FLUENCY:-false} generate "verse-whole-$order" verse_mask order=$order
+    N_OVERRIDE=$NVERSE FLUENCY=${VERSE_FLUENCY:-false} generate "verse-lines-$order" verse_mask order=$order block_size=8
+    N_OVERRIDE=$NVERSE FLUENCY=${VERSE_FLUENCY:-false} generate "verse-couplets-$order" verse_mask order=$order block_size=16
+  done
+}
 
-for proc in mask uniform; do  # the token NELBO on held-out quatrains (the edit model has no tractable bound)
-  [ -f "$RUNS/quatrain_$proc/eval-nelbo.log" ] || udm-eval ckpt="$RUNS/quatrain_$proc" n=16 "metrics=[nelbo]" progress=false \
-    > "$RUNS/quatrain_$proc/eval-nelbo.log" 2>&1
-done
+nelbo() {  # the token NELBO on held-out quatrains (the edit model has no tractable bound)
+  for run in quatrain_mask quatrain_uniform; do
+    [ -f "$RUNS/$run/eval-nelbo.log" ] || udm-eval ckpt="$RUNS/$run" n=16 "metrics=[nelbo]" progress=false > "$RUNS/$run/eval-nelbo.log" 2>&1
+  done
+}
 
+for part in ${PARTS:-quatrains verses nelbo}; do "$part"; done
 python experiments/text/table.py "$RUNS" > experiments/text/results/table.md
 cat experiments/text/results/table.md
