@@ -186,6 +186,8 @@ def test_a_text_checkpoint_gets_text_measures_and_the_token_nelbo(tmp_path, expe
     data.setup("fit")
     measured, keys = text_metrics(texts, data.train_texts), ("form_accuracy", "copy_rate", "distinct_chars")
     assert {k: report[k] for k in keys} == {k: measured[k] for k in keys}
+    real = text_metrics(data.test_texts[:4], data.train_texts)  # the reference: as many held-out real texts
+    assert {k: report[f"real_{k}"] for k in keys} == {k: real[k] for k in keys} and report["real_form_accuracy"] == 1.0
     # form, written out for seven-character quatrains: punctuation after every 7 characters and nowhere else
     form = [len(t) == 32 and [i for i, c in enumerate(t) if c in PUNCTUATION] == [7, 15, 23, 31] for t in texts]
     assert report["form_accuracy"] == sum(form) / 4

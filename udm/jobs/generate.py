@@ -30,7 +30,7 @@ from udm.jobs.text_conditions import describe as describe_condition
 from udm.jobs.text_conditions import given, requested_text_condition
 from udm.metrics.fluency import fluency, judge_for
 from udm.metrics.lengths import length_measures
-from udm.metrics.text import text_metrics
+from udm.metrics.text import held_out_reference, text_metrics
 from udm.models import open_model
 from udm.processes import Latent, TokenMask, TokenProcess
 from udm.processes.base import predict
@@ -133,15 +133,16 @@ def measure(opened, ids: torch.Tensor, texts: list[str]) -> dict[str, float]:
     """The text measures of the generated texts against the checkpoint's training texts, and for variable-length
     text their lengths against the held-out texts' (udm.metrics.text, udm.metrics.lengths)."""
     data = opened.data("fit")
-    measures = text_metrics(texts, data.train_texts)
+    measures = text_metrics(texts, data.train_texts) | held_out_reference(data.test_texts[: len(texts)], data.train_texts)
     if getattr(data, "variable", False):
         measures |= length_measures(ids, data.test, data.train, *end_and_pad(opened.tokenizer()))
     return measures
 
 
 def describe_measures(m: dict[str, float]) -> str:
-    said = [f"form accuracy {m['form_accuracy']:.1%}"] if "form_accuracy" in m else []
-    said += [f"copied lines {m['copy_rate']:.1%}", f"{m['distinct_chars']:.1f} distinct characters per text"]
+    said = [f"form accuracy {m['form_accuracy']:.1%} (held-out real {m['real_form_accuracy']:.1%})"] if "form_accuracy" in m else []
+    said += [f"copied lines {m['copy_rate']:.1%} (real {m['real_copy_rate']:.1%})",
+             f"{m['distinct_chars']:.1f} distinct characters per text (real {m['real_distinct_chars']:.1f})"]
     if "mean_length" in m:
         said += [f"mean length {m['mean_length']:.1f} tokens (held-out {m['held_out_mean_length']:.1f}), length TV "
                  f"{m['length_tv']:.3f} (training texts at this n: {m['length_tv_train']:.3f})"]

@@ -77,16 +77,24 @@ def text_metrics(samples: list[str], train_texts: list[str]) -> dict[str, float]
     }
 
 
+def held_out_reference(held_out: list[str], train_texts: list[str]) -> dict[str, float]:
+    """The same measures for held-out real texts (real_form_accuracy, real_copy_rate, real_distinct_chars): what a
+    perfect model would score, e.g. the lines real poems share with the training split."""
+    return {f"real_{k}": v for k, v in text_metrics(held_out, train_texts).items() if k != "n"}
+
+
 class TextMeasures(Metric):
     """text (conf/metric/text.yaml): form_accuracy, copy_rate and distinct_chars of the decoded samples against
     the checkpoint's training texts (text_metrics above); for variable-length text also the length measures of
     udm.metrics.lengths against the held-out texts."""
 
     LENGTHS = ("mean_length", "held_out_mean_length", "length_tv", "length_tv_train")
-    columns = ("form_accuracy", "copy_rate", "distinct_chars", *LENGTHS)
-    table = (Row("form_accuracy", "form accuracy", "{:.1%}", compare_label="form acc."),
-             Row("copy_rate", "copied lines", "{:.1%}"),
-             Row("distinct_chars", "distinct chars", "{:.1f}", note="per text"),
+    REAL = ("real_form_accuracy", "real_copy_rate", "real_distinct_chars")
+    columns = ("form_accuracy", "copy_rate", "distinct_chars", *REAL, *LENGTHS)
+    table = (Row("form_accuracy", "form accuracy", "{:.1%}", note="held-out real texts {real_form_accuracy:.1%}",
+                 compare_label="form acc."),
+             Row("copy_rate", "copied lines", "{:.1%}", note="held-out real texts {real_copy_rate:.1%}"),
+             Row("distinct_chars", "distinct chars", "{:.1f}", note="per text; held-out real texts {real_distinct_chars:.1f}"),
              Row("mean_length", "mean length", "{:.1f}", note="tokens; held-out texts {held_out_mean_length:.1f}",
                  compare_label="mean len."),
              Row("length_tv", "length TV", "{:.3f}", note="vs held-out lengths; training texts at this n: "
@@ -101,6 +109,7 @@ class TextMeasures(Metric):
     def compute(self, model, samples, context: Context) -> dict:
         data = context.data
         measures = text_metrics(model.decode(samples), data.train_texts)
+        measures |= held_out_reference(data.test_texts[: len(samples)], data.train_texts)
         if getattr(data, "variable", False):
             from udm.data.tokenizers import end_and_pad
             from udm.metrics.lengths import length_measures
