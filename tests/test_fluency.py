@@ -208,3 +208,25 @@ def test_udm_generate_measures_fluency_when_asked(text_run, capsys):
     assert m["real_entropy"] > 0 and "perplexity" in capsys.readouterr().out
     plain = generate_text(compose_config("generate", f"ckpt={ckpt}", "n=3", f"out_dir={tmp / 'gen'}", "progress=false"))
     assert "gen_ppl" not in plain["metrics"]  # fluency=false (the default) leaves the judge alone
+
+
+def test_variable_length_text_is_read_up_to_its_end_token():
+    """Rows of variable-length text: the entropy counts the tokens before the first end token (padding and what
+    follows the end left out), and the perplexity scores those tokens and the end token only."""
+    from udm.metrics.fluency import generative_perplexity, unigram_entropy
+
+    END, PAD = 3, 0
+    rows = torch.tensor([[5, 6, 7, 8, END, PAD, PAD, PAD], [5, 5, END, 9, 9, 9, PAD, PAD]])
+    assert torch.allclose(unigram_entropy(rows, END, PAD), torch.tensor([math.log(4), 0.0], dtype=torch.float64))
+
+    class Judge(torch.nn.Module):  # NLL of token i is its position + 1: the mean over what is read is known
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def nll(self, x):
+            return torch.arange(1.0, x.shape[1] + 1).expand(x.shape).clone()
+
+    # read: positions 1..5 of row 0 (4 tokens and the end), 1..3 of row 1 -> mean (15 + 6) / 8
+    assert abs(generative_perplexity(Judge(), rows, end=END) - math.exp(21 / 8)) < 1e-9
+    assert abs(generative_perplexity(Judge(), rows) - math.exp(4.5)) < 1e-9  # fixed-length reading: every token

@@ -343,7 +343,7 @@ CASES = {
     "tokens-per-step-0": ("udm-generate", "ckpt={text}", "tokens_per_step=0", "tokens_per_step=0: tokens_per_step is the tokens restored"),
     "block-size-too-long": ("udm-generate", "ckpt={text}", "block_size=40", "block_size must be a whole number of tokens in 1..32"),
     "remasking-schedule-unknown": ("udm-generate", "ckpt={text}", "sampler=remdm", "sampler.schedule=often",
-                                   "variance='often' does not apply to TokenMask"),
+                                   "schedule='often': ReMDM's remasking schedules are rescale, cap, confidence"),
     "order-unknown": ("udm-generate", "ckpt={text}", "order=alphabetical", "order='alphabetical': order is the order tokens are restored in"),
     "template-wrong-length": ("udm-generate", "ckpt={text}", "template='朝辭白帝彩雲間，＿＿＿＿＿＿＿。'",
                               "template is 16 tokens long; this checkpoint generates exactly 32"),

@@ -9,7 +9,8 @@ import torch
 
 from udm.errors import UdmError
 from udm.processes import TokenMask, TokenReplace, TokenUniform
-from udm.samplers import DDIM, Improved, ReMDM
+from udm.processes import Gaussian
+from udm.samplers import DDIM, Improved, ReMDM, Remasking, Sampler
 from udm.samplers.steps import Mixed
 
 L, V, SPECIAL, MASK = 12, 40, [0, 1], 2
@@ -181,8 +182,16 @@ def test_order_values_against_closed_forms():
 def test_bad_remasking_knobs_are_refused():
     p = make("mask")
     x_T = p.prior(data(2), None)
+    with pytest.raises(UdmError, match="schedule='sometimes': ReMDM's remasking schedules are rescale, cap, confidence"):
+        ReMDM(eta=0.1, schedule="sometimes")
     with pytest.raises(UdmError, match="variance='sometimes' does not apply to TokenMask.*rescale"):
-        ReMDM(eta=0.1, schedule="sometimes")(p, noisy(), x_T)
+        Sampler(Mixed(eta=0.1, variance="sometimes"))(p, noisy(), x_T)
+    with pytest.raises(UdmError, match="loop_steps=4 repeats a step that only remasking"):
+        ReMDM(eta=0.0, loop_steps=4)
+    with pytest.raises(UdmError, match="ReMDM \\(sampler=remdm\\) needs remasking.*which Gaussian"):
+        ReMDM()(Gaussian(T=10), lambda x, t: x, torch.zeros(1, 2))
+    with pytest.raises(UdmError, match="remasking \\(eta=0.2\\) needs"):
+        Sampler(Remasking(0.2, "cap"))(Gaussian(T=10), lambda x, t: x, torch.zeros(1, 2))
     with pytest.raises(UdmError, match="eta must lie in"):
         ReMDM(eta=1.5)
     with pytest.raises(ValueError, match="block_size must be a whole number of tokens in 1..12"):

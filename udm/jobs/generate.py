@@ -28,13 +28,13 @@ from udm.jobs.settings import command_line_keys
 from udm.jobs.sample import fresh_path
 from udm.jobs.text_conditions import describe as describe_condition
 from udm.jobs.text_conditions import given, requested_text_condition
-from udm.metrics.fluency import fluency, judge_for
+from udm.metrics.fluency import closing_ids, fluency, judge_for
 from udm.metrics.lengths import length_measures
 from udm.metrics.text import held_out_reference, text_metrics
 from udm.models import open_model
 from udm.processes import Latent, TokenMask, TokenProcess
 from udm.processes.base import predict
-from udm.samplers import OutputCache
+from udm.samplers.cache import OutputCache, ignores_time
 
 TOKEN_SAMPLING = ("temperature", "order", "top_k", "top_p", "sample_dtype", "block_size")  # udm-generate keys for TokenProcess.sampling
 
@@ -157,6 +157,8 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
         raise UdmError(f"n must be a positive number of texts, got {cfg.n}")
     opened = open_model(cfg.ckpt, cfg.device, expect="text", progress=cfg.progress)
     folder = check_output_folder(cfg.out_dir or opened.run_dir / "samples")
+    if cfg.fluency and not cfg.metrics:
+        raise UdmError("fluency=true scores the texts with the other measures; it needs metrics=true")
     if cfg.metrics and cfg.fluency and cfg.cache_dir:  # where a missing judge would be written, before sampling
         check_output_folder(cfg.cache_dir, key="cache_dir")
     process, device, tok, ckpt_path = opened.process, opened.device, opened.tokenizer(), opened.checkpoint_path
@@ -172,7 +174,7 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
         fix, starts, t_start, steps, tps = latent_starts(cfg, process, opened.shape[-1], generator, device, n)
     else:
         raise UdmError(f"{ckpt_path} holds {process.describe()}, which does not generate tokens")
-    model = fix(fast) if opened.net.uses_time else OutputCache(fix(fast), opened.net)
+    model = OutputCache(fix(fast), opened.net) if ignores_time(opened.net) else fix(fast)
     sampler = with_guidance(opened.sampler(instantiate(cfg.sampler, steps=min(steps, t_start))), cfg, opened,
                             lambda guide: fix(wrap(guide, device=device)))
 
@@ -188,7 +190,7 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
     stem += describe_condition(cfg)
     txt = fresh_path(folder, stem, ".txt")
     txt.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    result: dict[str, Any] = {"texts": texts, "txt": str(txt), "seconds": seconds, "steps": min(steps, t_start), "net": describe_net(fast),
+    result: dict[str, Any] = {"texts": texts, "txt": str(txt), "seconds": seconds, "steps": len(sampler.timesteps(process, t_start)), "net": describe_net(fast),
                               "tokens_per_second": ids.numel() / seconds, "texts_per_second": len(texts) / seconds}
     if isinstance(model, OutputCache):  # x0_hat cache: steps whose x_t did not change reused the last output
         result["network_calls"] = {"made": model.calls, "reused": model.hits}
@@ -199,7 +201,8 @@ def generate_text(cfg: DictConfig) -> dict[str, Any]:
         result["metrics"] = measure(opened, ids, texts)
         if cfg.fluency:
             judge, _ = judge_for(opened, cfg.judge, cfg.cache_dir, device, cfg.progress, who="udm-generate")
-            result["metrics"].update(fluency(judge, ids, opened.data("fit").test[: len(ids)], cfg.batch_size))
+            data = opened.data("fit")
+            result["metrics"].update(fluency(judge, ids, data.test[: len(ids)], cfg.batch_size, **closing_ids(opened, data)))
     json_path = txt.with_suffix(".json")
     json_path.write_text(json.dumps({k: v for k, v in result.items() if k != "texts"}, indent=2, ensure_ascii=False))
 

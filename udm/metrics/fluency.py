@@ -35,34 +35,57 @@ def as_ids(texts: Tensor | Sequence[Sequence[int]], what: str = "texts") -> Tens
     return ids.long()
 
 
+def read(ids: Tensor, end: int | None) -> Tensor:
+    """[N, L] bool: the tokens a text consists of, up to and including its first end token (variable-length text:
+    what follows is padding the judge should not be credited for); every token when `end` is None."""
+    if end is None:
+        return torch.ones(ids.shape, dtype=torch.bool)
+    return (ids == end).long().cumsum(-1) - (ids == end).long() == 0
+
+
 @torch.no_grad()
-def generative_perplexity(judge, texts: Tensor | Sequence[Sequence[int]], batch_size: int = 256) -> float:
+def generative_perplexity(judge, texts: Tensor | Sequence[Sequence[int]], batch_size: int = 256, end: int | None = None) -> float:
     """exp of the mean token NLL of texts [N, L] under the judge (a udm.nets.causal_lm.CausalLM, on its device),
-    over all N * L tokens; the judge's start symbol is not a token of the text and is not scored."""
+    over their tokens (all N * L, or up to each text's first `end` token); the judge's start symbol is not a token
+    of the text and is not scored."""
     ids = as_ids(texts)
     judge.eval()
     device = next(judge.parameters()).device
-    nll = torch.cat([judge.nll(x.to(device)).double().cpu().flatten() for x in ids.split(batch_size)])
-    return float(nll.mean().exp())
+    nll = torch.cat([judge.nll(x.to(device)).double().cpu() for x in ids.split(batch_size)])
+    return float(nll[read(ids, end)].mean().exp())
 
 
-def unigram_entropy(texts: Tensor | Sequence[Sequence[int]]) -> Tensor:
-    """The entropy in nats of each text's token histogram, [N] (float64)."""
+def unigram_entropy(texts: Tensor | Sequence[Sequence[int]], end: int | None = None, pad: int | None = None) -> Tensor:
+    """The entropy in nats of each text's token histogram, [N] (float64); for variable-length text (`end`, `pad`)
+    of the tokens before its first end token, padding left out."""
     ids = as_ids(texts)
-    counts = torch.zeros(len(ids), int(ids.max() - ids.min()) + 1, dtype=torch.float64).scatter_add_(
-        1, ids - int(ids.min()), torch.ones(ids.shape, dtype=torch.float64))
-    p = counts / ids.shape[1]
+    kept = read(ids, end) & (ids != end if end is not None else True) & (ids != pad if pad is not None else True)
+    vocab = int(ids.max()) + 1
+    rows = torch.arange(len(ids)).unsqueeze(1).expand_as(ids)
+    counts = torch.bincount((rows * vocab + ids)[kept], minlength=len(ids) * vocab).view(len(ids), vocab).double()
+    p = counts / counts.sum(1, keepdim=True).clamp(min=1)
     return -torch.special.xlogy(p, p).sum(1)
 
 
 def fluency(judge, samples: Tensor | Sequence[Sequence[int]], real: Tensor | Sequence[Sequence[int]],
-            batch_size: int = 256) -> dict[str, float]:
-    """gen_ppl and entropy of the samples, real_ppl and real_entropy of the real texts (ids [N, L] each)."""
+            batch_size: int = 256, end: int | None = None, pad: int | None = None) -> dict[str, float]:
+    """gen_ppl and entropy of the samples, real_ppl and real_entropy of the real texts (ids [N, L] each); for
+    variable-length text pass its end and pad ids (udm.data.tokenizers.end_and_pad)."""
     samples, real = as_ids(samples, "generated texts"), as_ids(real, "real texts")
-    return {"gen_ppl": generative_perplexity(judge, samples, batch_size),
-            "real_ppl": generative_perplexity(judge, real, batch_size),
-            "entropy": float(unigram_entropy(samples).mean()),
-            "real_entropy": float(unigram_entropy(real).mean())}
+    return {"gen_ppl": generative_perplexity(judge, samples, batch_size, end),
+            "real_ppl": generative_perplexity(judge, real, batch_size, end),
+            "entropy": float(unigram_entropy(samples, end, pad).mean()),
+            "real_entropy": float(unigram_entropy(real, end, pad).mean())}
+
+
+def closing_ids(model, data) -> dict[str, int]:
+    """{'end': ..., 'pad': ...} for variable-length text, else {} (fixed-length rows are read whole)."""
+    if not getattr(data, "variable", False):
+        return {}
+    from udm.data.tokenizers import end_and_pad
+
+    end, pad = end_and_pad(model.tokenizer())
+    return {"end": end, "pad": pad}
 
 
 def judge_for(model, judge_cfg=None, cache_dir=None, device="cpu", progress: bool = True, who: str = "udm-eval"):
@@ -103,5 +126,5 @@ class Fluency(Metric):
                                                 context.progress)
         judge, info = context.shared["judge"]
         real = context.data.test[: len(samples)]
-        return {**fluency(judge, samples, real, self.batch_size), "fluency_real_texts": len(real),
+        return {**fluency(judge, samples, real, self.batch_size, **closing_ids(model, context.data)), "fluency_real_texts": len(real),
                 "fluency_judge": info["id"]}

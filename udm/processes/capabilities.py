@@ -49,6 +49,7 @@ WHAT = {
     "analytic_variance": "a variance-preserving Gaussian schedule (Analytic-DPM's variance)",
     "extrapolates_x0": "x0 predictions that may be extrapolated linearly",
     "real_valued": "real-valued data",
+    "remasking": "remasking (revealed tokens corrupted again: a token process)",
 }
 
 

@@ -18,6 +18,7 @@ first, carried by x0_hat as a `priority`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import math
 from collections.abc import Sequence
@@ -75,7 +76,8 @@ class TokenProcess(ForwardProcess):
     probability of the drawn token ('confidence'), the margin between the two most likely tokens ('margin')
     or the lowest entropy ('entropy'). block_size (semi-autoregressive generation, as LLaDA's blocks): the
     positions are restored block by block, left to right, each block seeing the finished ones (and the order
-    within a block); null: the whole sequence is one block. loss_on: 'corrupted' or 'all' positions.
+    within a block); null: the whole sequence is one block. For the edit and uniform processes blocks order the
+    restoring only: the positions their x0_hat redraws span the sequence. loss_on: 'corrupted' or 'all' positions.
 
     The mixed step with eta > 0 remasks (ReMDM, Wang et al. 2025): `remasked` picks revealed positions to
     corrupt again, which the net re-predicts on a later step.
@@ -233,12 +235,13 @@ class TokenProcess(ForwardProcess):
         return torch.rand(tokens.shape, device=tokens.device, generator=generator)
 
     def in_blocks(self, priority: Tensor) -> Tensor:
-        """The priority with whole blocks ranked left to right: (blocks - 1 - b + p) / blocks for block b."""
+        """The priority with whole blocks ranked left to right: (blocks - 1 - b + p / 2) / blocks for block b, so
+        that every position of block b outranks every one of block b + 1 (p / 2 < 1 keeps them apart)."""
         if self.block_size is None:
             return priority
         blocks = math.ceil(self.length / self.block_size)
         b = torch.arange(self.length, device=priority.device) // self.block_size
-        return (blocks - 1 - b + priority.clamp(0, 1)) / blocks
+        return (blocks - 1 - b + 0.5 * priority.clamp(0, 1)) / blocks
 
     def remasked(self, x0_hat: TokenEstimate, x_t: Tensor, t: Tensor, s: Tensor, eta: float, schedule: str,
                  weight_logits: Tensor | None, generator: torch.Generator | None) -> Tensor:
@@ -304,8 +307,7 @@ class TokenMask(TokenProcess):
     def prior(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.full(x0.shape, self.mask_id, dtype=torch.long, device=x0.device)
 
-    capabilities = Capabilities(invertible=True, real_valued=False, likelihood="token nelbo", why_not_extrapolate="x0_hat is token ids",
-                                remasking=True, variances=REMASKING)
+    capabilities = dataclasses.replace(TokenProcess.capabilities, likelihood="token nelbo")
 
     def steps_without_change(self, ts: list[int]) -> list[bool]:
         """A step between times with equal counts k(t) = k(s) reveals no position: x_s = x_t, no network needed."""
@@ -378,6 +380,6 @@ class TokenReplace(TokenProcess):
         doubt = doubt + 1e-6 * torch.rand(doubt.shape, device=doubt.device, generator=generator)  # random ties
         rank = (-doubt).argsort(dim=-1, stable=True).argsort(-1)
         chosen = rank < self.k[t].unsqueeze(-1)
-        drawn = self.draw(logits.scatter(-1, x_t.unsqueeze(-1), float("-inf")), generator)  # never the token seen
-        tokens = torch.where(chosen, drawn, x_t)
-        return self.estimate(logits, tokens, generator)
+        elsewhere = logits.scatter(-1, x_t.unsqueeze(-1), float("-inf"))  # never the token seen
+        tokens = torch.where(chosen, self.draw(elsewhere, generator), x_t)
+        return self.estimate(torch.where(chosen.unsqueeze(-1), elsewhere, logits), tokens, generator)

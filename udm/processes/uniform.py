@@ -10,11 +10,12 @@ Its negative ELBO is udm.metrics.uniform_nelbo (the process declares likelihood=
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
-from udm.processes.capabilities import Capabilities
-from udm.processes.discrete import REMASKING, TokenEstimate, TokenNoise, TokenProcess, tokens_of
+from udm.processes.discrete import TokenEstimate, TokenNoise, TokenProcess, tokens_of
 
 
 class TokenUniform(TokenProcess):
@@ -32,8 +33,7 @@ class TokenUniform(TokenProcess):
     The model must also learn which tokens are intact, so the loss covers all positions by default.
     """
 
-    capabilities = Capabilities(invertible=True, real_valued=False, likelihood="uniform nelbo", why_not_extrapolate="x0_hat is token ids",
-                                remasking=True, variances=REMASKING)
+    capabilities = dataclasses.replace(TokenProcess.capabilities, likelihood="uniform nelbo")
 
     def __init__(self, loss_on: str = "all", **kwargs):
         super().__init__(loss_on=loss_on, **kwargs)
@@ -68,5 +68,6 @@ class TokenUniform(TokenProcess):
         k = self.k[t].unsqueeze(-1)
         redrawn = rank < k
         intact = 1 - k.double() / self.length  # alpha at t (k = 0 redraws nothing)
-        tokens = torch.where(redrawn, self.draw(self.context_logits(logits, x_t, intact), generator), x_t)
-        return self.estimate(logits, tokens, generator)
+        context = self.context_logits(logits, x_t, intact)
+        tokens = torch.where(redrawn, self.draw(context, generator), x_t)
+        return self.estimate(torch.where(redrawn.unsqueeze(-1), context, logits), tokens, generator)

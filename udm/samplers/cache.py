@@ -15,12 +15,18 @@ from udm.errors import UdmError
 from udm.processes.base import predict
 
 
+def ignores_time(net) -> bool:
+    """Whether a net declares that its output does not depend on t (`uses_time = False`); a net that declares
+    nothing is taken to use it, so its output is never cached."""
+    return getattr(net, "uses_time", True) is False
+
+
 class OutputCache:
     """model(x_t, t[, cond]) that calls `model` only when x_t or cond differ from the last call's; `calls` and
     `hits` count both kinds of call."""
 
     def __init__(self, model, net):
-        if net.uses_time:
+        if not ignores_time(net):
             raise UdmError(f"the output cache needs a net that ignores t; {type(net).__name__} is time-conditioned, "
                            "so equal x_t at another t may give another output")
         self.model, self.calls, self.hits = model, 0, 0

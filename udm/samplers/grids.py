@@ -84,7 +84,7 @@ class Explicit:
 
 
 class Loop:
-    """ReMDM's loop (Wang et al. 2025, sec. 4.2): the uniform grid of `steps`, with `loop_steps` more steps that stay
+    """ReMDM's loop grid (Wang et al. 2025, sec. 4.2): the uniform grid of `steps`, with `loop_steps` more steps that stay
     at the grid time t_on nearest `at * start` (the share of positions still corrupted there, for a count schedule).
     A step t_on -> t_on reveals nothing new, so only a remasking step (eta > 0) does anything on it: it corrupts
     revealed tokens again and reveals as many, letting the sampler revise the nearly finished text."""

@@ -4,6 +4,7 @@ each takes an optional `guidance` (udm.samplers.Guidance: classifier-free guidan
 from __future__ import annotations
 
 from udm.errors import UdmError
+from udm.processes.capabilities import require
 from udm.samplers.grids import Loop, SolverTime
 from udm.samplers.guidance import Guidance
 from udm.samplers.langevin import Langevin
@@ -50,12 +51,24 @@ class ReMDM(Sampler):
     corrupted again at ReMDM's rate sigma_t (`schedule` rescale: eta sigma_max; cap: min(eta, sigma_max);
     confidence: rescale, the least confident at reveal remasked most) and re-predicted. eta = 0 is the
     improved sampler, bit for bit. loop_steps > 0 adds ReMDM's loop: that many extra steps at the time where a
-    share `loop_at` of the positions is still corrupted, on which remasking revises the nearly finished text."""
+    share `loop_at` of the positions is still corrupted, on which remasking revises the nearly finished text.
+    Unlike the paper's loop schedule, remasking runs at eta on every step here, not on the loop's alone."""
+
+    SCHEDULES = ("rescale", "cap", "confidence")
 
     def __init__(self, steps: int | None = None, eta: float = 0.1, schedule: str = "cap", loop_steps: int = 0,
                  loop_at: float = 0.1, guidance: Guidance | None = None):
+        if schedule not in self.SCHEDULES:
+            raise UdmError(f"schedule={schedule!r}: ReMDM's remasking schedules are {', '.join(self.SCHEDULES)}")
+        if loop_steps and not eta:
+            raise UdmError(f"loop_steps={loop_steps} repeats a step that only remasking (eta > 0) changes; set eta > 0 "
+                           "or loop_steps=0")
         grid = Loop(loop_at, loop_steps) if loop_steps else None
         super().__init__(Mixed(eta=eta, variance=schedule), steps, grid=grid, guidance=guidance)
+
+    def check(self, process) -> None:
+        require(process, "remasking", "ReMDM (sampler=remdm)", "for Gaussian noise use sampler=ddpm or ddim with eta")
+        super().check(process)
 
 
 class Naive(Sampler):

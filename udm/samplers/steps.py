@@ -112,6 +112,14 @@ class Remasking(StepRule):
         self.eta, self.schedule = eta, schedule
         self.confidence: Tensor | None = None  # [B, L] at reveal time; positions revealed from the start count as 1
 
+    def check(self, process) -> None:
+        require(process, "remasking", f"remasking (eta={self.eta})", "use a token process, or ddpm / ddim for Gaussian noise")
+        if self.schedule not in process.capabilities.variances:
+            raise UdmError(f"schedule={self.schedule!r} is not one of the remasking schedules {list(process.capabilities.variances)}")
+
+    def bind(self, process, ts: list[int]) -> StepRule:
+        return Remasking(self.eta, self.schedule)  # a fresh confidence memory for every run
+
     def idle(self, process, ts: list[int]) -> list[bool]:
         return [False] * len(ts)  # remasking changes x on steps that reveal nothing new
 
