@@ -34,6 +34,15 @@ quatrains() {
   done
 }
 
+best() {  # the best settings again at N_BEST quatrains (form accuracy at n = 100 moves by 1% per text), and orders
+  N_OVERRIDE=${N_BEST:-500} generate "best-mask-tps2-remdm-top_p0.9-n${N_BEST:-500}" quatrain_mask tokens_per_step=2 sampler=remdm top_p=0.9
+  N_OVERRIDE=${N_BEST:-500} generate "best-mask-tps1-remdm_loop-top_p0.9-n${N_BEST:-500}" quatrain_mask tokens_per_step=1 sampler=remdm \
+    sampler.loop_steps=16 top_p=0.9
+  for order in confidence margin entropy; do
+    generate "mask-tps2-remdm-top_p0.9-$order" quatrain_mask tokens_per_step=2 sampler=remdm top_p=0.9 order=$order
+  done
+}
+
 verses() {  # a verse line by line (blocks of 8 tokens), couplet by couplet (16), or all 64 tokens at once
   train verse_mask experiment=verse_mask
   for order in random confidence; do
@@ -50,6 +59,6 @@ nelbo() {  # the token NELBO on held-out quatrains (the edit model has no tracta
   done
 }
 
-for part in ${PARTS:-quatrains verses nelbo}; do "$part"; done
+for part in ${PARTS:-quatrains best verses nelbo}; do "$part"; done
 python experiments/text/table.py "$RUNS" > experiments/text/results/table.md
 cat experiments/text/results/table.md

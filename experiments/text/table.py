@@ -16,8 +16,8 @@ def rows(runs: Path):
 
 def nelbo(runs: Path, run: str) -> str:
     log = runs / run / "eval-nelbo.log"
-    hit = re.search(r"NELBO/token\s*\|?\s*([0-9.]+)", log.read_text()) if log.exists() else None
-    return hit.group(1) if hit else "n/a"
+    hit = re.search(r"NELBO/token\W*([0-9.]+)\W*± ([0-9.]+)", log.read_text()) if log.exists() else None
+    return f"{hit.group(1)} ± {hit.group(2)}" if hit else "n/a"
 
 
 def main(runs: Path) -> None:
