@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -31,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import Progress
 from torch import Tensor
 
+from udm.jobs.epochs import fit_epochs
 from udm.jobs.outputs import check_output_folder
 from udm.errors import UdmError
 from udm.models import pick_device
@@ -83,22 +82,12 @@ def fit(net: Classifier, images: Tensor, labels: Tensor, epochs: int, batch_size
     images, labels = images.to(device), labels.to(device)
     generator = torch.Generator().manual_seed(seed)
     max_shift = round(shift_fraction * images.shape[-1])
-    batches = math.ceil(len(images) / batch_size)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * batches)
-    net.train()
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("training the FID feature extractor", total=epochs * batches)
-        for _ in range(epochs):
-            for idx in torch.randperm(len(images), generator=generator).split(batch_size):
-                x = random_shift(images[idx.to(device)], max_shift, generator)
-                loss = F.cross_entropy(net(x), labels[idx.to(device)])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                bar.update(task, advance=1, description=f"training the FID feature extractor (loss {loss.item():.3f})")
-    net.eval()
+
+    def batch_loss(idx: Tensor) -> Tensor:
+        return F.cross_entropy(net(random_shift(images[idx], max_shift, generator)), labels[idx])
+
+    fit_epochs(net, len(images), batch_loss, epochs, batch_size, lr, weight_decay, generator, "the FID feature extractor",
+               lambda loss: f"loss {loss.item():.3f}", progress=progress)
 
 
 def train_extractor(data_cfg: dict[str, Any], extractor: DictConfig, device: torch.device, progress: bool = True) -> dict[str, Any]:

@@ -20,7 +20,6 @@ over in-memory token ids need no checkpoints, loggers or DDP.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,13 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import Progress
 from torch import Tensor
 
 from udm.data.tokenizers import tokenizer_state
 from udm.errors import UdmError
 from udm.jobs.features import cache_path as keyed_path
 from udm.jobs.features import default_cache_dir, save_atomically
+from udm.jobs.epochs import fit_epochs
 from udm.jobs.outputs import check_output_folder
 from udm.metrics.fluency import generative_perplexity
 from udm.models import pick_device
@@ -60,24 +59,10 @@ def default_judge() -> DictConfig:
 def fit(judge: CausalLM, ids: Tensor, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
         progress: bool = True) -> None:
     """Next-token cross-entropy with AdamW under a one-cycle learning rate, the texts reshuffled every epoch."""
-    device = next(judge.parameters()).device
-    ids = ids.to(device)
-    generator = torch.Generator().manual_seed(seed)
-    batches = math.ceil(len(ids) / batch_size)
-    optimizer = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * batches, pct_start=0.1)
-    judge.train()
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("training the fluency judge", total=epochs * batches)
-        for _ in range(epochs):
-            for idx in torch.randperm(len(ids), generator=generator).split(batch_size):
-                loss = judge.nll(ids[idx.to(device)]).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                bar.update(task, advance=1, description=f"training the fluency judge (perplexity {loss.exp().item():.1f})")
-    judge.eval()
+    ids = ids.to(next(judge.parameters()).device)
+    fit_epochs(judge, len(ids), lambda idx: judge.nll(ids[idx]).mean(), epochs, batch_size, lr, weight_decay,
+               torch.Generator().manual_seed(seed),
+               "the fluency judge", lambda loss: f"perplexity {loss.exp().item():.1f}", pct_start=0.1, progress=progress)
 
 
 def train_judge(data_cfg: dict[str, Any], judge_cfg: DictConfig, device: torch.device, progress: bool = True) -> dict[str, Any]:
