@@ -243,6 +243,14 @@ class TokenProcess(ForwardProcess):
         b = torch.arange(self.length, device=priority.device) // self.block_size
         return (blocks - 1 - b + 0.5 * priority.clamp(0, 1)) / blocks
 
+    def most_doubted(self, logits: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None) -> Tensor:
+        """[B, L] bool: the k(t) positions whose seen token the model doubts most, 1 - q(x0_i = x_t,i | x_t) (ties
+        broken at random): where the edit and uniform processes' x0_hat redraws."""
+        doubt = 1 - logits.softmax(-1).gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
+        doubt = doubt + 1e-6 * torch.rand(doubt.shape, device=doubt.device, generator=generator)  # random ties
+        rank = (-doubt).argsort(dim=-1, stable=True).argsort(-1)
+        return rank < self.k[t].unsqueeze(-1)
+
     def remasked(self, x0_hat: TokenEstimate, x_t: Tensor, t: Tensor, s: Tensor, eta: float, schedule: str,
                  weight_logits: Tensor | None, generator: torch.Generator | None) -> Tensor:
         """[B, L] bool: the revealed positions (where x_t agrees with x0_hat) corrupted again on the step t -> s.
@@ -375,11 +383,7 @@ class TokenReplace(TokenProcess):
 
     def x0_hat(self, out: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None) -> TokenEstimate:
         logits = self.logits(out)
-        probs = logits.softmax(-1)
-        doubt = 1 - probs.gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
-        doubt = doubt + 1e-6 * torch.rand(doubt.shape, device=doubt.device, generator=generator)  # random ties
-        rank = (-doubt).argsort(dim=-1, stable=True).argsort(-1)
-        chosen = rank < self.k[t].unsqueeze(-1)
+        chosen = self.most_doubted(logits, x_t, t, generator)
         elsewhere = logits.scatter(-1, x_t.unsqueeze(-1), float("-inf"))  # never the token seen
         tokens = torch.where(chosen, self.draw(elsewhere, generator), x_t)
         return self.estimate(torch.where(chosen.unsqueeze(-1), elsewhere, logits), tokens, generator)

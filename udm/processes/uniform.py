@@ -62,12 +62,8 @@ class TokenUniform(TokenProcess):
 
     def x0_hat(self, out: Tensor, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None) -> TokenEstimate:
         logits = self.logits(out)
-        doubt = 1 - logits.softmax(-1).gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
-        doubt = doubt + 1e-6 * torch.rand(doubt.shape, device=doubt.device, generator=generator)  # random ties
-        rank = (-doubt).argsort(dim=-1, stable=True).argsort(-1)
-        k = self.k[t].unsqueeze(-1)
-        redrawn = rank < k
-        intact = 1 - k.double() / self.length  # alpha at t (k = 0 redraws nothing)
+        redrawn = self.most_doubted(logits, x_t, t, generator)
+        intact = 1 - self.k[t].unsqueeze(-1).double() / self.length  # alpha at t (k = 0 redraws nothing)
         context = self.context_logits(logits, x_t, intact)
         tokens = torch.where(redrawn, self.draw(context, generator), x_t)
         return self.estimate(torch.where(redrawn.unsqueeze(-1), context, logits), tokens, generator)
