@@ -75,7 +75,7 @@ def train_judge(data_cfg: dict[str, Any], judge_cfg: DictConfig, device: torch.d
     net_cfg = {**OmegaConf.to_container(judge_cfg.net, resolve=True),
                "vocab_size": len(data.tokenizer), "length": int(data.length)}
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # the seed below leaves no trace
         torch.manual_seed(judge_cfg.seed)
         judge = instantiate(net_cfg).to(device)
         fit(judge, data.train, judge_cfg.epochs, judge_cfg.batch_size, judge_cfg.lr, judge_cfg.weight_decay,
