@@ -15,21 +15,13 @@ from udm.jobs.judge import cache_path, default_judge, ensure_judge, load_judge
 from udm.metrics.fluency import fluency, generative_perplexity, unigram_entropy
 from udm.nets.causal_lm import CausalLM
 
-from .test_eval import compose_config, fake_checkpoint
+from .test_eval import _one_thread, compose_config, fake_checkpoint  # noqa: F401 (_one_thread: autouse, one torch thread)
 
 LETTERS = string.ascii_lowercase[:20]
 TINY_JUDGE = {"net.n_layer": 1, "net.n_embd": 32, "net.n_head": 2, "net.dropout": 0.0, "epochs": 30, "batch_size": 16,
               "lr": 3.0e-3}
 TINY_OVERRIDES = [f"judge.{k}={v}" for k, v in TINY_JUDGE.items()]
 TINY_NET = ["net.hidden=32", "net.layers=1", "net.heads=2"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_judge_cfg(**changes):

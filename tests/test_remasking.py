@@ -81,15 +81,19 @@ def test_a_remasking_step_keeps_k_s_corrupted_positions_and_recorrupts_revealed_
     assert torch.equal(torch.where(masked_s, x0, x_s), x0)
 
 
+def oracle_step(p, n, t_int, s_int, data_seed, seed):
+    """x_t of n random texts at t, the oracle's x0_hat there, the times t and s [n], and the generator."""
+    x0 = data(n, seed=data_seed)
+    g = torch.Generator().manual_seed(seed)
+    t, s = torch.full((n,), t_int), torch.full((n,), s_int)
+    x_t = p(x0, t, p.sample_noise(x0, g))
+    return x_t, p.x0_hat(oracle(x0)(x_t, t), x_t, t, g), t, s, g
+
+
 def test_remasking_count_follows_the_binomial_rate():
     """'rescale' at eta: r ~ Binomial(L - k(t), eta * min(1, k(s) / (L - k(t)))), capped at k(s)."""
     p = make("mask")
-    n = 4000
-    x0 = data(n, seed=3)
-    g = torch.Generator().manual_seed(1)
-    t, s = torch.full((n,), 4), torch.full((n,), 3)
-    x_t = p(x0, t, p.sample_noise(x0, g))
-    x0_hat = p.x0_hat(oracle(x0)(x_t, t), x_t, t, g)
+    x_t, x0_hat, t, s, g = oracle_step(p, 4000, 4, 3, data_seed=3, seed=1)
     again = p.remasked(x0_hat, x_t, t, s, 0.6, "rescale", None, g)
     def capped_mean(sigma, m=L - 4, cap=3):  # E[min(r, cap)], r ~ Binomial(m, sigma)
         return sum(min(r, cap) * math.comb(m, r) * sigma**r * (1 - sigma) ** (m - r) for r in range(m + 1))
@@ -104,11 +108,7 @@ def test_remasking_count_follows_the_binomial_rate():
 def test_confidence_schedule_remasks_the_least_confident_tokens_more_often():
     p = make("mask")
     n = 20000
-    x0 = data(n, seed=4)
-    g = torch.Generator().manual_seed(2)
-    t, s = torch.full((n,), 6), torch.full((n,), 5)
-    x_t = p(x0, t, p.sample_noise(x0, g))
-    x0_hat = p.x0_hat(oracle(x0)(x_t, t), x_t, t, g)
+    x_t, x0_hat, t, s, g = oracle_step(p, n, 6, 5, data_seed=4, seed=2)
     weights = torch.zeros(n, L)
     weights[:, 0] = 2.0  # position 0 (when revealed) has weight e^2 against e^0 for the others
     again = p.remasked(x0_hat, x_t, t, s, 0.2, "rescale", weights, g)
