@@ -126,7 +126,7 @@ class Remasking(StepRule):
     def __call__(self, process, x_t, x0_hat, t, s, generator=None):
         eps_hat = process.inverse(x0_hat, x_t, t)
         remembered = self.schedule == "confidence"
-        if remembered and (self.confidence is None or self.confidence.shape != x_t.shape):
+        if remembered and self.confidence is None:  # bind gives every run a fresh rule, so one batch shape
             self.confidence = torch.ones(x_t.shape, device=x_t.device)
         again = process.remasked(x0_hat, x_t, t, s, self.eta, self.schedule, -self.confidence if remembered else None, generator)
         fresh = process.sample_noise(x0_hat, generator)
