@@ -16,7 +16,8 @@ from hydra.utils import instantiate
 from udm.cli import CONF_DIR
 from udm.errors import UdmError
 from udm.jobs.train import fill_from_data
-from udm.processes import Blur, ForwardProcess, Gaussian, Latent, TokenProcess
+from udm.processes import Affine, Blur, ForwardProcess, Gaussian, Latent, TokenProcess
+from udm.processes.base import per_sample
 from udm.samplers import DDIM, DDPM, Baseline, Mixed, Sampler
 
 from .conftest import compose_train
@@ -24,18 +25,20 @@ from .conftest import compose_train
 TOKENS = {"length": 8, "vocab_size": 12, "mask_id": 11, "special_ids": [0, 11]}
 PROCESSES = sorted(p.stem for p in (Path(CONF_DIR) / "process").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (Path(CONF_DIR) / "sampler").glob("*.yaml"))
-SMALL = {"gaussian": ["process.T=40"], "latent": ["process.T=40"], "latent_tokens": ["process.T=40"], "ve": ["process.T=20"],
+SMALL = {"gaussian": ["process.T=40"], "vp": ["process.T=40"], "flow": ["process.T=40"], "edm": ["process.T=40"], "latent": ["process.T=40"], "latent_tokens": ["process.T=40"], "ve": ["process.T=20"],
          "blur": ["process.T=12"], "inpaint": ["process.T=12"], "pixelate": ["process.T=12"]}
 
-GAUSSIAN_NOISE = {"gaussian", "ve", "latent", "latent_tokens"}
-SCORE = {"gaussian", "ve", "latent", "latent_tokens"}
-EXTRAPOLATES = {"gaussian", "ve", "blur", "inpaint", "pixelate"}
+AFFINE = {"gaussian", "vp", "ve", "flow", "edm"}  # the affine Gaussian process over its schedules
+GAUSSIAN_NOISE = AFFINE | {"latent", "latent_tokens"}
+SCORE = AFFINE | {"latent", "latent_tokens"}
+EXTRAPOLATES = AFFINE | {"blur", "inpaint", "pixelate"}
 REMASKS = {p for p in PROCESSES if p.startswith("token_")}  # the mixed step with eta > 0 remasks tokens (ReMDM)
 SERVES = {  # sampler config -> the process configs it must serve; every other process must be refused
-    "ddim": set(PROCESSES), "improved": set(PROCESSES), "naive": set(PROCESSES),
-    "ddpm": GAUSSIAN_NOISE | REMASKS, "remdm": REMASKS, "ddpm_beta": {"gaussian", "latent", "latent_tokens"},  # VE's sigma_t^2 = beta_t is not defined
-    "pc": SCORE, "langevin": SCORE, "dpm_solver": EXTRAPOLATES,
-    "analytic_ddpm": {"gaussian", "latent", "latent_tokens"}, "analytic_ddim": {"gaussian", "latent", "latent_tokens"},
+    "ddim": set(PROCESSES), "improved": set(PROCESSES), "naive": set(PROCESSES), "euler": set(PROCESSES),
+    "ddpm": GAUSSIAN_NOISE | REMASKS, "remdm": REMASKS,
+    "ddpm_beta": GAUSSIAN_NOISE - {"ve"},  # SMLD's VarianceExploding keeps its one variance
+    "pc": SCORE, "langevin": SCORE, "dpm_solver": EXTRAPOLATES, "dpm_solver_3m": EXTRAPOLATES, "heun": AFFINE,
+    "analytic_ddpm": {"gaussian", "vp", "latent", "latent_tokens"}, "analytic_ddim": {"gaussian", "vp", "latent", "latent_tokens"},
 }
 
 
@@ -73,10 +76,10 @@ def oracle(process: ForwardProcess, x0: torch.Tensor):
         if isinstance(process, Latent):
             z0 = process.encoder(x0)
             return process.latent.target(z0, t, process.latent.inverse(z0, x_t, t))
-        if isinstance(process, Gaussian):  # eps, x0 or v
+        if isinstance(process, Affine):  # eps, x0, v, velocity or edm; x_t as the net saw it (c_in x_t)
+            if process.scale_input:
+                x_t = x_t / per_sample(process.input_scale(t), x_t)
             return process.target(x0, t, process.inverse(x0, x_t, t))
-        if process.capabilities.gaussian_noise and process.capabilities.score:  # VE: the net predicts eps
-            return process.inverse(x0, x_t, t)
         return x0  # cold: the net predicts x0
 
     return model
@@ -169,7 +172,7 @@ def test_out_of_range_settings_are_refused_when_built():
         DDIM(steps=41).timesteps(build_process("gaussian"))
 
 
-class Heun(Sampler):
+class RhoGrid(Sampler):
     """A user's sampler in one class: the inverse step at the times of a Karras-like rho grid (for the test)."""
 
     def __init__(self, steps: int = 4, rho: float = 7.0):
@@ -180,8 +183,8 @@ class Heun(Sampler):
 
 def test_a_new_sampler_is_one_class_and_one_yaml(tmp_path):
     (tmp_path / "sampler").mkdir()
-    (tmp_path / "sampler" / "heun.yaml").write_text("_target_: tests.test_contract.Heun\nsteps: 5\nrho: 3.0\n")
-    cfg = compose_train(f"hydra.searchpath=[file://{tmp_path}]", "sampler=heun", "process=gaussian", "process.T=40")
+    (tmp_path / "sampler" / "rho_grid.yaml").write_text("_target_: tests.test_contract.RhoGrid\nsteps: 5\nrho: 3.0\n")
+    cfg = compose_train(f"hydra.searchpath=[file://{tmp_path}]", "sampler=rho_grid", "process=gaussian", "process.T=40")
     process, sampler = instantiate(cfg.process).double(), instantiate(cfg.sampler)
     assert sampler.timesteps(process) == [40, 20, 9, 3, 1]
     g = torch.Generator().manual_seed(0)

@@ -78,7 +78,7 @@ def eps_moments(
     for chunk in track(pairs.split(batch_size), description="eps moments", disable=not progress, transient=True):
         t, rows = 1 + chunk // M, x0[chunk % M]
         x_t = process(rows, t, process.sample_noise(rows, generator))
-        eps = process.eps_hat(model(x_t, t), x_t, t)
+        eps = process.eps_hat(process.predict(model, x_t, t), x_t, t)
         sums.index_add_(0, t, eps.double().flatten(1).pow(2).mean(1))
     gamma = sums / M
     gamma[0] = 1.0

@@ -20,7 +20,6 @@ from udm.checkpoint import CHECKPOINT_KEY, recipe_modality
 from udm.conditioning import drop_condition
 from udm.grid import as_grid_array, save_grid
 from udm.processes import ForwardProcess
-from udm.processes.base import predict
 
 
 def split_batch(batch) -> tuple[Tensor, Any]:
@@ -67,7 +66,7 @@ class DiffusionModule(L.LightningModule):
         self.last_samples: Tensor | None = None
 
     def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
-        return predict(self.net, x_t, t, cond)
+        return self.process.predict(self.net, x_t, t, cond)
 
     def diffusion_loss(self, x0: Tensor, generator: torch.Generator | None = None, cond=None) -> Tensor:
         return self.process.training_loss(self.net, x0, generator, cond)

@@ -142,7 +142,7 @@ def vlb_terms(
     for t_int in track(range(1, process.T + 1), description="bits/dim", disable=not progress, transient=True):
         t = torch.full((B,), t_int, dtype=torch.long, device=x0.device)
         x_t = process(x0, t, process.sample_noise(x0, generator))
-        x0_hat = predictor.x0_hat(model(x_t, t).double(), x_t.double(), t)
+        x0_hat = predictor.x0_hat(process.predict(model, x_t, t).double(), x_t.double(), t)
         if t_int == 1:  # mu~_1(x_1, x0_hat) = x0_hat
             std = decoder_variance(process).sqrt()
             terms[:, 0] = -log_bin_probability(x0_64, x0_hat, std, levels).flatten(1).sum(1)

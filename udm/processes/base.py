@@ -70,7 +70,12 @@ class ForwardProcess(nn.Module, abc.ABC):
         t = self.sample_t(x0.shape[0], x0.device, generator)
         eps = self.sample_noise(x0, generator)
         x_t = self(x0, t, eps)
-        return self.loss(predict(net, x_t, t, cond), x0, x_t, t, eps)
+        return self.loss(self.predict(net, x_t, t, cond), x0, x_t, t, eps)
+
+    def predict(self, model: Model, x_t: Tensor, t: Tensor, cond=None):
+        """The net's raw output at (x_t, t): what every sampler, metric and the training loss call. Processes that
+        show the net a rescaled input (the affine Gaussian's c_in) override it."""
+        return predict(model, x_t, t, cond)
 
     def guide(self, out_c: Tensor, out_u: Tensor, w: float, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None):
         """Classifier-free guidance on the prediction: x0_w = x0_u + w (x0_c - x0_u) from the conditional and

@@ -26,6 +26,8 @@ class Capabilities:
     prior_needs_data x_T depends on a data batch (D_T(x0) of a held-out image), not only on its shape
     real_valued      x0 is real-valued (images, points), not token ids
     trainable_parts  the process holds weights trained with (or before) the net (the encoding model's E and D)
+    continuous_time  t may be any real value in [0, T], not only the integer grid (Karras and log-SNR grids, Heun's
+                     churn, continuous training densities, the probability-flow ODE)
     """
 
     invertible: bool = False
@@ -40,6 +42,7 @@ class Capabilities:
     prior_needs_data: bool = False
     real_valued: bool = True
     trainable_parts: bool = False
+    continuous_time: bool = False
 
 
 WHAT = {
@@ -50,6 +53,7 @@ WHAT = {
     "extrapolates_x0": "x0 predictions that may be extrapolated linearly",
     "real_valued": "real-valued data",
     "remasking": "remasking (revealed tokens corrupted again: a token process)",
+    "continuous_time": "real-valued times between the grid's steps (an affine Gaussian process)",
 }
 
 

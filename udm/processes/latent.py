@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from udm.errors import UdmError
-from udm.processes.base import ForwardProcess, predict
+from udm.processes.base import ForwardProcess
 from udm.processes.capabilities import Capabilities
 from udm.processes.gaussian import Gaussian
 
@@ -188,7 +188,7 @@ class Latent(ForwardProcess):
         t = self.sample_t(x0.shape[0], x0.device, generator)
         eps = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
         x_t = self.latent(z0, t, eps)
-        return self.loss(predict(net, x_t, t, cond), x0, x_t, t, eps, z0)
+        return self.loss(self.latent.predict(net, x_t, t, cond), x0, x_t, t, eps, z0)
 
     def code(self, x0: Tensor) -> Tensor:
         """E(x0) for training: with gradients into E only when E trains (stage joint)."""

@@ -7,16 +7,18 @@ a class with the same call) plus one YAML file in udm/conf/sampler/.
 
 from udm.samplers.analytic import AnalyticDPM, AnalyticStep
 from udm.samplers.cache import OutputCache
-from udm.samplers.grids import Explicit, SolverTime, Uniform
+from udm.samplers.grids import Explicit, Karras, LogSNR, SolverTime, Uniform
 from udm.samplers.guidance import Guidance
 from udm.samplers.langevin import AnnealedLangevin, Langevin
 from udm.samplers.loop import Sampler, SamplerLike, Step, reverse_loop
-from udm.samplers.named import DDIM, DDPM, DPMSolver, Improved, Naive, PredictorCorrector, ReMDM
-from udm.samplers.solvers import DPMSolver2M, dpm_solver_2m
+from udm.samplers.heun import Heun as HeunStep
+from udm.samplers.named import DDIM, DDPM, DPMSolver, Euler, Heun, Improved, Naive, PredictorCorrector, ReMDM
+from udm.samplers.solvers import DPMSolver2M, DPMSolver3M, dpm_solver_2m, dpm_solver_3m
 from udm.samplers.steps import Baseline, Inverse, Mixed, Remasking, StepRule
 
 __all__ = [
     "DDIM", "DDPM", "AnalyticDPM", "AnalyticStep", "AnnealedLangevin", "Baseline", "DPMSolver", "DPMSolver2M",
+    "DPMSolver3M", "Euler", "Heun", "HeunStep", "Karras", "LogSNR", "dpm_solver_3m",
     "Explicit", "Guidance", "Improved", "Inverse", "Langevin", "Mixed", "Naive", "OutputCache", "PredictorCorrector", "ReMDM", "Remasking", "Sampler", "SamplerLike", "SolverTime",
     "Step", "StepRule", "Uniform", "dpm_solver_2m", "reverse_loop",
 ]

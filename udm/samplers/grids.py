@@ -2,16 +2,35 @@
 
 A grid is called as grid(process, steps, start) with `steps` the number of network steps
 (None: every integer time from `start` down) and `start` the time x_T really sits at (T for
-generation, lower when restoring a partly degraded input).
+generation, lower when restoring a partly degraded input). Times are in grid units: integers for
+every process, or real values between the grid's points (Karras, LogSNR, a real-valued Explicit
+grid) for processes with `capabilities.continuous_time`; such grids set `continuous = True`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
+from torch import Tensor
 
 from udm.errors import UdmError
+from udm.processes.capabilities import require
+
+
+def time_tensor(times, device=None) -> Tensor:
+    """Times as a tensor: int64 when all are integers (the grid's tables), float64 otherwise."""
+    whole = all(isinstance(t, int) or float(t).is_integer() for t in times)
+    if whole:
+        return torch.tensor([int(t) for t in times], dtype=torch.long, device=device)
+    return torch.tensor([float(t) for t in times], dtype=torch.float64, device=device)
+
+
+def time_value(t):
+    """A grid time as the loop uses it: an int on the integer grid, else a float."""
+    return int(t) if float(t).is_integer() else float(t)
 
 
 def check_start(T: int, start: int | None) -> int:
@@ -29,6 +48,8 @@ def check_steps(steps: int | None, start: int, T: int) -> int:
 
 
 class Uniform:
+    continuous = False
+
     """`steps` times evenly spaced from `start` down ("trailing" spacing): t_i = round(start * i / steps)."""
 
     def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[int]:
@@ -38,6 +59,8 @@ class Uniform:
 
 
 class SolverTime:
+    continuous = False
+
     """`steps` times evenly spaced in the process's solver time lambda(t) (log-SNR for Gaussian processes,
     as DPM-Solver recommends), rounded to distinct integers; every time when steps is None."""
 
@@ -47,6 +70,9 @@ class SolverTime:
             return Uniform()(process, None, start)
         steps = check_steps(steps, start, process.T)
         lam = process.solver_time(torch.arange(1, start + 1)).double()  # lam[t - 1] = lambda(t), increasing toward t = 1
+        if start > 1 and not math.isfinite(float(lam[start - 1])):  # flow at u = 1 (a = 0): space from the next time down
+            lam = lam.clone()
+            lam[start - 1] = lam[start - 2]
         # The grid starts below the steep end of the schedule: where one integer step jumps further in
         # lambda than the grid's spacing (cosine's clipped last betas), evenly spaced targets would all
         # round to the top few t. The first step stays at `start`.
@@ -62,10 +88,12 @@ class SolverTime:
 
 
 class Explicit:
-    """The times given, e.g. [999, 600, 300, 50]: strictly decreasing, in 1..T."""
+    """The times given, e.g. [999, 600, 300, 50]: strictly decreasing, in (0, T]; real-valued times (e.g. a
+    peer's sigmas converted to grid units) need a process with continuous time."""
 
-    def __init__(self, timesteps: Sequence[int]):
-        self.timesteps = [int(t) for t in timesteps]
+    def __init__(self, timesteps: Sequence[float]):
+        self.timesteps = [time_value(t) for t in timesteps]
+        self.continuous = any(isinstance(t, float) for t in self.timesteps)
         if not self.timesteps:
             raise UdmError("timesteps is empty")
         if any(a <= b for a, b in zip(self.timesteps, self.timesteps[1:])):
@@ -75,12 +103,79 @@ class Explicit:
         if steps is not None and steps != len(self.timesteps):
             raise UdmError(f"an explicit grid of {len(self.timesteps)} timesteps fixes the steps; got steps={steps} (leave it unset)")
         top = check_start(process.T, start)
-        if any(t < 1 or t > top for t in self.timesteps):
+        if any(t <= 0 or t > top or (t < 1 and not self.continuous) for t in self.timesteps):
             raise UdmError(f"timesteps must lie in 1..{top} (the starting step; T = {process.T}), got {self.timesteps}")
         if start is not None and self.timesteps[0] != start:
             raise UdmError(f"the input sits at t = {start}, but the explicit timesteps start at {self.timesteps[0]}; "
                            f"begin them at {start}")
         return list(self.timesteps)
+
+
+class Karras:
+    """The step grid of EDM (Karras et al. 2022, eq. 5) in sigma = b/a:
+    sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, i = 0..n-1, then the data;
+    as real-valued times. sigma_max defaults to sigma at the start, sigma_min to sigma at t = 1 (the grid's first
+    noisy time); the first time is always the start, where x_T sits."""
+
+    continuous = True
+
+    def __init__(self, rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None):
+        if not rho > 0:
+            raise UdmError(f"rho must be > 0, got {rho}")
+        self.rho, self.sigma_min, self.sigma_max = float(rho), sigma_min, sigma_max
+
+    def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[float]:
+        require(process, "continuous_time", "the Karras grid", "use grid=uniform")
+        start = check_start(process.T, start)
+        steps = 18 if steps is None else int(steps)
+        if steps < 1:
+            raise UdmError(f"steps must be >= 1, got {steps}")
+        sigma = lambda t: float(process.noise_scale(time_tensor([t])) / process.coefficients(time_tensor([t]))[0])  # noqa: E731
+        hi = self.sigma_max if self.sigma_max is not None else sigma(start)
+        if self.sigma_max is None and not math.isfinite(hi) and start > 1:  # flow at u = 1: the ramp starts one step down
+            hi = sigma(start - 1)
+        lo = self.sigma_min if self.sigma_min is not None else sigma(1)
+        if not (math.isfinite(hi) and 0 < lo < hi):
+            raise UdmError(f"the Karras grid needs 0 < sigma_min < sigma_max < inf in sigma = b/a; {process.describe()} "
+                           f"gives {lo:g} .. {hi:g} (flow's sigma is infinite at u = 1: use grid=uniform, or set sigma_max)")
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        sigmas = (hi ** (1 / self.rho) + ramp * (lo ** (1 / self.rho) - hi ** (1 / self.rho))) ** self.rho
+        return decreasing(process, start, sigma_times(process, sigmas))
+
+
+class LogSNR:
+    """`steps` real-valued times evenly spaced in log-SNR from the start to t = 1 (DPM-Solver's recommended grid,
+    without SolverTime's rounding to the integer grid)."""
+
+    continuous = True
+
+    def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[float]:
+        require(process, "continuous_time", "the log-SNR grid", "use grid=solver_time (integer times)")
+        start = check_start(process.T, start)
+        steps = 20 if steps is None else int(steps)
+        if steps < 1:
+            raise UdmError(f"steps must be >= 1, got {steps}")
+        lam = [float(process.solver_time(time_tensor([t]))) for t in (start, 1)]
+        if not math.isfinite(lam[0]) and start > 1:  # flow at u = 1: space from one step down
+            lam[0] = float(process.solver_time(time_tensor([start - 1])))
+        if not all(math.isfinite(v) for v in lam):
+            raise UdmError(f"the log-SNR grid needs a finite log-SNR at the start; {process.describe()} has none at t = "
+                           f"{start} (flow at u = 1): use grid=uniform")
+        targets = torch.linspace(lam[0], lam[1], steps, dtype=torch.float64)
+        return decreasing(process, start, process.T * process.schedule.time_of(2 * targets))
+
+
+def sigma_times(process, sigmas: Tensor) -> Tensor:
+    """Grid times (float64) of noise levels sigma = b/a."""
+    return process.T * process.schedule.time_of(-2 * sigmas.log())
+
+
+def decreasing(process, start: int, times: Tensor) -> list:
+    """The grid as a list: the first time is the start, integers kept as ints, strictly decreasing and > 0."""
+    out = [start] + [time_value(round(float(t), 12)) for t in times[1:]]
+    if any(b >= a or b <= 0 for a, b in zip(out, out[1:])):
+        raise UdmError(f"the grid's times are not strictly decreasing in (0, {start}]: {out}; use fewer steps")
+    return out
 
 
 class Loop:
@@ -100,3 +195,16 @@ class Loop:
         ts = Uniform()(process, steps, start)
         on = min(range(len(ts)), key=lambda i: abs(ts[i] - self.at * ts[0]))
         return ts[: on + 1] + [ts[on]] * self.loop_steps + ts[on + 1:]
+
+
+GRIDS = ("uniform", "solver_time", "karras", "logsnr")
+
+
+def grid_named(name: str, rho: float = 7.0):
+    """A grid by its config name: uniform (trailing, integer), solver_time (log-SNR, rounded to the integer grid),
+    karras (EDM's rho grid in sigma, real-valued), logsnr (log-SNR, real-valued)."""
+    if name not in GRIDS:
+        raise UdmError(f"grid={name!r} is not one of {list(GRIDS)}")
+    if name != "karras" and rho != 7.0:
+        raise UdmError(f"rho shapes the Karras grid only; grid={name!r} does not use it")
+    return {"uniform": Uniform, "solver_time": SolverTime, "logsnr": LogSNR}[name]() if name != "karras" else Karras(rho)

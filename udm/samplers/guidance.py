@@ -39,7 +39,6 @@ from torch import Tensor
 
 from udm.conditioning import null_condition
 from udm.errors import UdmError
-from udm.processes.base import predict
 from udm.processes.capabilities import require
 
 VARIANTS = ("cfg", "cfg++")
@@ -89,16 +88,17 @@ class Guidance:
     def applies(self, t: int, T: int) -> bool:
         return self.interval is None or self.interval[0] <= t / T <= self.interval[1]
 
-    def outputs(self, model, x_t: Tensor, t: Tensor, cond) -> tuple:
+    def outputs(self, process, model, x_t: Tensor, t: Tensor, cond) -> tuple:
         """The raw outputs (out_c, out_u); both branches in one batched call when they share the net."""
         if self.guide is None:
-            out = predict(model, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null_condition(cond)]))
+            out = process.predict(model, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null_condition(cond)]))
             return out.chunk(2)
-        return predict(model, x_t, t, cond), predict(self.guide, x_t, t, cond if self.guide_conditional else None)
+        return (process.predict(model, x_t, t, cond),
+                process.predict(self.guide, x_t, t, cond if self.guide_conditional else None))
 
     def estimates(self, process, model, x_t: Tensor, t: Tensor, cond, generator=None):
         """(x0_w, x0_u): the guided x0_hat and, for CFG++ only, the unconditional (or guide's) one; else None."""
-        out_c, out_u = self.outputs(model, x_t, t, cond)
+        out_c, out_u = self.outputs(process, model, x_t, t, cond)
         x0_w = process.guide(out_c, out_u, self.scale, x_t, t, generator)
         return x0_w, process.x0_hat(out_u, x_t, t, generator) if self.variant == "cfg++" else None
 

@@ -8,7 +8,6 @@ from rich.progress import track
 from torch import Tensor
 
 from udm.errors import UdmError
-from udm.processes.base import predict
 from udm.processes.capabilities import require
 from udm.samplers.grids import Uniform
 from udm.samplers.loop import Step
@@ -29,7 +28,7 @@ class Langevin:
 
     def __call__(self, process, model, x: Tensor, s: Tensor, generator=None, cond=None) -> Tensor:
         for _ in range(self.steps):
-            grad = process.score(predict(model, x, s, cond), x, s)
+            grad = process.score(process.predict(model, x, s, cond), x, s)
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             grad_norm, z_norm = grad.flatten(1).norm(dim=1).mean(), z.flatten(1).norm(dim=1).mean()
             step = 2 * (self.snr * z_norm / grad_norm.clamp(min=1e-12)) ** 2
@@ -77,9 +76,9 @@ class AnnealedLangevin:
             x_t = x
             for _ in range(self.steps_per_level):
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = x + alpha / 2 * process.score(predict(model, x, t, cond), x, t) + alpha**0.5 * z
+                x = x + alpha / 2 * process.score(process.predict(model, x, t, cond), x, t) + alpha**0.5 * z
             if callback is not None:  # the chain stays at level t; x0_hat is not formed between levels
                 callback(Step(i, t_int, t_int, x_t, None, x))
         if self.denoise:
-            x = process.x0_hat(predict(model, x, t, cond), x, t, generator)
+            x = process.x0_hat(process.predict(model, x, t, cond), x, t, generator)
         return x

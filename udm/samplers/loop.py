@@ -21,7 +21,7 @@ from rich.progress import track
 from torch import Tensor
 
 from udm.errors import UdmError
-from udm.processes.base import predict
+from udm.processes.capabilities import require
 from udm.samplers.grids import Uniform
 from udm.samplers.steps import StepRule
 
@@ -65,17 +65,22 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
     for i, (t_int, s_int) in enumerate(track(pairs, description="sampling", disable=not progress, transient=True)):
         if idle[i]:
             continue
-        t = torch.full((x.shape[0],), t_int, dtype=torch.long, device=x.device)
-        s = torch.full((x.shape[0],), s_int, dtype=torch.long, device=x.device)
+        t, s = (torch.full((x.shape[0],), v, dtype=torch.long if isinstance(v, int) else torch.float64, device=x.device)
+                for v in (t_int, s_int))
+        if step.churns:  # EDM's churn: noise raised to t_hat >= t before the net sees x
+            x, t = step.churn(process, x, t, generator)
         x0_u = None  # CFG++ only: the unconditional x0_hat whose eps_hat the step re-corrupts with
         if guidance is not None and guidance.guides(cond) and guidance.applies(t_int, process.T):
             x0_hat, x0_u = guidance.estimates(process, model, x, t, cond, generator)
         else:
-            x0_hat = process.x0_hat(predict(model, x, t, cond), x, t, generator)
+            x0_hat = process.x0_hat(process.predict(model, x, t, cond), x, t, generator)
         if transform is not None:
             x0_hat = transform(x0_hat, i)
         x_in = x if x0_u is None else guidance.recorrupt(process, x, x0_hat, x0_u, t)
-        x_t, x = x, step(process, x_in, x0_hat, t, s, generator)
+        if step.second_order:
+            x_t, x = x, step(process, x_in, x0_hat, t, s, generator, denoise=denoiser(process, model, cond, guidance, t_int, generator))
+        else:
+            x_t, x = x, step(process, x_in, x0_hat, t, s, generator)
         if x.is_floating_point():
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(x).all(), i, first_bad)
         if corrector is not None and s_int > 0:
@@ -87,6 +92,19 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
         raise UdmError(f"sampling produced NaN or infinite values at step {int(first_bad) + 1} of {len(pairs)} "
                        f"(t={t_bad} -> s={s_bad}); the net or its inputs are not finite there, and nothing is returned")
     return x
+
+
+def denoiser(process, model, cond, guidance, t_int, generator):
+    """x0_hat at another point (x, t) of the same step, guided as the step's first evaluation was: what a second-order
+    step (Heun) evaluates."""
+    guided = guidance is not None and guidance.guides(cond) and guidance.applies(t_int, process.T)
+
+    def denoise(x: Tensor, t: Tensor):
+        if guided:
+            return guidance.x0_hat(process, model, x, t, cond, generator)
+        return process.x0_hat(process.predict(model, x, t, cond), x, t, generator)
+
+    return denoise
 
 
 class Sampler:
@@ -108,6 +126,8 @@ class Sampler:
     def check(self, process) -> None:
         """Refuse, before sampling, a process that one of the parts or knobs does not apply to."""
         self.step.check(process)
+        if getattr(self.grid, "continuous", False):
+            require(process, "continuous_time", f"the {type(self.grid).__name__} grid's real-valued times", "use grid=uniform")
         if self.transform is not None:
             self.transform.check(process)
             if not self.step.uses_inverse:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from udm.errors import UdmError
 from udm.processes.capabilities import require
-from udm.samplers.grids import Loop, SolverTime
+from udm.samplers.grids import Loop, grid_named
 from udm.samplers.guidance import Guidance
 from udm.samplers.langevin import Langevin
 from udm.samplers.loop import Sampler
-from udm.samplers.solvers import DPMSolver2M
+from udm.samplers.heun import Heun as HeunStep
+from udm.samplers.solvers import DPMSolver2M, DPMSolver3M
 from udm.samplers.steps import Baseline, Inverse, Mixed
 
 
@@ -31,11 +32,36 @@ class DDIM(Sampler):
 
 
 class DPMSolver(Sampler):
-    """DPM-Solver++(2M) (Lu et al. 2022): the inverse step with x0_hat extrapolated from the last two
-    predictions, times evenly spaced in log-SNR; applies to every invertible real-valued process."""
+    """DPM-Solver++ (Lu et al. 2022), multistep of order 2 (2M) or 3 (3M): the inverse step with x0_hat extrapolated
+    from the last two or three predictions, times evenly spaced in log-SNR (solver_time: on the integer grid, for
+    every invertible real-valued process; logsnr: real-valued, for affine Gaussian processes) or any other grid."""
 
-    def __init__(self, steps: int | None = 20, guidance: Guidance | None = None):
-        super().__init__(Inverse(), steps, grid=SolverTime(), transform=DPMSolver2M(), guidance=guidance)
+    def __init__(self, steps: int | None = 20, order: int = 2, grid: str = "solver_time", rho: float = 7.0,
+                 guidance: Guidance | None = None):
+        if order not in (2, 3):
+            raise UdmError(f"DPM-Solver++'s multistep order is 2 or 3, got {order!r}")
+        transform = DPMSolver2M() if order == 2 else DPMSolver3M()
+        super().__init__(Inverse(), steps, grid=grid_named(grid, rho), transform=transform, guidance=guidance)
+
+
+class Euler(Sampler):
+    """Euler's method on the probability-flow ODE in x~ = x/a and sigma = b/a (k-diffusion's sample_euler), which is
+    exactly the inverse step (DDIM at eta = 0); on the flow schedule it is the flow ODE's Euler step x_s = x_t + (s - t) v.
+    The grid is any of udm's (uniform by default; karras for EDM)."""
+
+    def __init__(self, steps: int | None = 50, grid: str = "uniform", rho: float = 7.0, guidance: Guidance | None = None):
+        super().__init__(Inverse(), steps, grid=grid_named(grid, rho), guidance=guidance)
+
+
+class Heun(Sampler):
+    """EDM's Heun sampler (Karras et al. 2022, algorithm 2): 2 network evaluations per step (1 on the last), the
+    Karras grid by default; churn > 0 is its stochastic variant (S_churn, S_tmin, S_tmax, S_noise)."""
+
+    def __init__(self, steps: int | None = 18, grid: str = "karras", rho: float = 7.0, churn: float = 0.0,
+                 churn_min: float = 0.0, churn_max: float = float("inf"), churn_noise: float = 1.0,
+                 guidance: Guidance | None = None):
+        super().__init__(HeunStep(churn, churn_min, churn_max, churn_noise), steps, grid=grid_named(grid, rho),
+                         guidance=guidance)
 
 
 class Improved(Sampler):
