@@ -67,7 +67,7 @@ class Schedule:
         """(da/du, db/du), by automatic differentiation of a = sqrt(alpha2), b = sqrt(sigma2)."""
         with torch.enable_grad():
             u = as_time(u).detach().clone().requires_grad_(True)
-            a, b = self.alpha2(u).sqrt(), self.sigma2(u).sqrt()
+            a, b = (self.alpha2(u) + 0 * u).sqrt(), (self.sigma2(u) + 0 * u).sqrt()  # + 0 u: a constant still has a grad
             da, = torch.autograd.grad(a.sum(), u, retain_graph=True)
             db, = torch.autograd.grad(b.sum(), u)
         return da.detach(), db.detach()

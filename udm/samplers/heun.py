@@ -55,7 +55,7 @@ class Heun(StepRule):
         a, b = process.coefficients(t)
         return b / a
 
-    def churn(self, process, x: Tensor, t: Tensor, generator=None) -> tuple[Tensor, Tensor]:
+    def raise_noise(self, process, x: Tensor, t: Tensor, generator=None) -> tuple[Tensor, Tensor]:
         sigma = self.sigma(process, t)
         inside = (sigma >= self.churn_min) & (sigma <= self.churn_max)
         gamma = torch.where(inside, min(self.churn / self.steps, math.sqrt(2) - 1), 0.0)

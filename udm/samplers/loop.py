@@ -68,7 +68,7 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
         t, s = (torch.full((x.shape[0],), v, dtype=torch.long if isinstance(v, int) else torch.float64, device=x.device)
                 for v in (t_int, s_int))
         if step.churns:  # EDM's churn: noise raised to t_hat >= t before the net sees x
-            x, t = step.churn(process, x, t, generator)
+            x, t = step.raise_noise(process, x, t, generator)
         x0_u = None  # CFG++ only: the unconditional x0_hat whose eps_hat the step re-corrupts with
         if guidance is not None and guidance.guides(cond) and guidance.applies(t_int, process.T):
             x0_hat, x0_u = guidance.estimates(process, model, x, t, cond, generator)

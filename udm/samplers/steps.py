@@ -22,7 +22,7 @@ from udm.processes.capabilities import require
 class StepRule:
     uses_inverse = False  # whether x_s is built from eps_hat = F_t^{-1}(x0_hat, x_t) (what x0 extrapolation relies on)
     second_order = False  # called with denoise=..., x0_hat at another point, for a second evaluation (Heun)
-    churns = False  # churn(process, x, t, generator) -> (x, t_hat) raises the noise before the net sees x (EDM)
+    churns = False  # raise_noise(process, x, t, generator) -> (x, t_hat) before the net sees x (EDM's churn)
 
     def check(self, process) -> None:
         pass
