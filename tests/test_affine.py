@@ -9,7 +9,7 @@ import torch
 from udm.errors import UdmError
 from udm.processes import Affine, Blur, Gaussian, VarianceExploding
 from udm.processes.base import per_sample
-from udm.processes.schedules import CosineVP, Flow, Geometric, vp_cosine, vp_linear
+from udm.processes.schedules import CosineVP, Flow, Geometric, Schedule, vp_cosine, vp_linear
 from udm.samplers import DDIM, DDPM, DPMSolver, Euler, Heun, Karras
 
 SCHEDULES = {
@@ -252,3 +252,38 @@ def test_continuous_knobs_are_refused_where_they_do_not_apply():
         Affine(Flow(), parametrization="score")
     with pytest.raises(UdmError, match="Karras grid needs .* sigma_max"):
         Karras(sigma_max=1e-4)(Affine(Flow(), T=100), steps=4)
+
+
+class LinearAlphabar(Schedule):
+    """A user's schedule in one class: alphabar(u) = 1 - u (no closed-form time_of: the base bisects)."""
+
+    variance_preserving = True
+
+    def alpha2(self, u):
+        return 1 - torch.as_tensor(u, dtype=torch.float64)
+
+    def sigma2(self, u):
+        return torch.as_tensor(u, dtype=torch.float64)
+
+
+def test_a_new_schedule_is_one_subclass_and_one_yaml(tmp_path):
+    from hydra.utils import instantiate
+
+    from .conftest import compose_train
+
+    (tmp_path / "process").mkdir()
+    (tmp_path / "process" / "linear_alphabar.yaml").write_text(
+        "_target_: udm.processes.Affine\nschedule:\n  _target_: tests.test_affine.LinearAlphabar\nT: 100\n"
+        "parametrization: x0\nscale_input: false\n")
+    cfg = compose_train(f"hydra.searchpath=[file://{tmp_path}]", "process=linear_alphabar", "data=digits")
+    process = instantiate(cfg.process)
+    u = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(process.schedule.time_of(process.schedule.log_snr(u)), u, rtol=0, atol=1e-12)
+    x_T = torch.randn(64, 4, dtype=torch.float64)
+    for sampler in (Heun(steps=30, grid="logsnr"), DPMSolver(steps=30, order=3, grid="logsnr"), DDPM(steps=50)):
+        x = sampler(process, exact_denoiser(process), x_T, generator=torch.Generator().manual_seed(0))
+        assert float(x.mean()) == pytest.approx(0.3, abs=0.15) and 0.3 < float(x.std()) < 0.7, type(sampler).__name__
+    exact = exact_flow_map(process, x_T, 100)
+    errors = {name: float((sampler(process, exact_denoiser(process), x_T) - exact).abs().max())
+              for name, sampler in (("euler", Euler(steps=30, grid="logsnr")), ("heun", Heun(steps=30, grid="logsnr")))}
+    assert errors["heun"] < errors["euler"] / 3 and errors["heun"] < 0.05, errors

@@ -1,0 +1,80 @@
+"""The Gaussian-family experiment's table and figure from the udm-eval JSON files beside each run.
+
+    python experiments/gaussian_family/table.py RUNS OUT
+
+RUNS holds one run per family (vp_eps, vp_v, flow, edm); OUT gets table.md and fid_vs_nfe.png.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+LABEL = {"vp_eps": "VP-eps", "vp_v": "VP-v", "flow": "flow", "edm": "EDM"}
+REFERENCE_NFE = 100
+
+
+def results(run: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((run / "eval").glob("*.json"))]
+
+
+def main(runs: Path, out: Path) -> None:
+    rows, curves = [], {}
+    for family in LABEL:
+        found = results(runs / family)
+        if not found:
+            continue
+        solver = {round(r["nfe_per_sample"]): r for r in found if r["sampler"] == "dpm_solver_3m" and "fid" in r}
+        own = [r for r in found if r["sampler"] != "dpm_solver_3m" and "fid" in r]
+        bpd = next((r["ode_bpd"] for r in found if "ode_bpd" in r), None)
+        curves[family] = sorted((nfe, r["fid"]) for nfe, r in solver.items() if nfe < REFERENCE_NFE)
+        reference = solver.get(REFERENCE_NFE, {}).get("fid")
+        at10 = solver.get(10, {}).get("fid")
+        rows.append((family, solver, own, reference, at10, bpd, found[0]))
+    lines = ["| family | process | FID @5 | @10 | @20 | @50 | ref. @100 | @10 / ref. | own sampler @NFE: FID | ODE bits/dim |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for family, solver, own, reference, at10, bpd, first in rows:
+        cells = [f"{solver[n]['fid']:.2f}" if n in solver else "-" for n in (5, 10, 20, 50)]
+        ratio = f"{at10 / reference:.2f}x" if at10 and reference else "-"
+        own_cell = "; ".join(f"{r['sampler']} @{r['nfe_per_sample']:.0f}: {r['fid']:.2f}" for r in own) or "-"
+        lines.append(f"| {LABEL[family]} | {first['process']} | " + " | ".join(cells)
+                     + f" | {reference:.2f} | {ratio} | {own_cell} | {bpd if bpd is None else f'{bpd:.3f}'} |"
+                     .replace("| None |", "| - |"))
+    steps = rows[0][6]["global_step"] if rows else "?"
+    text = [f"# Gaussian family on MNIST: FID against network evaluations ({steps} training steps each)", "",
+            "DPM-Solver++(3M) on the log-SNR grid rounded to the integer grid (`sampler=dpm_solver_3m`) for every family;",
+            f"the reference is the same solver at {REFERENCE_NFE} steps. n = {rows[0][6]['n'] if rows else '?'} samples per FID "
+            "(udm's MNIST feature extractor).", ""] + lines
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+    figure(curves, {row[0]: row[3] for row in rows}, out / "fid_vs_nfe.png")
+
+
+def figure(curves: dict, references: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for family, points in curves.items():
+        if not points:
+            continue
+        line, = ax.plot(*zip(*points), marker="o", label=LABEL[family])
+        if references.get(family):
+            ax.axhline(references[family], color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks([5, 10, 20, 50], labels=["5", "10", "20", "50"])
+    ax.set_xlabel("network evaluations (DPM-Solver++ 3M)")
+    ax.set_ylabel("FID (udm's MNIST features)")
+    ax.set_title("dotted: the same solver at 100 steps")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
