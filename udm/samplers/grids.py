@@ -208,7 +208,7 @@ def grid_named(name, rho: float = 7.0):
         if not callable(name):
             raise UdmError(f"grid must be one of {list(GRIDS)} or a grid object such as Explicit([...]), got {name!r}")
         if rho != 7.0:
-            raise UdmError(f"rho shapes the named Karras grid only; give it to the grid object instead (Karras(rho={rho}))")
+            raise UdmError(f"rho shapes the named Karras grid only; give it to the grid object (Karras(rho={rho}))")
         return name
     if name not in GRIDS:
         raise UdmError(f"grid={name!r} is not one of {list(GRIDS)}")
