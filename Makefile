@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: 2.13.0 is the CPU build on disk here; an unpinned torch pulls GBs of CUDA
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
+	# k-diffusion without its deps: they pull torchvision and wandb; tests/test_peers.py loads only its sampling.py
+	$(BIN)/pip install --quiet --no-deps k-diffusion==0.1.1.post1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -200,9 +200,16 @@ class Loop:
 GRIDS = ("uniform", "solver_time", "karras", "logsnr")
 
 
-def grid_named(name: str, rho: float = 7.0):
+def grid_named(name, rho: float = 7.0):
     """A grid by its config name: uniform (trailing, integer), solver_time (log-SNR, rounded to the integer grid),
-    karras (EDM's rho grid in sigma, real-valued), logsnr (log-SNR, real-valued)."""
+    karras (EDM's rho grid in sigma, real-valued), logsnr (log-SNR, real-valued); a grid object (e.g. Explicit([...]),
+    Karras(rho, sigma_min, sigma_max)) is used as given."""
+    if not isinstance(name, str):
+        if not callable(name):
+            raise UdmError(f"grid must be one of {list(GRIDS)} or a grid object such as Explicit([...]), got {name!r}")
+        if rho != 7.0:
+            raise UdmError(f"rho shapes the named Karras grid only; give it to the grid object (Karras(rho={rho}))")
+        return name
     if name not in GRIDS:
         raise UdmError(f"grid={name!r} is not one of {list(GRIDS)}")
     if name != "karras" and rho != 7.0:

@@ -36,7 +36,7 @@ class DPMSolver(Sampler):
     from the last two or three predictions, times evenly spaced in log-SNR (solver_time: on the integer grid, for
     every invertible real-valued process; logsnr: real-valued, for affine Gaussian processes) or any other grid."""
 
-    def __init__(self, steps: int | None = 20, order: int = 2, grid: str = "solver_time", rho: float = 7.0,
+    def __init__(self, steps: int | None = 20, order: int = 2, grid="solver_time", rho: float = 7.0,
                  guidance: Guidance | None = None):
         if order not in (2, 3):
             raise UdmError(f"DPM-Solver++'s multistep order is 2 or 3, got {order!r}")
@@ -47,9 +47,9 @@ class DPMSolver(Sampler):
 class Euler(Sampler):
     """Euler's method on the probability-flow ODE in x~ = x/a and sigma = b/a (k-diffusion's sample_euler), which is
     exactly the inverse step (DDIM at eta = 0); on the flow schedule it is the flow ODE's Euler step x_s = x_t + (s - t) v.
-    The grid is any of udm's (uniform by default; karras for EDM)."""
+    The grid is any of udm's by name (uniform by default; karras for EDM) or a grid object (e.g. Explicit([...]))."""
 
-    def __init__(self, steps: int | None = 50, grid: str = "uniform", rho: float = 7.0, guidance: Guidance | None = None):
+    def __init__(self, steps: int | None = 50, grid="uniform", rho: float = 7.0, guidance: Guidance | None = None):
         super().__init__(Inverse(), steps, grid=grid_named(grid, rho), guidance=guidance)
 
 
@@ -57,7 +57,7 @@ class Heun(Sampler):
     """EDM's Heun sampler (Karras et al. 2022, algorithm 2): 2 network evaluations per step (1 on the last), the
     Karras grid by default; churn > 0 is its stochastic variant (S_churn, S_tmin, S_tmax, S_noise)."""
 
-    def __init__(self, steps: int | None = 18, grid: str = "karras", rho: float = 7.0, churn: float = 0.0,
+    def __init__(self, steps: int | None = 18, grid="karras", rho: float = 7.0, churn: float = 0.0,
                  churn_min: float = 0.0, churn_max: float = float("inf"), churn_noise: float = 1.0,
                  guidance: Guidance | None = None):
         super().__init__(HeunStep(churn, churn_min, churn_max, churn_noise), steps, grid=grid_named(grid, rho),
