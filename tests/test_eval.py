@@ -261,7 +261,7 @@ def test_a_new_metric_is_one_class_and_one_yaml_file(tmp_path, capsys):
     assert written["mean_pixel"] == report["mean_pixel"] and "fid" not in written and "nfe_per_sample" in written
     table = capsys.readouterr().out
     assert "mean pixel" in table and f"{report['mean_pixel']:.4f}" in table and "x 2.5" in table
-    with pytest.raises(UdmError, match=r"unknown metric\(s\) nope; choose from fid, class_accuracy, class_diversity, kid, bpd, text, fluency, author_accuracy, nelbo, mean_pixel"):
+    with pytest.raises(UdmError, match=r"unknown metric\(s\) nope; choose from fid, class_accuracy, class_diversity, kid, bpd, ode_bpd, text, fluency, author_accuracy, nelbo, mean_pixel"):
         evaluate(compose_config("eval", *base, "metrics=[nope]"))
     with pytest.raises(UdmError, match="metrics asks for mean_pixel, but mean pixel applies to text checkpoints"):
         evaluate(compose_config("eval", *base, "metrics=[mean_pixel]", "+metric.mean_pixel.needs=text"))

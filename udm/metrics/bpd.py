@@ -11,6 +11,19 @@ from torch import Tensor
 from udm.metrics.base import Context, Metric, Row
 
 
+def pixel_levels(data, samples: int, levels: int | None = None) -> int | None:
+    """`levels` when set, else the regular grid over [-1, 1] the first `samples` held-out images lie on (256 for
+    8-bit pixels, 17 for scikit-learn's digits); None when they are off-grid."""
+    if levels:
+        return int(levels)
+    values = torch.unique(data.test[:samples].double())
+    if len(values) < 2 or values.min() < -1 - 1e-6 or values.max() > 1 + 1e-6:
+        return None
+    levels = round(2 / float(values.diff().min())) + 1
+    grid = (values + 1) * (levels - 1) / 2
+    return levels if levels <= 65536 and (grid - grid.round()).abs().max() < 1e-3 else None
+
+
 class BitsPerDim(Metric):
     """bits/dim on the first `samples` held-out images (T network evaluations each), with a discretized decoder of
     `levels` pixel levels (None: read off the held-out images) and reverse-step variances `variance` (beta: DDPM's
@@ -25,16 +38,7 @@ class BitsPerDim(Metric):
         self.samples, self.levels, self.variance = int(samples), levels, variance
 
     def pixel_levels(self, data) -> int | None:
-        """`levels` when set, else the regular grid over [-1, 1] the held-out images lie on (256 for 8-bit pixels,
-        17 for scikit-learn's digits); None when they are off-grid."""
-        if self.levels:
-            return int(self.levels)
-        values = torch.unique(data.test[: self.samples].double())
-        if len(values) < 2 or values.min() < -1 - 1e-6 or values.max() > 1 + 1e-6:
-            return None
-        levels = round(2 / float(values.diff().min())) + 1
-        grid = (values + 1) * (levels - 1) / 2
-        return levels if levels <= 65536 and (grid - grid.round()).abs().max() < 1e-3 else None
+        return pixel_levels(data, self.samples, self.levels)
 
     def why_not(self, model, context: Context) -> str | None:
         if model.modality != "image" or model.process.capabilities.likelihood != "bits/dim":

@@ -27,6 +27,13 @@ def as_time(u) -> Tensor:
     return torch.as_tensor(u, dtype=torch.float64)
 
 
+def rate(y: Tensor, u: Tensor) -> Tensor:
+    """dy/du of y = f(u) elementwise; 0 where y does not depend on u (a = 1 of the geometric schedules)."""
+    if not y.requires_grad:
+        return torch.zeros_like(u).detach()
+    return torch.autograd.grad(y.sum(), u, retain_graph=True)[0].detach()
+
+
 class Schedule:
     """The base: generic log-SNR, inverse (by bisection), transition variance and time derivatives."""
 
@@ -67,10 +74,8 @@ class Schedule:
         """(da/du, db/du), by automatic differentiation of a = sqrt(alpha2), b = sqrt(sigma2)."""
         with torch.enable_grad():
             u = as_time(u).detach().clone().requires_grad_(True)
-            a, b = (self.alpha2(u) + 0 * u).sqrt(), (self.sigma2(u) + 0 * u).sqrt()  # + 0 u: a constant still has a grad
-            da, = torch.autograd.grad(a.sum(), u, retain_graph=True)
-            db, = torch.autograd.grad(b.sum(), u)
-        return da.detach(), db.detach()
+            a, b = self.alpha2(u).sqrt(), self.sigma2(u).sqrt()
+            return rate(a, u), rate(b, u)
 
     def describe(self) -> str:
         return type(self).__name__
