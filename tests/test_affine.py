@@ -10,7 +10,8 @@ from udm.errors import UdmError
 from udm.processes import Affine, Blur, Gaussian, VarianceExploding
 from udm.processes.base import per_sample
 from udm.processes.schedules import CosineVP, Flow, Geometric, Schedule, vp_cosine, vp_linear
-from udm.samplers import DDIM, DDPM, DPMSolver, Euler, Heun, Karras
+from udm.samplers import DDIM, DDPM, DPMSolver, Euler, Heun, HeunStep, Karras, LogSNR
+from udm.samplers.grids import time_tensor
 
 SCHEDULES = {
     "flow": lambda: Flow(),
@@ -99,6 +100,10 @@ def test_the_schedules_say_what_they_are():
 @pytest.mark.parametrize("schedule", ["flow", "edm", "vp_linear", "cosine_continuous"])
 @pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
 def test_every_parametrization_recovers_x0_and_eps(schedule, parametrization):
+    if parametrization in ("eps", "edm") and schedule in ("flow", "cosine_continuous"):  # a(1) = 0 (cosine: 6e-17)
+        with pytest.raises(UdmError, match="undefined where a = .* at t = T"):
+            Affine(SCHEDULES[schedule](), T=1000, parametrization=parametrization)
+        return
     process = Affine(SCHEDULES[schedule](), T=1000, parametrization=parametrization)
     x0, g = gaussian_data()
     eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
@@ -131,7 +136,7 @@ def test_flow_velocity_is_eps_minus_x0_and_euler_is_the_flow_step():
 def test_the_input_scale_gives_the_net_unit_variance():
     """c_in x_t has variance sigma_data^2 (a^2 sd^2 + b^2)^-1 (a^2 sd^2 + b^2) = 1 for data of std sigma_data."""
     for name in ("flow", "edm", "vp_cosine"):
-        process = Affine(SCHEDULES[name](), T=1000, sigma_data=0.5)
+        process = Affine(SCHEDULES[name](), T=1000, parametrization="x0", sigma_data=0.5)
         g = torch.Generator().manual_seed(0)
         x0 = 0.5 * torch.randn(4000, 8, generator=g, dtype=torch.float64)
         for t_int in (10, 500, 990):
@@ -144,7 +149,7 @@ def test_the_input_scale_gives_the_net_unit_variance():
 def test_training_densities_follow_their_laws():
     n = 20000
     g = torch.Generator().manual_seed(0)
-    logit = Affine(Flow(), T=1000, time_density="logit_normal", density_mean=0.5, density_std=0.8)
+    logit = Affine(Flow(), T=1000, parametrization="velocity", time_density="logit_normal", density_mean=0.5, density_std=0.8)
     u = logit.sample_t(n, generator=g) / 1000
     z = torch.log(u / (1 - u))
     assert float(z.mean()) == pytest.approx(0.5, abs=0.03) and float(z.std()) == pytest.approx(0.8, abs=0.02)
@@ -155,9 +160,9 @@ def test_training_densities_follow_their_laws():
     inside = (log_sigma > math.log(0.002)) & (log_sigma < math.log(80))  # the tails beyond EDM's range are clipped
     assert float(inside.double().mean()) > 0.999
     assert float(log_sigma.mean()) == pytest.approx(-1.2, abs=0.03) and float(log_sigma.std()) == pytest.approx(1.2, abs=0.03)
-    strat = Affine(Flow(), T=1000, t_sampling="stratified").sample_t(64, generator=g) / 1000
+    strat = Affine(Flow(), T=1000, parametrization="velocity", t_sampling="stratified").sample_t(64, generator=g) / 1000
     assert sorted(int(v) for v in ((1 - strat) * 64).floor()) == list(range(64))  # one time per 1/64 slice
-    anti = Affine(Flow(), T=1000, t_sampling="antithetic").sample_t(64, generator=g) / 1000
+    anti = Affine(Flow(), T=1000, parametrization="velocity", t_sampling="antithetic").sample_t(64, generator=g) / 1000
     torch.testing.assert_close(anti[:32] + anti[32:], torch.ones(32, dtype=torch.float64))  # u and 1 - u pairs
     assert Gaussian(T=1000).sample_t(8, generator=g).dtype == torch.long  # DDPM's integer t stays
 
@@ -251,7 +256,7 @@ def test_continuous_knobs_are_refused_where_they_do_not_apply():
     with pytest.raises(UdmError, match="parametrization 'score'"):
         Affine(Flow(), parametrization="score")
     with pytest.raises(UdmError, match="Karras grid needs .* sigma_max"):
-        Karras(sigma_max=1e-4)(Affine(Flow(), T=100), steps=4)
+        Karras(sigma_max=1e-4)(Affine(Flow(), T=100, parametrization="x0"), steps=4)
 
 
 class LinearAlphabar(Schedule):
@@ -287,3 +292,58 @@ def test_a_new_schedule_is_one_subclass_and_one_yaml(tmp_path):
     errors = {name: float((sampler(process, exact_denoiser(process), x_T) - exact).abs().max())
               for name, sampler in (("euler", Euler(steps=30, grid="logsnr")), ("heun", Heun(steps=30, grid="logsnr")))}
     assert errors["heun"] < errors["euler"] / 3 and errors["heun"] < 0.05, errors
+
+
+def test_the_prior_end_of_flow_is_safe_for_every_parametrization_it_allows():
+    """At t = T flow has a = 0: x0, v and velocity nets are defined there (and train there with finite weights);
+    eps and edm, whose x0_hat divides by a, are refused when the process is built."""
+    x0, g = gaussian_data()
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.full((6,), 1000)
+    for parametrization in ("x0", "v", "velocity"):
+        for weight in ("none", "min_snr", "edm"):
+            process = Affine(Flow(), T=1000, parametrization=parametrization, loss_weight=weight)
+            x_t = process(x0, t, eps)
+            torch.testing.assert_close(process.x0_hat(process.target(x0, t, eps), x_t, t), x0)
+            assert torch.isfinite(process.loss(torch.zeros_like(x0), x0, x_t, t, eps)), (parametrization, weight)
+    for parametrization in ("eps", "edm"):
+        with pytest.raises(UdmError, match=f"parametrization='{parametrization}'.*at t = T on the flow schedule.*velocity"):
+            Affine(Flow(), T=1000, parametrization=parametrization)
+    times = Affine(Flow(), T=1000, parametrization="velocity").sample_t(4096, generator=g)  # continuous schedules train on real-valued times
+    assert times.is_floating_point() and float(times.max()) <= 1000 and float(times.min()) > 0
+    assert len(set(times.tolist())) == 4096
+
+
+def test_churn_stays_inside_the_schedule():
+    """No churn out of sigma = inf (flow's prior), and sigma_hat is capped at sigma(T), so x and t_hat agree."""
+    flow = Affine(Flow(), T=1000, parametrization="x0", scale_input=False)
+    g = torch.Generator().manual_seed(0)
+    x = Heun(steps=8, churn=10.0, grid="uniform")(flow, exact_denoiser(flow), torch.randn(2000, 2, generator=g, dtype=torch.float64), generator=g)
+    assert float(x.std()) == pytest.approx(0.5, abs=0.05)
+    edm = Affine(Geometric(0.002, 80.0, 1e-3), T=1000, parametrization="x0", scale_input=False)
+    step = HeunStep(churn=40.0).bind(edm, list(range(10)))
+    x_T = 80 * torch.randn(4000, 2, generator=g, dtype=torch.float64)
+    x_hat, t_hat = step.raise_noise(edm, x_T, torch.full((4000,), 1000), g)
+    assert float(t_hat.max()) <= 1000 and float(x_hat.std()) == pytest.approx(80.0, rel=0.03)
+    x_mid = 5 * torch.randn(4000, 2, generator=g, dtype=torch.float64)
+    t5 = edm.T * edm.schedule.time_of_sigma(torch.tensor(5.0))
+    x_hat, t_hat = step.raise_noise(edm, x_mid, torch.full((4000,), float(t5), dtype=torch.float64), g)
+    sigma_hat = float(edm.coefficients(t_hat)[1][0])
+    assert sigma_hat == pytest.approx(5 * math.sqrt(2), rel=1e-6)  # gamma = min(40 / 10, sqrt 2 - 1)
+    assert float(x_hat.std()) == pytest.approx(sigma_hat, rel=0.03)
+
+
+def test_continuous_grids_spend_no_steps_above_sigma_80():
+    for schedule in (CosineVP(), vp_cosine(1000), Flow()):
+        process = Affine(schedule, T=1000, parametrization="x0")
+        for grid in (Karras(), LogSNR()):
+            ts = grid(process, steps=10)
+            a, b = process.coefficients(time_tensor(ts[1:]))
+            assert ts[0] == 1000 and float((b / a).max()) <= 80.0 + 1e-6, (schedule.describe(), type(grid).__name__, ts)
+
+
+def test_knobs_that_a_setting_does_not_read_are_refused():
+    with pytest.raises(UdmError, match="density_mean=-1.2 .*time_density=uniform has neither"):
+        Affine(Geometric(), time_density="uniform", density_mean=-1.2, density_std=1.2)
+    with pytest.raises(UdmError, match="which is off"):
+        Heun(churn=0.0, churn_max=1.0)

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/gaussian_family}
 N=${N:-500}
+BPD=${BPD:-64}
 STEPS=${STEPS:-3000}
 FAMILIES=${FAMILIES:-"vp_eps vp_v flow edm"}
 PARTS=${PARTS:-"train eval table"}
@@ -33,6 +34,9 @@ if [[ " $PARTS " == *" eval "* ]]; then
   for f in $FAMILIES; do
     for nfe in 5 10 20 50 100; do evaluate "$f" sampler=dpm_solver_3m sampler.steps=$nfe; done
     evaluate "$f" ${OWN[$f]}
+    # bits/dim by the probability-flow ODE on BPD held-out images (Hutchinson's divergence, tolerances 1e-4)
+    udm-eval ckpt="$RUNS/$f" n=16 ode_bpd_samples="$BPD" "metrics=[ode_bpd]" +metric.ode_bpd.rtol=1e-4 \
+      +metric.ode_bpd.atol=1e-4 progress=false
   done
 fi
 if [[ " $PARTS " == *" table "* ]]; then

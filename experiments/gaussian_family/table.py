@@ -27,7 +27,7 @@ def main(runs: Path, out: Path) -> None:
             continue
         solver = {round(r["nfe_per_sample"]): r for r in found if r["sampler"] == "dpm_solver_3m" and "fid" in r}
         own = [r for r in found if r["sampler"] != "dpm_solver_3m" and "fid" in r]
-        bpd = next((r["ode_bpd"] for r in found if "ode_bpd" in r), None)
+        bpd = next((f"{r['ode_bpd']:.3f} ± {r['ode_bpd_sem']:.3f}" for r in found if "ode_bpd" in r), None)
         curves[family] = sorted((nfe, r["fid"]) for nfe, r in solver.items() if nfe < REFERENCE_NFE)
         reference = solver.get(REFERENCE_NFE, {}).get("fid")
         at10 = solver.get(10, {}).get("fid")
@@ -39,8 +39,7 @@ def main(runs: Path, out: Path) -> None:
         ratio = f"{at10 / reference:.2f}x" if at10 and reference else "-"
         own_cell = "; ".join(f"{r['sampler']} @{r['nfe_per_sample']:.0f}: {r['fid']:.2f}" for r in own) or "-"
         lines.append(f"| {LABEL[family]} | {first['process']} | " + " | ".join(cells)
-                     + f" | {reference:.2f} | {ratio} | {own_cell} | {bpd if bpd is None else f'{bpd:.3f}'} |"
-                     .replace("| None |", "| - |"))
+                     + f" | {reference:.2f} | {ratio} | {own_cell} | {bpd or '-'} |")
     steps = rows[0][6]["global_step"] if rows else "?"
     text = [f"# Gaussian family on MNIST: FID against network evaluations ({steps} training steps each)", "",
             "DPM-Solver++(3M) on the log-SNR grid rounded to the integer grid (`sampler=dpm_solver_3m`) for every family;",

@@ -86,13 +86,6 @@ def prior_std(process) -> float:
     return 1.0 if process.schedule.variance_preserving else float(process.b[process.T])
 
 
-def end_time(process, u_eps: float) -> float:
-    """1, or 1 - u_eps where a(1) = 0 and the parametrization's x0_hat divides by a (eps, edm)."""
-    if float(process.a[process.T]) == 0 and process.parametrization in ("eps", "edm"):
-        return 1.0 - u_eps
-    return 1.0
-
-
 def velocity(process, model: Model, x: Tensor, u: Tensor, dtype: torch.dtype, cond=None) -> Tensor:
     """v(x, u) = a'(u) x0_hat + b'(u) eps_hat, float64, from the net's unclipped estimates at x (float64)."""
     t = (u.double() * process.T).expand(x.shape[0]).to(x.device)
@@ -163,7 +156,7 @@ def ode_log_likelihood(
                     div = div + grad.flatten(1)[:, i]
         return v.detach(), div.detach()
 
-    u_end = end_time(process, u_eps)
+    u_end = 1.0  # x0_hat is defined at u = 1: the process refuses eps / edm where a(1) = 0
     times = torch.tensor([u_eps, u_end], dtype=torch.float64, device=x0.device)
     start = (x0.double(), torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device))
     with torch.no_grad():

@@ -59,7 +59,7 @@ class Affine(ForwardProcess):
             raise UdmError(f"T must be a positive number of grid steps, got {T!r}")
         if not sigma_data > 0:
             raise UdmError(f"sigma_data (the data's standard deviation) must be > 0, got {sigma_data}")
-        check_density(time_density, t_sampling, loss_weight, snr_gamma)
+        check_density(time_density, t_sampling, loss_weight, snr_gamma, density_mean, density_std)
         self.schedule, self.T, self.parametrization = schedule, T, parametrization
         self.clip_denoised, self.sigma_data, self.scale_input = clip_denoised, float(sigma_data), scale_input
         self.time_density, self.density_mean, self.density_std = time_density, float(density_mean), float(density_std)
@@ -69,6 +69,10 @@ class Affine(ForwardProcess):
         self.register_buffer("sigma2", sigma2, persistent=False)
         self.register_buffer("a", alpha2.sqrt(), persistent=False)
         self.register_buffer("b", sigma2.sqrt(), persistent=False)
+        if parametrization in ("eps", "edm") and float(self.a[T]) < 1e-8:
+            raise UdmError(f"parametrization={parametrization!r} gives x0 = (x_t - b eps) / a (edm: through sigma = b / a), "
+                           f"undefined where a = {float(self.a[T]):.1e} at t = T on the {schedule.describe()} schedule, "
+                           "where every sampler starts; use velocity, v or x0")
 
     @property
     def capabilities(self) -> Capabilities:
@@ -175,9 +179,10 @@ class Affine(ForwardProcess):
 
     # --- training -----------------------------------------------------------------------------------------
     def sample_t(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
-        """Training times: DDPM's t ~ U{1..T} (integers) for the uniform i.i.d. density, else real-valued times
-        t = T u with u from `time_density` and `t_sampling` (udm.processes.densities)."""
-        if self.time_density == "uniform" and self.t_sampling == "iid":
+        """Training times: on a schedule defined by its table on the grid (DDPM's, SMLD's), t ~ U{1..T} for the
+        uniform i.i.d. density, as the discrete models were trained; else real-valued times t = T u with u from
+        `time_density` and `t_sampling` (udm.processes.densities)."""
+        if self.time_density == "uniform" and self.t_sampling == "iid" and self.schedule.tabulated:
             return torch.randint(1, self.T + 1, (n,), device=device, generator=generator)
         q = quantiles(n, self.t_sampling, device, generator)
         u = times(q, self.time_density, self.schedule, self.density_mean, self.density_std)

@@ -29,13 +29,18 @@ SAMPLINGS = ("iid", "stratified", "antithetic")
 WEIGHTS = ("none", "min_snr", "edm")
 
 
-def check_density(density: str, sampling: str, weight: str, snr_gamma: float) -> None:
+def check_density(density: str, sampling: str, weight: str, snr_gamma: float, mean: float = 0.0, std: float = 1.0) -> None:
     for value, known, what in ((density, DENSITIES, "time_density"), (sampling, SAMPLINGS, "t_sampling"),
                                (weight, WEIGHTS, "loss_weight")):
         if value not in known:
             raise UdmError(f"{what}={value!r} is not one of {list(known)}")
     if weight == "min_snr" and not snr_gamma > 0:
         raise UdmError(f"min-SNR weighting needs snr_gamma > 0, got {snr_gamma}")
+    if density == "uniform" and (mean, std) != (0.0, 1.0):
+        raise UdmError(f"density_mean={mean} and density_std={std} shape the logit_normal and log_normal densities; "
+                       "time_density=uniform has neither (set them to 0 and 1)")
+    if density != "uniform" and not std > 0:
+        raise UdmError(f"density_std must be > 0, got {std}")
 
 
 def quantiles(n: int, sampling: str, device, generator: torch.Generator | None = None) -> Tensor:
@@ -65,5 +70,4 @@ def x0_weight(weight: str, snr: Tensor, sigma_data: float, snr_gamma: float) -> 
     """The weight on ||x0_hat - x0||^2 at signal-to-noise ratio snr = a^2 / b^2."""
     if weight == "min_snr":
         return snr.clamp(max=snr_gamma)
-    sigma2 = 1 / snr  # edm: sigma = b / a
-    return (sigma2 + sigma_data**2) / (sigma2 * sigma_data**2)
+    return 1 / sigma_data**2 + snr  # edm: (sigma^2 + sd^2) / (sigma sd)^2 with sigma^2 = 1 / snr, finite at snr = 0

@@ -23,7 +23,8 @@ __all__ = ["Gaussian", "PARAMETRIZATIONS", "SCHEDULES", "cosine_alphabar", "line
 
 class Gaussian(Affine):
     """VP Gaussian diffusion on DDPM's linear or Improved DDPM's cosine schedule; the net predicts eps (default),
-    x0 or v = a_t eps - b_t x0. Training densities and loss weights are the affine process's (default: DDPM's)."""
+    x0 or v = a_t eps - b_t x0. Training densities, loss weights and input scaling are the affine process's
+    (defaults: DDPM's; sigma_data = 1, which makes c_in = 1 on a VP schedule)."""
 
     def __init__(
         self,
@@ -33,6 +34,8 @@ class Gaussian(Affine):
         clip_denoised: bool = True,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        sigma_data: float = 1.0,
+        scale_input: bool = False,
         **training,
     ):
         if schedule not in SCHEDULES:
@@ -42,7 +45,7 @@ class Gaussian(Affine):
         if type(T) is not int or T < 1:
             raise UdmError(f"T must be a positive number of steps, got {T}")
         table = vp_linear(T, beta_start, beta_end) if schedule == "linear" else vp_cosine(T)
-        super().__init__(table, T, parametrization, clip_denoised, sigma_data=1.0, scale_input=False, **training)
+        super().__init__(table, T, parametrization, clip_denoised, sigma_data=sigma_data, scale_input=scale_input, **training)
         self.schedule_name = schedule
 
     def describe(self) -> str:

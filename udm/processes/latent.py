@@ -205,5 +205,5 @@ class Latent(ForwardProcess):
 
     def describe(self) -> str:
         g = self.latent
-        return (f"Latent(stage={self.stage}, T={self.T}, schedule={g.schedule}, parametrization={g.parametrization}, "
+        return (f"Latent(stage={self.stage}, T={self.T}, schedule={g.schedule_name}, parametrization={g.parametrization}, "
                 f"encoder={type(self.encoder).__name__}, decoder={type(self.decoder).__name__})")

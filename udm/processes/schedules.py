@@ -38,6 +38,7 @@ class Schedule:
     """The base: generic log-SNR, inverse (by bisection), transition variance and time derivatives."""
 
     variance_preserving = False  # a^2 + b^2 = 1 (what Analytic-DPM's variance and the VP bound need)
+    tabulated = False  # defined by a table on the grid t = 0..T (DDPM's betas, SMLD's levels): trained on integer t
 
     def alpha2(self, u: Tensor) -> Tensor:
         raise NotImplementedError
@@ -86,6 +87,7 @@ class DiscreteVP(Schedule):
     interpolated linearly between grid points for real-valued times."""
 
     variance_preserving = True
+    tabulated = True
 
     def __init__(self, alphabar: Tensor, name: str):
         self.alphabar, self.name, self.T = alphabar.double(), name, len(alphabar) - 1
@@ -190,6 +192,8 @@ def smld_sigmas(T: int, sigma_min: float, sigma_max: float) -> Tensor:
 class DiscreteVE(Geometric):
     """SMLD's T noise levels (sigma_1 = sigma_min .. sigma_T = sigma_max, geometric) as a table on t = 0..T; the
     same Geometric schedule with u_min = 1/T between grid points."""
+
+    tabulated = True
 
     def __init__(self, T: int, sigma_min: float = 0.01, sigma_max: float = 10.0):
         super().__init__(sigma_min, sigma_max, u_min=1 / T if T > 1 else 0.5)

@@ -22,12 +22,12 @@ geometric_sigmas = smld_sigmas
 
 class VarianceExploding(Affine):
     def __init__(self, T: int = 100, sigma_min: float = 0.01, sigma_max: float = 10.0, clip_denoised: bool = False,
-                 scale_input: bool = False, **training):
+                 scale_input: bool = False, parametrization: str = "eps", **training):
         if type(T) is not int or T < 1:
             raise UdmError(f"T must be a positive number of noise levels, got {T}")
         if not 0 < sigma_min < sigma_max:
             raise UdmError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        super().__init__(DiscreteVE(T, sigma_min, sigma_max), T, "eps", clip_denoised, scale_input=scale_input, **training)
+        super().__init__(DiscreteVE(T, sigma_min, sigma_max), T, parametrization, clip_denoised, scale_input=scale_input, **training)
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.register_buffer("sigma", self.b, persistent=False)
 

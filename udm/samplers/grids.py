@@ -48,8 +48,6 @@ def check_steps(steps: int | None, start: int, T: int) -> int:
 
 
 class Uniform:
-    continuous = False
-
     """`steps` times evenly spaced from `start` down ("trailing" spacing): t_i = round(start * i / steps)."""
 
     def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[int]:
@@ -57,12 +55,14 @@ class Uniform:
         steps = check_steps(steps, start, process.T)
         return [round(start * i / steps) for i in range(steps, 0, -1)]
 
-
-class SolverTime:
     continuous = False
 
+
+class SolverTime:
     """`steps` times evenly spaced in the process's solver time lambda(t) (log-SNR for Gaussian processes,
     as DPM-Solver recommends), rounded to distinct integers; every time when steps is None."""
+
+    continuous = False
 
     def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[int]:
         start = check_start(process.T, start)
@@ -111,11 +111,16 @@ class Explicit:
         return list(self.timesteps)
 
 
+SIGMA_CAP = 80.0  # EDM's sigma_max: the continuous grids' top noise level below the start
+
+
 class Karras:
     """The step grid of EDM (Karras et al. 2022, eq. 5) in sigma = b/a:
     sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, i = 0..n-1, then the data;
-    as real-valued times. sigma_max defaults to sigma at the start, sigma_min to sigma at t = 1 (the grid's first
-    noisy time); the first time is always the start, where x_T sits."""
+    as real-valued times. sigma_max defaults to sigma at the start, capped at EDM's 80 (VP's cosine and flow reach
+    1e4 .. inf at u = 1, where steps would be wasted), sigma_min to sigma at t = 1 (the grid's first noisy time);
+    the first time is always the start, where x_T sits, and from a start noisier than sigma_max the first step
+    jumps to it."""
 
     continuous = True
 
@@ -131,13 +136,11 @@ class Karras:
         if steps < 1:
             raise UdmError(f"steps must be >= 1, got {steps}")
         sigma = lambda t: float(process.noise_scale(time_tensor([t])) / process.coefficients(time_tensor([t]))[0])  # noqa: E731
-        hi = self.sigma_max if self.sigma_max is not None else sigma(start)
-        if self.sigma_max is None and not math.isfinite(hi) and start > 1:  # flow at u = 1: the ramp starts one step down
-            hi = sigma(start - 1)
+        hi = self.sigma_max if self.sigma_max is not None else min(sigma(start), SIGMA_CAP)
         lo = self.sigma_min if self.sigma_min is not None else sigma(1)
         if not (math.isfinite(hi) and 0 < lo < hi):
             raise UdmError(f"the Karras grid needs 0 < sigma_min < sigma_max < inf in sigma = b/a; {process.describe()} "
-                           f"gives {lo:g} .. {hi:g} (flow's sigma is infinite at u = 1: use grid=uniform, or set sigma_max)")
+                           f"gives {lo:g} .. {hi:g}")
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
         sigmas = (hi ** (1 / self.rho) + ramp * (lo ** (1 / self.rho) - hi ** (1 / self.rho))) ** self.rho
         return decreasing(process, start, sigma_times(process, sigmas))
@@ -145,7 +148,8 @@ class Karras:
 
 class LogSNR:
     """`steps` real-valued times evenly spaced in log-SNR from the start to t = 1 (DPM-Solver's recommended grid,
-    without SolverTime's rounding to the integer grid)."""
+    without SolverTime's rounding to the integer grid); as the Karras grid, it spends no steps above sigma = 80:
+    from a noisier start, the first step jumps there."""
 
     continuous = True
 
@@ -155,12 +159,8 @@ class LogSNR:
         steps = 20 if steps is None else int(steps)
         if steps < 1:
             raise UdmError(f"steps must be >= 1, got {steps}")
-        lam = [float(process.solver_time(time_tensor([t]))) for t in (start, 1)]
-        if not math.isfinite(lam[0]) and start > 1:  # flow at u = 1: space from one step down
-            lam[0] = float(process.solver_time(time_tensor([start - 1])))
-        if not all(math.isfinite(v) for v in lam):
-            raise UdmError(f"the log-SNR grid needs a finite log-SNR at the start; {process.describe()} has none at t = "
-                           f"{start} (flow at u = 1): use grid=uniform")
+        lam = [max(float(process.solver_time(time_tensor([start]))), -math.log(SIGMA_CAP)),
+               float(process.solver_time(time_tensor([1])))]
         targets = torch.linspace(lam[0], lam[1], steps, dtype=torch.float64)
         return decreasing(process, start, process.T * process.schedule.time_of(2 * targets))
 

@@ -14,6 +14,8 @@ step, the one well defined there: 2 network evaluations per step, 1 on those.
 
 Churn (EDM's stochastic sampler): before the net sees x_t with S_tmin <= sigma_t <= S_tmax, the noise is raised to
 sigma_hat = (1 + gamma) sigma_t, gamma = min(S_churn / N, sqrt(2) - 1), by x~ += sqrt(sigma_hat^2 - sigma_t^2) S_noise z.
+sigma_hat is capped at the schedule's sigma at t = T (time has no room above it), and a step out of sigma = inf
+is not churned.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class Heun(StepRule):
         if churn < 0 or churn_noise < 0 or churn_min < 0 or churn_max < churn_min:
             raise UdmError(f"need churn >= 0, churn_noise >= 0 and 0 <= churn_min <= churn_max; got churn={churn}, "
                            f"churn_min={churn_min}, churn_max={churn_max}, churn_noise={churn_noise}")
+        if churn == 0 and (churn_min, churn_max, churn_noise) != (0.0, math.inf, 1.0):
+            raise UdmError(f"churn_min, churn_max and churn_noise shape the churn, which is off (churn=0); set churn > 0 "
+                           f"or leave them (got {churn_min}, {churn_max}, {churn_noise})")
         self.churn, self.churn_min, self.churn_max, self.churn_noise = float(churn), float(churn_min), float(churn_max), float(churn_noise)
         self.steps = steps  # N of gamma = S_churn / N, set per run by bind
         self.churns = churn > 0
@@ -57,14 +62,18 @@ class Heun(StepRule):
 
     def raise_noise(self, process, x: Tensor, t: Tensor, generator=None) -> tuple[Tensor, Tensor]:
         sigma = self.sigma(process, t)
-        inside = (sigma >= self.churn_min) & (sigma <= self.churn_max)
+        top = self.sigma(process, torch.full_like(t, process.T))
+        inside = (sigma >= self.churn_min) & (sigma <= self.churn_max) & torch.isfinite(sigma)
         gamma = torch.where(inside, min(self.churn / self.steps, math.sqrt(2) - 1), 0.0)
-        sigma_hat = sigma * (1 + gamma)
+        sigma_hat = torch.minimum(sigma * (1 + gamma), torch.where(torch.isfinite(top), top, sigma * (1 + gamma)))
+        gamma = torch.where(sigma_hat > sigma, gamma, 0.0)
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         t_hat = torch.where(gamma > 0, process.T * process.schedule.time_of(-2 * sigma_hat.log()), t.double())
         a, a_hat = process.coefficients(t)[0], process.coefficients(t_hat)[0]
+        a = torch.where(gamma > 0, a, torch.ones_like(a))  # unchurned rows (a may be 0 there) stay as they are
         x_tilde = x / per_sample(a, x) + per_sample((sigma_hat**2 - sigma**2).sqrt() * self.churn_noise, x) * z
-        return per_sample(a_hat, x) * x_tilde, t_hat
+        churned = (gamma > 0).reshape(-1, *([1] * (x.dim() - 1)))
+        return torch.where(churned, per_sample(a_hat, x) * x_tilde, x), t_hat
 
     def __call__(self, process, x_t, x0_hat, t, s, generator=None, denoise=None):
         eps_t = process.inverse(x0_hat, x_t, t)
