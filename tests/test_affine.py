@@ -1,6 +1,7 @@
 """The affine Gaussian process over its schedules: closed forms, parametrizations, training densities and weights,
 the old VP/VE numbers, and the numerical order of Euler, Heun and DPM-Solver++ against the exact ODE solution."""
 
+import json
 import math
 
 import pytest
@@ -347,3 +348,19 @@ def test_knobs_that_a_setting_does_not_read_are_refused():
         Affine(Geometric(), time_density="uniform", density_mean=-1.2, density_std=1.2)
     with pytest.raises(UdmError, match="which is off"):
         Heun(churn=0.0, churn_max=1.0)
+
+
+def test_flow_trains_and_samples_through_the_console_scripts(tmp_path):
+    """process=flow end to end on the 8x8 digits, with a step count the checkpoint interval does not divide: the
+    checkpoint is the last step's (with both weight sets), and udm-sample's Heun counts its network evaluations."""
+    from .conftest import run_cli
+
+    run = tmp_path / "flow"
+    run_cli("udm-train", "experiment=digits_smoke", "process=flow", "sampler=euler", "sampler.steps=4",
+            "trainer.max_steps=13", "final_samples=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 13 and "current_model_state" in ckpt
+    proc = run_cli("udm-eval", f"ckpt={run}", "n=8", "sampler=heun", "sampler.steps=4", "sampler.grid=uniform",
+                   "metrics=[]", "progress=false", cwd=tmp_path)
+    result = json.loads((run / "eval" / "heun-4steps-n8-seed0.json").read_text())
+    assert result["nfe_per_sample"] == 2 * 4 - 2, proc.stdout  # out of u = 1 and into the data: Euler steps

@@ -179,6 +179,24 @@ class SaveOnSignal(L.Callback):
         trainer.should_stop = True
 
 
+class SaveAtEnd(L.Callback):
+    """last.ckpt at the step training ends (max_steps), when the periodic checkpoint's interval does not fall on it:
+    without it a run of 3,000 steps with checkpoints every 400 keeps step 2,800 as its last. The save happens at the
+    end of the step, where the periodic one would (after EMA's update; list this callback after `ema`)."""
+
+    def __init__(self, filename: str = "last"):
+        self.filename = filename
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.max_steps is None or trainer.max_steps < 0 or trainer.global_step < trainer.max_steps:
+            return
+        every = getattr(trainer.checkpoint_callback, "_every_n_train_steps", 0)
+        if every and trainer.global_step % every == 0:  # the periodic checkpoint saves this step itself
+            return
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+        trainer.save_checkpoint(os.path.join(folder or os.path.join(trainer.default_root_dir, "checkpoints"), self.filename + ".ckpt"))
+
+
 PREVIOUS_CONFIG = ".hydra.before"  # the folder's recorded config as it was before this command (udm.jobs.train)
 
 

@@ -2,7 +2,8 @@
 # The Gaussian family as one affine process: VP-eps, VP-v, flow matching and EDM trained on MNIST with the same
 # net, optimizer and steps (STEPS, default 3,000: about 5 minutes on 2 quiet cores, 2.5x the demo's 1,200), then FID against network evaluations (NFE) with
 # DPM-Solver++(3M) for every family, each family's own sampler at 10 NFE, a 100-step reference, and bits/dim by
-# the probability-flow ODE. PARTS selects stages: "train eval table" (default: all).
+# the probability-flow ODE, and the 1,000-step Euler (= DDIM) solution as each family's reference. PARTS selects
+# stages: "train eval reference table" (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/gaussian_family}
@@ -10,7 +11,7 @@ N=${N:-500}
 BPD=${BPD:-64}
 STEPS=${STEPS:-3000}
 FAMILIES=${FAMILIES:-"vp_eps vp_v flow edm"}
-PARTS=${PARTS:-"train eval table"}
+PARTS=${PARTS:-"train eval reference table"}
 OUT=experiments/gaussian_family/results
 declare -A RECIPE=(
   [vp_eps]="experiment=mnist process.parametrization=eps"
@@ -38,6 +39,9 @@ if [[ " $PARTS " == *" eval "* ]]; then
     udm-eval ckpt="$RUNS/$f" n=16 ode_bpd_samples="$BPD" "metrics=[ode_bpd]" +metric.ode_bpd.rtol=1e-4 \
       +metric.ode_bpd.atol=1e-4 progress=false
   done
+fi
+if [[ " $PARTS " == *" reference "* ]]; then  # the 1,000-step ODE solution: Euler (= DDIM) on every grid time
+  for f in $FAMILIES; do evaluate "$f" sampler=euler sampler.steps=1000; done
 fi
 if [[ " $PARTS " == *" table "* ]]; then
   mkdir -p "$OUT"
