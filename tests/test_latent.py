@@ -156,6 +156,7 @@ def test_frozen_stage_refuses_missing_or_foreign_autoencoders(tmp_path):
         load_parts(Latent(*coders(), stage="frozen", autoencoder_ckpt=str(other)))
 
 
+@pytest.mark.slow  # a text training; token latents are covered in-process by the oracle test above
 def test_text_through_gaussian_diffusion_of_embeddings(tmp_path):
     run = tmp_path / "run"
     run_cli("udm-train", "experiment=quatrain_latent", "net.hidden=32", "net.layers=1", "net.heads=2", "trainer.max_steps=3",

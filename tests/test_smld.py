@@ -99,6 +99,7 @@ def test_langevin_needs_a_score():
         PredictorCorrector(eta=0.0, corrector_steps=1)(p, lambda x, t: x, torch.zeros(1, 1, 8, 8))
 
 
+@pytest.mark.slow  # ~20 s of training; the VE process and its samplers are tested in-process above (default suite < 10 min)
 def test_toy_smld_trains_and_samples_through_the_console_scripts(tmp_path):
     from .conftest import run_cli
 
