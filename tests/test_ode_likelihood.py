@@ -17,13 +17,7 @@ from udm.metrics.ode_likelihood import ode_bits_per_dim, ode_log_likelihood
 from udm.processes import Affine, Blur, Gaussian, TokenMask
 from udm.processes.schedules import CosineVP, Flow, edm, vp_linear
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .test_eval import _one_thread  # noqa: F401 (autouse: one torch thread, as test_eval and test_fluency)
 
 
 class GaussianData:

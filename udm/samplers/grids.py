@@ -130,11 +130,7 @@ class Karras:
         self.rho, self.sigma_min, self.sigma_max = float(rho), sigma_min, sigma_max
 
     def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[float]:
-        require(process, "continuous_time", "the Karras grid", "use grid=uniform")
-        start = check_start(process.T, start)
-        steps = 18 if steps is None else int(steps)
-        if steps < 1:
-            raise UdmError(f"steps must be >= 1, got {steps}")
+        start, steps = real_valued(process, "the Karras grid", steps, start, default=18)
         sigma = lambda t: float(process.noise_scale(time_tensor([t])) / process.coefficients(time_tensor([t]))[0])  # noqa: E731
         hi = self.sigma_max if self.sigma_max is not None else min(sigma(start), SIGMA_CAP)
         lo = self.sigma_min if self.sigma_min is not None else sigma(1)
@@ -154,15 +150,21 @@ class LogSNR:
     continuous = True
 
     def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[float]:
-        require(process, "continuous_time", "the log-SNR grid", "use grid=solver_time (integer times)")
-        start = check_start(process.T, start)
-        steps = 20 if steps is None else int(steps)
-        if steps < 1:
-            raise UdmError(f"steps must be >= 1, got {steps}")
+        start, steps = real_valued(process, "the log-SNR grid", steps, start, default=20)
         lam = [max(float(process.solver_time(time_tensor([start]))), -math.log(SIGMA_CAP)),
                float(process.solver_time(time_tensor([1])))]
         targets = torch.linspace(lam[0], lam[1], steps, dtype=torch.float64)
         return decreasing(process, start, process.T * process.schedule.time_of(2 * targets))
+
+
+def real_valued(process, what: str, steps: int | None, start: int | None, default: int) -> tuple[int, int]:
+    """(start, steps) of a grid with real-valued times, checked: such grids need continuous time, and any number of
+    steps >= 1 fits (None: `default`)."""
+    require(process, "continuous_time", f"{what}'s real-valued times", "use grid=uniform or solver_time (integer times)")
+    steps = default if steps is None else int(steps)
+    if steps < 1:
+        raise UdmError(f"steps must be >= 1, got {steps}")
+    return check_start(process.T, start), steps
 
 
 def sigma_times(process, sigmas: Tensor) -> Tensor:
