@@ -2,7 +2,7 @@
 # The Gaussian family as one affine process: VP-eps, VP-v, flow matching and EDM trained on MNIST with the same
 # net, optimizer and steps (STEPS, default 3,000: about 5 minutes on 2 quiet cores, 2.5x the demo's 1,200), then FID
 # at 5, 10, 20 and 50 network evaluations (NFE) for every sampler that fits (Euler, DPM-Solver++ 2M and 3M on two
-# grids, Heun), bits/dim by the probability-flow ODE, and the 1,000-step Euler (= DDIM) solution as each family's
+# or three grids, Heun), bits/dim by the probability-flow ODE, and the 1,000-step Euler (= DDIM) solution as each family's
 # reference. PARTS selects stages: "train eval reference table" (default: all); FAMILIES selects families.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,7 +32,10 @@ if [[ " $PARTS " == *" eval "* ]]; then
       evaluate "$f" sampler=dpm_solver sampler.steps=$nfe
       evaluate "$f" sampler=dpm_solver_3m sampler.steps=$nfe
       evaluate "$f" sampler=dpm_solver_3m sampler.steps=$nfe sampler.grid=logsnr
+      evaluate "$f" sampler=dpm_solver sampler.steps=$nfe sampler.grid=uniform
+      evaluate "$f" sampler=dpm_solver_3m sampler.steps=$nfe sampler.grid=uniform
     done
+    evaluate "$f" sampler=heun sampler.steps=6  # 10 NFE on flow (its first step, out of sigma = inf, is Euler)
     for steps in 3 5 10 25; do evaluate "$f" sampler=heun sampler.steps=$steps; done  # 5, 9, 19, 49 NFE (flow: 1 less)
     # bits/dim by the probability-flow ODE on BPD held-out images (Hutchinson's divergence, tolerances 1e-4)
     udm-eval ckpt="$RUNS/$f" n=16 ode_bpd_samples="$BPD" "metrics=[ode_bpd]" +metric.ode_bpd.rtol=1e-4 \
