@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/udm-train experiment=mnist
+	$(BIN)/udm-train experiment=mnist_flow
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
