@@ -47,9 +47,9 @@ if [[ " $PARTS " == *" reference "* ]]; then  # the 1,000-step ODE solution: Eul
 fi
 if [[ " $PARTS " == *" table "* ]]; then
   mkdir -p "$OUT"
-  python experiments/gaussian_family/table.py "$RUNS" "$OUT"
-  for f in $FAMILIES; do  # sample grids at 10 NFE with DPM-Solver++(3M) and the 1,000-step reference
-    cp "$RUNS/$f/eval/dpm_solver_3m-10steps-n500-seed0.png" "$OUT/${f}_dpm3m_10.png"
-    cp "$RUNS/$f/eval/euler-1000steps-n500-seed0.png" "$OUT/${f}_euler_1000.png" 2>/dev/null || true
+  for f in $FAMILIES; do  # 64 samples each at 10 NFE (DPM-Solver++ 2M, uniform grid), side by side in the results
+    [ -f "$RUNS/$f/samples/dpm_solver-10steps-n64-seed0.png" ] ||
+      udm-sample ckpt="$RUNS/$f" n=64 sampler=dpm_solver sampler.steps=10 sampler.grid=uniform
   done
+  python experiments/gaussian_family/table.py "$RUNS" "$OUT"
 fi

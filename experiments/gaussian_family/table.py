@@ -68,10 +68,31 @@ def main(runs: Path, out: Path) -> None:
     (out / "table.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
     figure(curves, references, out / "fid_vs_nfe.png")
+    side_by_side({LABEL[f]: runs / f / "samples" / GRID for f in families}, out / "samples_10nfe.png")
+
+
+GRID = "dpm_solver-10steps-n64-seed0.png"  # udm-sample n=64 sampler=dpm_solver sampler.steps=10 sampler.grid=uniform
+
+
+def side_by_side(grids: dict, path: Path) -> None:
+    """The families' 64-sample grids in one row, each under its name."""
+    from PIL import Image, ImageDraw
+
+    found = {name: Image.open(p).convert("L") for name, p in grids.items() if p.is_file()}
+    if not found:
+        return
+    width, height = max(im.width for im in found.values()), max(im.height for im in found.values())
+    canvas = Image.new("L", (len(found) * (width + 8), height + 18), 255)
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, im) in enumerate(found.items()):
+        draw.text((i * (width + 8) + 4, 2), f"{name}, 10 NFE", fill=0)
+        canvas.paste(im, (i * (width + 8), 18))
+    canvas.save(path)
 
 
 def figure(curves: dict, references: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -86,6 +107,9 @@ def figure(curves: dict, references: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(list(BUDGETS), labels=[str(b) for b in BUDGETS])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_yticks([5, 10, 20, 50], labels=["5", "10", "20", "50"])
     ax.set_xlabel("network evaluations (best sampler within the budget)")
     ax.set_ylabel("FID (udm's MNIST features)")
     ax.set_title("dotted: Euler at 1,000 steps")

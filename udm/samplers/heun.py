@@ -9,8 +9,10 @@ and Heun averages the slope with the one at the Euler point:
 
     x_s = a_s (x~_t + (sigma_s - sigma_t) (eps_t + eps_s') / 2),   eps_s' = F_s^{-1}(D(x_s^Euler, s), x_s^Euler).
 
-A step into the data (sigma_s = 0, as in EDM) or out of sigma_t = inf (flow's prior at u = 1, a_t = 0) is the Euler
-step, the one well defined there: 2 network evaluations per step, 1 on those.
+A step into the data (sigma_s = 0, as in EDM) is the Euler step, as is a step out of a start noisier than sigma = 80
+(flow's prior has sigma = inf, VP's cosine 2e4: the grids jump from there to the top of their ramp, and Heun's average
+across that jump multiplies the change of slope by a_s / a_t, 255 on the cosine schedule): 2 network evaluations per
+step, 1 on those.
 
 Churn (EDM's stochastic sampler): before the net sees x_t with S_tmin <= sigma_t <= S_tmax, the noise is raised to
 sigma_hat = (1 + gamma) sigma_t, gamma = min(S_churn / N, sqrt(2) - 1), by x~ += sqrt(sigma_hat^2 - sigma_t^2) S_noise z.
@@ -28,7 +30,10 @@ from torch import Tensor
 from udm.errors import UdmError
 from udm.processes.base import per_sample
 from udm.processes.capabilities import require
+from udm.samplers.grids import SIGMA_CAP
 from udm.samplers.steps import StepRule
+
+JUMP = SIGMA_CAP * (1 + 1e-6)  # sigma above which a step is the jump to the grid's ramp (EDM starts at 80 itself)
 
 
 class Heun(StepRule):
@@ -78,8 +83,8 @@ class Heun(StepRule):
     def __call__(self, process, x_t, x0_hat, t, s, generator=None, denoise=None):
         eps_t = process.inverse(x0_hat, x_t, t)
         x_euler = process(x0_hat, s, eps_t)
-        if bool((process.coefficients(s)[1] == 0).any() or (process.coefficients(t)[0] == 0).any()) or denoise is None:
-            return x_euler  # into the data, or out of sigma = inf
+        if denoise is None or bool((process.coefficients(s)[1] == 0).any() or (self.sigma(process, t) > JUMP).any()):
+            return x_euler  # into the data, or the jump from a start above the grid's ramp
         eps_s = process.inverse(denoise(x_euler, s), x_euler, s)
         a_t, a_s = process.coefficients(t)[0], process.coefficients(s)[0]
         sigma_t, sigma_s = self.sigma(process, t), self.sigma(process, s)
