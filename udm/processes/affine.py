@@ -177,6 +177,13 @@ class Affine(ForwardProcess):
         a, b = self.coefficients(t)
         return a.log() - b.log()
 
+    def x0_reaching(self, x_t: Tensor, t: Tensor, x_s: Tensor, s: Tensor) -> Tensor:
+        """The x0 whose inverse step from (x_t, t) lands on x_s at s < t: x_s = a_s x0 + b_s (x_t - a_t x0) / b_t,
+        so x0 = (x_s - (b_s / b_t) x_t) / (a_s - a_t b_s / b_t) (progressive distillation's target)."""
+        (a_t, b_t), (a_s, b_s) = self.coefficients(t), self.coefficients(s)
+        ratio = b_s / b_t
+        return (x_s - per_sample(ratio, x_t) * x_t) / per_sample(a_s - a_t * ratio, x_t)
+
     # --- training -----------------------------------------------------------------------------------------
     def sample_t(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
         """Training times: on a schedule defined by its table on the grid (DDPM's, SMLD's), t ~ U{1..T} for the
