@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from udm.cli import CONF_DIR
 from udm.errors import UdmError
 from udm.jobs.train import fill_from_data
-from udm.processes import Affine, Blur, ForwardProcess, Gaussian, Latent, TokenProcess
+from udm.processes import Affine, Blur, ForwardProcess, Latent, TokenProcess
 from udm.processes.base import per_sample
 from udm.samplers import DDIM, DDPM, Baseline, Mixed, Sampler
 
