@@ -20,12 +20,12 @@ from torch import Tensor
 
 from udm.processes.capabilities import require
 from udm.samplers.grids import time_tensor
+from udm.samplers.steps import Inverse
 
 
 def inverse_step(process, model, x_t: Tensor, t: Tensor, s: Tensor, cond=None) -> Tensor:
     """x_s = F_s(x0_hat, F_t^{-1}(x0_hat, x_t)) with x0_hat from `model` at (x_t, t): DDIM's step, for any process."""
-    x0 = process.x0_hat(process.predict(model, x_t, t, cond), x_t, t)
-    return process(x0, s, process.inverse(x0, x_t, t))
+    return Inverse()(process, x_t, process.x0_hat(process.predict(model, x_t, t, cond), x_t, t), t, s)
 
 
 @torch.no_grad()

@@ -96,6 +96,15 @@ class Affine(ForwardProcess):
         a2, b2 = self.squares(t)
         return a2.sqrt(), b2.sqrt()
 
+    def sigma_at(self, t: Tensor) -> Tensor:
+        """sigma_t = b_t / a_t, the noise level of x_t / a_t = x0 + sigma eps (EDM's and k-diffusion's variable)."""
+        a, b = self.coefficients(t)
+        return b / a
+
+    def time_of_sigma(self, sigma: Tensor) -> Tensor:
+        """The real-valued time (grid units, float64) where b / a = sigma."""
+        return self.T * self.schedule.time_of(-2 * torch.as_tensor(sigma, dtype=torch.float64).log())
+
     def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(da/du, db/du) at u = t / T."""
         return self.schedule.derivatives(t.double() / self.T)

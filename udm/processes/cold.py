@@ -21,6 +21,7 @@ from torch import Tensor
 
 from udm.processes.base import ForwardProcess, per_sample
 from udm.processes.capabilities import Capabilities
+from udm.processes.schedules import geometric
 
 
 class Cold(ForwardProcess):
@@ -69,12 +70,6 @@ class Cold(ForwardProcess):
 
     def describe(self) -> str:
         return f"{type(self).__name__}(T={self.T}, sigma={self.sigma})"
-
-
-def geometric(start: float, end: float, T: int) -> Tensor:
-    """[0, start, ..., end]: T values spaced evenly in log between start and end, after a 0 for t = 0."""
-    values = torch.exp(torch.linspace(math.log(start), math.log(end), T, dtype=torch.float64))
-    return torch.cat([torch.zeros(1, dtype=torch.float64), values])
 
 
 class Blur(Cold):

@@ -183,10 +183,11 @@ class Geometric(Schedule):
         return f"geometric sigma {self.sigma_min:g}..{self.sigma_max:g}"
 
 
-def smld_sigmas(T: int, sigma_min: float, sigma_max: float) -> Tensor:
-    """sigma_0 = 0 then T levels geometric from sigma_min (t = 1) to sigma_max (t = T)."""
-    levels = torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), T, dtype=torch.float64))
-    return torch.cat([torch.zeros(1, dtype=torch.float64), levels])
+def geometric(start: float, end: float, T: int) -> Tensor:
+    """[0, start, ..., end]: T values spaced evenly in log between start and end, after a 0 for t = 0 (SMLD's noise
+    levels, blur's widths)."""
+    values = torch.exp(torch.linspace(math.log(start), math.log(end), T, dtype=torch.float64))
+    return torch.cat([torch.zeros(1, dtype=torch.float64), values])
 
 
 class DiscreteVE(Geometric):
@@ -202,7 +203,7 @@ class DiscreteVE(Geometric):
     def table(self, T: int) -> tuple[Tensor, Tensor]:
         if T != self.T:
             raise UdmError(f"these noise levels are defined on T = {self.T} steps, not {T}")
-        return torch.ones(T + 1, dtype=torch.float64), smld_sigmas(T, self.sigma_min, self.sigma_max) ** 2
+        return torch.ones(T + 1, dtype=torch.float64), geometric(self.sigma_min, self.sigma_max, T) ** 2
 
 
 class Flow(Schedule):

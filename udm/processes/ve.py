@@ -15,9 +15,7 @@ from __future__ import annotations
 from udm.errors import UdmError
 from udm.processes.affine import Affine
 from udm.processes.capabilities import Capabilities
-from udm.processes.schedules import DiscreteVE, smld_sigmas
-
-geometric_sigmas = smld_sigmas
+from udm.processes.schedules import DiscreteVE
 
 
 class VarianceExploding(Affine):

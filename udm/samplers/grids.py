@@ -131,15 +131,14 @@ class Karras:
 
     def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[float]:
         start, steps = real_valued(process, "the Karras grid", steps, start, default=18)
-        sigma = lambda t: float(process.noise_scale(time_tensor([t])) / process.coefficients(time_tensor([t]))[0])  # noqa: E731
-        hi = self.sigma_max if self.sigma_max is not None else min(sigma(start), SIGMA_CAP)
-        lo = self.sigma_min if self.sigma_min is not None else sigma(1)
+        hi = self.sigma_max if self.sigma_max is not None else min(float(process.sigma_at(time_tensor([start]))), SIGMA_CAP)
+        lo = self.sigma_min if self.sigma_min is not None else float(process.sigma_at(time_tensor([1])))
         if not (math.isfinite(hi) and 0 < lo < hi):
             raise UdmError(f"the Karras grid needs 0 < sigma_min < sigma_max < inf in sigma = b/a; {process.describe()} "
                            f"gives {lo:g} .. {hi:g}")
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
         sigmas = (hi ** (1 / self.rho) + ramp * (lo ** (1 / self.rho) - hi ** (1 / self.rho))) ** self.rho
-        return decreasing(process, start, sigma_times(process, sigmas))
+        return decreasing(process, start, process.time_of_sigma(sigmas))
 
 
 class LogSNR:
@@ -165,11 +164,6 @@ def real_valued(process, what: str, steps: int | None, start: int | None, defaul
     if steps < 1:
         raise UdmError(f"steps must be >= 1, got {steps}")
     return check_start(process.T, start), steps
-
-
-def sigma_times(process, sigmas: Tensor) -> Tensor:
-    """Grid times (float64) of noise levels sigma = b/a."""
-    return process.T * process.schedule.time_of(-2 * sigmas.log())
 
 
 def decreasing(process, start: int, times: Tensor) -> list:

@@ -60,20 +60,15 @@ class Heun(StepRule):
     def bind(self, process, ts: list) -> Heun:
         return Heun(self.churn, self.churn_min, self.churn_max, self.churn_noise, len(ts))
 
-    @staticmethod
-    def sigma(process, t: Tensor) -> Tensor:
-        a, b = process.coefficients(t)
-        return b / a
-
     def raise_noise(self, process, x: Tensor, t: Tensor, generator=None) -> tuple[Tensor, Tensor]:
-        sigma = self.sigma(process, t)
-        top = self.sigma(process, torch.full_like(t, process.T))
+        sigma = process.sigma_at(t)
+        top = process.sigma_at(torch.full_like(t, process.T))
         inside = (sigma >= self.churn_min) & (sigma <= self.churn_max) & torch.isfinite(sigma)
         gamma = torch.where(inside, min(self.churn / self.steps, math.sqrt(2) - 1), 0.0)
         sigma_hat = torch.minimum(sigma * (1 + gamma), torch.where(torch.isfinite(top), top, sigma * (1 + gamma)))
         gamma = torch.where(sigma_hat > sigma, gamma, 0.0)
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        t_hat = torch.where(gamma > 0, process.T * process.schedule.time_of(-2 * sigma_hat.log()), t.double())
+        t_hat = torch.where(gamma > 0, process.time_of_sigma(sigma_hat), t.double())
         a, a_hat = process.coefficients(t)[0], process.coefficients(t_hat)[0]
         a = torch.where(gamma > 0, a, torch.ones_like(a))  # unchurned rows (a may be 0 there) stay as they are
         x_tilde = x / per_sample(a, x) + per_sample((sigma_hat**2 - sigma**2).sqrt() * self.churn_noise, x) * z
@@ -83,10 +78,10 @@ class Heun(StepRule):
     def __call__(self, process, x_t, x0_hat, t, s, generator=None, denoise=None):
         eps_t = process.inverse(x0_hat, x_t, t)
         x_euler = process(x0_hat, s, eps_t)
-        if denoise is None or bool((process.coefficients(s)[1] == 0).any() or (self.sigma(process, t) > JUMP).any()):
+        (a_t, b_t), (a_s, b_s) = process.coefficients(t), process.coefficients(s)
+        sigma_t, sigma_s = b_t / a_t, b_s / a_s
+        if denoise is None or bool((b_s == 0).any() or (sigma_t > JUMP).any()):
             return x_euler  # into the data, or the jump from a start above the grid's ramp
         eps_s = process.inverse(denoise(x_euler, s), x_euler, s)
-        a_t, a_s = process.coefficients(t)[0], process.coefficients(s)[0]
-        sigma_t, sigma_s = self.sigma(process, t), self.sigma(process, s)
         x_tilde = x_t / per_sample(a_t, x_t)
         return per_sample(a_s, x_t) * (x_tilde + per_sample(sigma_s - sigma_t, x_t) * (eps_t + eps_s) / 2)
