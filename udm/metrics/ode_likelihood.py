@@ -81,11 +81,6 @@ class OdeLikelihood:
     nfe: int              # velocity evaluations (each one forward and one or D backward passes of the net)
 
 
-def prior_std(process) -> float:
-    """The standard deviation of process.prior: 1 for variance-preserving schedules, b(1) otherwise."""
-    return 1.0 if process.schedule.variance_preserving else float(process.b[process.T])
-
-
 def velocity(process, model: Model, x: Tensor, u: Tensor, dtype: torch.dtype, cond=None) -> Tensor:
     """v(x, u) = a'(u) x0_hat + b'(u) eps_hat, float64, from the net's unclipped estimates at x (float64)."""
     t = (u.double() * process.T).expand(x.shape[0]).to(x.device)
@@ -162,7 +157,7 @@ def ode_log_likelihood(
     with torch.no_grad():
         xs, integrals = odeint(dynamics, start, times, rtol=rtol, atol=atol, method=method)
     x1, integral = xs[-1], integrals[-1]
-    std = prior_std(process)
+    std = process.prior_std
     prior_logp = -0.5 * (x1.flatten(1) ** 2).sum(1) / std**2 - 0.5 * dim * math.log(2 * math.pi * std**2)
     return OdeLikelihood(prior_logp + integral, prior_logp, integral, x1, u_end, std, nfe)
 

@@ -121,11 +121,15 @@ class Affine(ForwardProcess):
     def sample_noise(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
 
+    @property
+    def prior_std(self) -> float:
+        """The std of x_T ~ N(0, std^2 I), taking a_T x0 as negligible (it is 0 for flow, ~0.006 for DDPM's linear
+        betas): 1 for variance-preserving schedules, b_T otherwise."""
+        return 1.0 if self.schedule.variance_preserving else float(self.b[self.T])
+
     def prior(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """x_T ~ N(0, b_T^2 I), taking a_T x0 as negligible (it is 0 for flow, ~0.006 for DDPM's linear betas);
-        N(0, I) for variance-preserving schedules."""
         eps = self.sample_noise(x0, generator)
-        return eps if self.schedule.variance_preserving else float(self.b[self.T]) * eps
+        return eps if self.schedule.variance_preserving else self.prior_std * eps
 
     # --- what the net sees and predicts -------------------------------------------------------------------
     def input_scale(self, t: Tensor) -> Tensor:

@@ -29,8 +29,9 @@ class VarianceExploding(Affine):
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.register_buffer("sigma", self.b, persistent=False)
 
-    def prior(self, x0, generator=None):
-        return self.sigma_max * self.sample_noise(x0, generator)
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max  # the float the old class scaled its prior by (b_T is exp(log sigma_max))
 
     @property
     def capabilities(self) -> Capabilities:

@@ -70,7 +70,8 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
         if step.churns:  # EDM's churn: noise raised to t_hat >= t before the net sees x
             x, t = step.raise_noise(process, x, t, generator)
         x0_u = None  # CFG++ only: the unconditional x0_hat whose eps_hat the step re-corrupts with
-        if guidance is not None and guidance.guides(cond) and guidance.applies(t_int, process.T):
+        guided = guidance is not None and guidance.guides(cond) and guidance.applies(t_int, process.T)
+        if guided:
             x0_hat, x0_u = guidance.estimates(process, model, x, t, cond, generator)
         else:
             x0_hat = process.x0_hat(process.predict(model, x, t, cond), x, t, generator)
@@ -78,7 +79,8 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
             x0_hat = transform(x0_hat, i)
         x_in = x if x0_u is None else guidance.recorrupt(process, x, x0_hat, x0_u, t)
         if step.second_order:
-            x_t, x = x, step(process, x_in, x0_hat, t, s, generator, denoise=denoiser(process, model, cond, guidance, t_int, generator))
+            denoise = denoiser(process, model, cond, guidance if guided else None, generator)
+            x_t, x = x, step(process, x_in, x0_hat, t, s, generator, denoise=denoise)
         else:
             x_t, x = x, step(process, x_in, x0_hat, t, s, generator)
         if x.is_floating_point():
@@ -94,13 +96,12 @@ def reverse_loop(process, model, x: Tensor, ts: list[int], step: StepRule, trans
     return x
 
 
-def denoiser(process, model, cond, guidance, t_int, generator):
-    """x0_hat at another point (x, t) of the same step, guided as the step's first evaluation was: what a second-order
-    step (Heun) evaluates."""
-    guided = guidance is not None and guidance.guides(cond) and guidance.applies(t_int, process.T)
+def denoiser(process, model, cond, guidance, generator):
+    """x0_hat at another point (x, t) of the same step, guided when the step's first evaluation was (`guidance` is
+    None otherwise): what a second-order step (Heun) evaluates."""
 
     def denoise(x: Tensor, t: Tensor):
-        if guided:
+        if guidance is not None:
             return guidance.x0_hat(process, model, x, t, cond, generator)
         return process.x0_hat(process.predict(model, x, t, cond), x, t, generator)
 
