@@ -137,8 +137,11 @@ class TrainedModel:
     def sampler(self, sampler):
         """`sampler` (an object, or a Hydra config of one) checked against the process and made ready for
         this model (Analytic-DPM estimates or reads its moments here, with the float32 net)."""
+        from udm.distill.recipe import check_student
+
         if not callable(sampler):
             sampler = instantiate(sampler)
+        check_student(self.recipe, sampler, self.process)  # a distilled student holds samplers to what it learned
         return sampler.prepare(self.process, self.net, self)
 
     def save_samples(self, samples: Tensor, path: str | Path, nrow: int | None = None) -> Path:

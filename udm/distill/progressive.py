@@ -11,16 +11,30 @@ with D the x0_hat of a net's output. No process needs more than its forward, inv
 Gaussian schedules and cold processes. On an affine Gaussian process the student's step is affine in its x0,
 x_s = c x0 + (b_s / b_t) x_t with c = a_s - a_t b_s / b_t, so the loss is c^2 ||x0_S - x0*||^2 around the x0* that
 `Affine.x0_reaching` gives: Salimans & Ho's x0 regression, weighted by c^2 (at the last step, s = 0, c = 1).
+`space="x0"` regresses x0_S onto x0* directly with their truncated-SNR weight max(a_t^2 / b_t^2, 1), which does not
+fade the high-noise steps of a fine grid (c^2 ~ 1/N^2 there).
+
+Rounds halve the steps: the teacher of round r samples in 2N_r steps and its student in N_r = N_0 / 2^r, and the
+student of one round is the teacher of the next (udm.distill.module).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import Tensor
 
+from udm.errors import UdmError
+from udm.processes.base import per_sample
 from udm.processes.capabilities import require
 from udm.samplers.grids import time_tensor
 from udm.samplers.steps import Inverse
+
+SPACES = ("x_s", "x0")
 
 
 def inverse_step(process, model, x_t: Tensor, t: Tensor, s: Tensor, cond=None) -> Tensor:
@@ -34,11 +48,28 @@ def teacher_target(process, teacher, x_t: Tensor, t: Tensor, m: Tensor, s: Tenso
     return inverse_step(process, teacher, inverse_step(process, teacher, x_t, t, m, cond), m, s, cond)
 
 
+def check_distillable(process, method: str) -> None:
+    """Distillation compares real-valued states reached by deterministic (inverse) steps."""
+    require(process, "invertible", f"{method} (the inverse step)", "distil an invertible process")
+    require(process, "real_valued", f"{method} (a squared error between states)",
+            "token processes are not distilled by this objective (see experiments/distillation/README.md)")
+
+
+def check_space(process, space: str) -> None:
+    if space not in SPACES:
+        raise UdmError(f"space={space!r}: progressive distillation's loss is taken in x_s (any process) or x0 (affine "
+                       f"Gaussian processes)")
+    if space == "x0" and not hasattr(process, "x0_reaching"):
+        raise UdmError(f"space=x0 regresses onto the x0 that reaches the teacher's x_s, which needs an affine process; "
+                       f"{process.describe()} has none: use space=x_s")
+
+
 def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[int], generator: torch.Generator | None = None,
-                     cond=None) -> Tensor:
+                     cond=None, space: str = "x_s") -> Tensor:
     """The distillation loss on a batch of data: each sample draws one student step (teacher_times[2i] -> [2i + 2],
     the data after the last) and x_t = F_t(x0, eps) at its start. `teacher_times` is the teacher's grid of 2N steps."""
-    require(process, "invertible", "progressive distillation (the inverse step)", "distil an invertible process")
+    check_distillable(process, "progressive distillation")
+    check_space(process, space)
     if len(teacher_times) < 2 or len(teacher_times) % 2:
         raise ValueError(f"the teacher's grid must have an even number >= 2 of steps, got {len(teacher_times)}")
     grid = time_tensor(list(teacher_times) + [0], device=x0.device)
@@ -46,4 +77,76 @@ def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[
     t, m, s = grid[i], grid[i + 1], grid[i + 2]
     x_t = process(x0, t, process.sample_noise(x0, generator))
     target = teacher_target(process, teacher, x_t, t, m, s, cond)
-    return (inverse_step(process, student, x_t, t, s, cond) - target).pow(2).mean()
+    if space == "x_s":
+        return (inverse_step(process, student, x_t, t, s, cond) - target).pow(2).mean()
+    x0_student = process.x0_hat(process.predict(student, x_t, t, cond), x_t, t)
+    x0_star = process.x0_reaching(x_t, t, target, s)
+    a, b = process.coefficients(t)
+    weight = (a.pow(2) / b.pow(2)).clamp(min=1.0).to(x0.dtype)  # truncated SNR: max(SNR_t, 1)
+    return (per_sample(weight, x0) * (x0_student - x0_star).pow(2)).mean()
+
+
+def teacher_sampler(config: Mapping, steps: int, method: str):
+    """(the plain config, the sampler at `steps`) of the teacher's sampler config: one network evaluation per step,
+    the inverse step (Euler, DDIM at eta = 0, Improved)."""
+    config = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
+    config.pop("steps", None)
+    sampler = instantiate({**config, "steps": steps})
+    step = getattr(sampler, "step", None)
+    if not getattr(step, "uses_inverse", False) or step.second_order or sampler.transform is not None or getattr(step, "eta", 0):
+        raise UdmError(f"{method} takes the teacher's inverse step, one network evaluation per step; "
+                       f"{config.get('_target_')} is not that sampler (use udm.samplers.Euler, DDIM at eta=0 or Improved)")
+    return config, sampler
+
+
+def entry(objective, round: int) -> dict:
+    """What a student checkpoint records of its distillation (the recipe's `distilled`)."""
+    return {"method": objective.method, "steps": objective.steps(round), "teacher_steps": objective.teacher_steps,
+            "sampler": objective.student_sampler(round)}
+
+
+class Progressive:
+    """The rounds of progressive distillation: the first teacher samples with `sampler` at `teacher_steps`, every
+    round halves the steps, the last student takes `student_steps`. `sampler` is a udm sampler built on the inverse
+    step (Euler, DDIM at eta = 0, Improved) whose grid at N steps is its grid at 2N steps taken every other time
+    (the uniform grid is)."""
+
+    method = "progressive"
+
+    def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, space: str = "x_s"):
+        ratio = teacher_steps / student_steps if student_steps >= 1 else 0
+        if type(teacher_steps) is not int or type(student_steps) is not int or ratio < 2 or not math.log2(ratio).is_integer():
+            raise UdmError(f"progressive distillation halves the steps every round: teacher_steps / student_steps must "
+                           f"be 2, 4, 8, ...; got teacher_steps={teacher_steps}, student_steps={student_steps}")
+        self.sampler_config, self.sampler = teacher_sampler(sampler, teacher_steps, "progressive distillation")
+        self.space = space
+        self.teacher_steps, self.student_steps = teacher_steps, student_steps
+        self.rounds = int(math.log2(ratio))
+
+    def check(self, process) -> None:
+        """Refuse, before training, a process or grid the rounds cannot use."""
+        check_distillable(process, "progressive distillation")
+        check_space(process, self.space)
+        self.sampler.check(process)
+        for r in range(self.rounds):
+            teacher, student = self.times(process, r)
+            if teacher[::2] != student:
+                raise UdmError(f"the {type(self.sampler.grid).__name__} grid at {len(student)} steps is not its grid at "
+                               f"{len(teacher)} steps taken every other time, so one student step cannot stand for two "
+                               f"of the teacher's; use grid=uniform")
+
+    def steps(self, round: int) -> int:
+        """The student's steps in round `round` (0-based)."""
+        return self.teacher_steps // 2 ** (round + 1)
+
+    def student_sampler(self, round: int) -> dict:
+        """The config of the sampler the student of round `round` samples with: the teacher's at its steps."""
+        return {**self.sampler_config, "steps": self.steps(round)}
+
+    def times(self, process, round: int) -> tuple[list, list]:
+        """(the teacher's grid, the student's grid) of round `round`."""
+        grid = self.sampler.grid
+        return grid(process, 2 * self.steps(round)), grid(process, self.steps(round))
+
+    def loss(self, process, student, teacher, x0: Tensor, round: int, generator=None, cond=None) -> Tensor:
+        return progressive_loss(process, student, teacher, x0, self.times(process, round)[0], generator, cond, self.space)

@@ -92,12 +92,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
+from udm.distill.recipe import with_student_sampler
 from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.jobs.conditions import describe as describe_conditions
 from udm.jobs.outputs import check_output_folder
 from udm.jobs.conditions import batches, guidance_settings, prior_labels, requested_labels, with_guidance
 from udm.jobs.sample import fresh_path
+from udm.jobs.settings import chosen_keys
 from udm.metrics.base import Context, Metric, Row, load_metrics
 from udm.models import TrainedModel, open_model
 from udm.processes.base import predict
@@ -288,6 +290,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.n < 2:
         raise UdmError(f"n must be at least 2 samples, got {cfg.n}")
     model = open_model(cfg.ckpt, "cpu", progress=cfg.progress)
+    cfg = with_student_sampler(cfg, model.recipe, chosen_keys())  # a distilled student's own sampler by default
     folder = check_output_folder(cfg.out_dir or model.run_dir / "eval")  # before the extractor and the samples
     if cfg.get("cache_dir"):
         check_output_folder(cfg.cache_dir, key="cache_dir")

@@ -10,12 +10,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from udm.distill.recipe import with_student_sampler
 from udm.errors import UdmError
 from udm.fast import describe_net
 from udm.jobs.conditions import describe as describe_conditions
 from udm.jobs.conditions import batches, prior_labels, requested_labels, with_guidance
 from udm.jobs.outputs import check_output_folder
-from udm.jobs.settings import command_line_keys
+from udm.jobs.settings import chosen_keys, command_line_keys
 from udm.models import open_model
 from udm.processes import Cold
 
@@ -62,6 +63,7 @@ def sample_images(cfg: DictConfig) -> dict[str, Any]:
         check_output_folder(cfg.out_dir)
     asked = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("process", "net") if cfg.get(k)}
     model = open_model(cfg.ckpt, cfg.device, expect=("image", "points"), check=asked, progress=cfg.progress)
+    cfg = with_student_sampler(cfg, model.recipe, chosen_keys())  # a distilled student's own sampler by default
     folder = check_output_folder(cfg.out_dir or model.run_dir / "samples")
     process, device = model.process, model.device
     if cfg.get("prior_noise") is not None:

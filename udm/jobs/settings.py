@@ -239,6 +239,7 @@ TRAIN = {
     "trainer.limit_val_batches": number("the validation batches (a count, or a fraction of them)", 0, optional=True),
     "callbacks.checkpoint.save_top_k": whole("the checkpoints kept (-1: all)", -1, optional=True),
     "resume": path("the checkpoint or run folder to resume (or last)", optional=True),
+    "teacher": path("the teacher's checkpoint or run folder (distillation)", optional=True),
     "val_samples": whole("the samples drawn at each validation", 0),
     "final_samples": whole("the samples drawn after training", 0),
     "channels_last": flag("whether image nets run NHWC"),
@@ -273,6 +274,13 @@ def check_script(cfg: DictConfig, script: str) -> None:
         node, defaults = cfg.get(name), own.get(name)
         if isinstance(node, DictConfig) and isinstance(defaults, DictConfig):
             compare_types(node, defaults, name, strict=False)
+
+
+def chosen_keys() -> set[str] | None:
+    """The command line's keys, or None where no Hydra command line built the config (code calling a job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return command_line_keys() if HydraConfig.initialized() else None
 
 
 def command_line_keys() -> set[str]:

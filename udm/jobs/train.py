@@ -9,13 +9,15 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from udm.callbacks import PREVIOUS_CONFIG, SaveOnSignal
-from udm.checkpoint import CHECKPOINT_KEY, check_compatible, find_checkpoint, load_checkpoint
+from udm.checkpoint import CHECKPOINT_KEY, build_from_checkpoint, check_compatible, find_checkpoint, load_checkpoint
+from udm.distill.module import DistillationModule
 from udm.errors import UdmError
 from udm.jobs.outputs import check_output_folder
 from udm.jobs.run_lock import run_lock
+from udm.jobs.settings import command_line_keys
 from udm.loggers import KeepingCSVLogger
 from udm.lit import DiffusionModule
 
@@ -113,6 +115,15 @@ def build_recipe(cfg: DictConfig, datamodule) -> dict[str, Any]:
     }
 
 
+def check_same_distillation(path: Path, distilled: dict | None, cfg: DictConfig) -> None:
+    """A resumed run continues the same kind of training: a distillation with its method, a model without one."""
+    method = cfg.distill.get("_target_", "").rsplit(".", 1)[-1].lower() if cfg.get("distill") else None
+    if (distilled or {}).get("method") != method:
+        was = f"a {distilled['method']} distillation" if distilled else "a model's training (no teacher)"
+        now = f"a {method} distillation" if method else "training without a teacher"
+        raise UdmError(f"{path} holds {was}; this command asks for {now}: resume it with the command that started it")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one model; returns the run folder, the last checkpoint and the final sample grid. One udm-train
     at a time per run folder (udm.jobs.run_lock)."""
@@ -136,15 +147,50 @@ def restore_config(out: Path) -> None:
         shutil.copytree(previous, out / ".hydra", dirs_exist_ok=True)
 
 
+def open_teacher(cfg: DictConfig) -> dict[str, Any] | None:
+    """distill=... with teacher=RUN: the teacher's checkpoint, whose process, net and (unless data is given on the
+    command line) data the student takes; refused when only one of the two is given, or with process / net keys."""
+    teacher, distill = cfg.get("teacher"), cfg.get("distill")
+    if not teacher and not distill:
+        return None
+    if not teacher:
+        raise UdmError("distill=... distils a trained model: give its checkpoint or run folder as teacher=RUN")
+    if not distill:
+        raise UdmError(f"teacher={teacher} names a model to distil: choose how, with distill=progressive or "
+                       f"distill=consistency (or experiment=distill_mnist)")
+    named = sorted(k for k in command_line_keys() if k.split(".")[0] in ("process", "net"))
+    if named:
+        raise UdmError(f"a distilled student has its teacher's process and net; {', '.join(named)} cannot apply "
+                       f"(drop them, or train a new model without teacher=)")
+    checkpoint = load_checkpoint(teacher)
+    recipe = checkpoint[CHECKPOINT_KEY]
+    if recipe.get("distilled", {}).get("method") == "consistency":
+        raise UdmError(f"{teacher} is a consistency model, whose one step is no deterministic inverse step to distil; "
+                       f"distil its teacher ({recipe['distilled'].get('teacher')}) instead")
+    with open_dict(cfg):
+        cfg.process, cfg.net = OmegaConf.create(recipe["process"]), OmegaConf.create(recipe["net"])
+        if not any(k.split(".")[0] == "data" for k in command_line_keys()):
+            cfg.data = OmegaConf.create(recipe["data"])
+    return checkpoint
+
+
 def train_in(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    teacher = open_teacher(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     fill_from_data(cfg.process, datamodule.derived, "process")
     fill_from_data(cfg.net, datamodule.derived, "net")
     check_condition(cfg.net, datamodule.derived, cfg.data.get("condition", "none"))
-    process, net = instantiate(cfg.process), instantiate(cfg.net)
+    if teacher is None:
+        process, net = instantiate(cfg.process), instantiate(cfg.net)
+    else:  # the student starts as the teacher
+        if list(datamodule.shape) != list(teacher[CHECKPOINT_KEY]["shape"]):
+            raise UdmError(f"the teacher {cfg.teacher} models data of shape {teacher[CHECKPOINT_KEY]['shape']}, "
+                           f"these data have shape {list(datamodule.shape)}")
+        process, net = build_from_checkpoint(teacher)
+        net.train()
     parts = process.parts_checkpoint() if process.capabilities.trainable_parts else None
     if parts:  # e.g. the encoding model's stage two: E and D from a stage-one run (the process itself reads no files)
         process.load_parts(load_checkpoint(parts)["state_dict"], str(find_checkpoint(parts)))
@@ -158,10 +204,18 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
     else:
         resumed = load_checkpoint(ckpt_path)
         check_compatible(ckpt_path, resumed[CHECKPOINT_KEY], recipe)
+        check_same_distillation(ckpt_path, resumed[CHECKPOINT_KEY].get("distilled"), cfg)
         print(f"resuming from {ckpt_path}")
         resumed_step = int(resumed.get("global_step", 0))
 
-    module = DiffusionModule(
+    kind, distilling = DiffusionModule, {}
+    if teacher is not None:
+        kind = DistillationModule
+        distilling = dict(objective=instantiate(cfg.distill), teacher_path=str(find_checkpoint(cfg.teacher)),
+                          total_steps=cfg.trainer.max_steps)
+        if cfg.trainer.max_steps < 1:
+            raise UdmError("distillation's rounds share trainer.max_steps: give a number of steps, not -1")
+    module = kind(
         process,
         net,
         optimizer=instantiate(cfg.optimizer),
@@ -171,6 +225,7 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
         sample_seed=cfg.seed,
         recipe=recipe,
         condition_dropout=cfg.get("condition_dropout", 0.0),
+        **distilling,
     )
     if cfg.val_samples or cfg.get("final_samples", 0):  # a sampler that does not fit the process fails now
         module.eval()

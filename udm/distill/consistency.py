@@ -1,0 +1,77 @@
+"""Consistency distillation (Song et al. 2023) written once over x0_hat, for every invertible process.
+
+The consistency function is the student's x0_hat, f(x_t, t) = D_S(x_t, t). On the teacher's grid t_N > ... > t_1 > t_0 = 0
+each training sample draws one pair (t_{n+1}, t_n), corrupts x_{t_{n+1}} = F(x0, eps), takes one teacher inverse step
+to x^_{t_n}, and asks the student for the same x0 from both points:
+
+    loss = || f_theta(x_{t_{n+1}}, t_{n+1}) - f_theta-(x^_{t_n}, t_n) ||^2,     f(x^_0, 0) = x^_0 (the data end)
+
+with theta- the exponential moving average of theta (decay `target_decay`, the paper's mu), held fixed in the loss.
+A consistency model samples by the baseline step (udm's naive sampler): x0 = f(x_T, T), then for each next time
+x_s = F_s(x0, fresh noise) and x0 = f(x_s, s); one step is one network evaluation and more steps refine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from udm.distill.progressive import check_distillable, inverse_step, teacher_sampler
+from udm.errors import UdmError
+from udm.samplers.grids import time_tensor
+
+
+def consistency_loss(process, student, target, teacher, x0: Tensor, teacher_times: list, generator=None, cond=None) -> Tensor:
+    """The loss on a batch of data over the teacher's grid `teacher_times` (t_N > ... > t_1, the data t_0 = 0 after)."""
+    check_distillable(process, "consistency distillation")
+    grid = time_tensor(list(teacher_times) + [0], device=x0.device)
+    i = torch.randint(0, len(teacher_times), (x0.shape[0],), generator=generator, device=x0.device)
+    t, s = grid[i], grid[i + 1]
+    x_t = process(x0, t, process.sample_noise(x0, generator))
+    with torch.no_grad():
+        x_s = inverse_step(process, teacher, x_t, t, s, cond)
+        at_data = (s == 0).view(-1, *[1] * (x0.dim() - 1))
+        # the target at s > 0 is the EMA student's x0 there; at s = 0 the teacher's step has reached the data end
+        reference = torch.where(at_data, x_s, process.x0_hat(process.predict(target, x_s, s.clamp(min=1), cond), x_s,
+                                                             s.clamp(min=1)))
+    return (process.x0_hat(process.predict(student, x_t, t, cond), x_t, t) - reference).pow(2).mean()
+
+
+class Consistency:
+    """Consistency distillation over the teacher `sampler`'s grid at `teacher_steps` (the paper's N); the student
+    samples with the naive sampler at `student_steps` by default (any number of steps is valid)."""
+
+    method = "consistency"
+    rounds = 1
+
+    def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, target_decay: float = 0.95):
+        if type(teacher_steps) is not int or teacher_steps < 1 or type(student_steps) is not int or student_steps < 1:
+            raise UdmError(f"teacher_steps and student_steps are whole numbers >= 1, got {teacher_steps}, {student_steps}")
+        if not 0 <= target_decay < 1:
+            raise UdmError(f"target_decay (the EMA target's mu) lies in [0, 1), got {target_decay}")
+        self.sampler_config, self.sampler = teacher_sampler(sampler, teacher_steps, "consistency distillation")
+        self.teacher_steps, self.student_steps = teacher_steps, student_steps
+        self.target_decay = target_decay
+
+    def check(self, process) -> None:
+        check_distillable(process, "consistency distillation")
+        self.sampler.check(process)
+
+    def steps(self, round: int) -> int:
+        return self.student_steps
+
+    def student_sampler(self, round: int) -> dict:
+        """A consistency model samples by the baseline step (the naive sampler), at any number of steps."""
+        return {"_target_": "udm.samplers.Naive", "steps": self.student_steps}
+
+    def loss(self, process, student, target, teacher, x0: Tensor, generator=None, cond=None) -> Tensor:
+        times = self.sampler.timesteps(process)
+        return consistency_loss(process, student, target, teacher, x0, times, generator, cond)
+
+    @torch.no_grad()
+    def update_target(self, target, student) -> None:
+        """theta- <- mu theta- + (1 - mu) theta."""
+        for p_target, p in zip(target.parameters(), student.parameters()):
+            p_target.lerp_(p, 1 - self.target_decay)

@@ -1,0 +1,64 @@
+"""What a distilled student's checkpoint says about sampling it: its default sampler, and the samplers it refuses.
+
+The recipe's `distilled` entry (written by udm.distill.module) holds the method, the steps the student was distilled
+for and the sampler config it samples with. udm-sample and udm-eval take that sampler when the command line names
+none (`sampler.steps=...` alone changes the student's own sampler); every sampler is held against the entry:
+
+- progressive: the student learned one inverse step for two of its teacher's on that grid, so the sampler must take
+  the inverse step (one network evaluation per step) and no more steps than the student was distilled for;
+- consistency: the student's x0_hat is a consistency function, sampled by the baseline step (naive) at any steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from udm.errors import UdmError
+
+
+def sampler_name(config: dict[str, Any]) -> str:
+    """The name a student's sampler goes by in file names: student-<class>, e.g. student-euler."""
+    return "student-" + str(config.get("_target_", "sampler")).rsplit(".", 1)[-1].lower()
+
+
+def with_student_sampler(cfg: DictConfig, recipe: dict[str, Any], chosen_keys: set[str] | None) -> DictConfig:
+    """cfg with the checkpoint's distilled sampler where the user named no sampler group (`chosen_keys`: the command
+    line's keys; None: cfg was built in code, and its sampler is the caller's choice). sampler.KEY=... on the command
+    line sets that key of the student's sampler."""
+    distilled = recipe.get("distilled")
+    if distilled is None or chosen_keys is None or "sampler" in chosen_keys:
+        return cfg
+    config = dict(distilled["sampler"])
+    for key in chosen_keys:
+        if key.startswith("sampler."):
+            config[key.split(".", 1)[1]] = OmegaConf.select(cfg, key)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.sampler = config
+        cfg.sampler_name = sampler_name(config)
+    return cfg
+
+
+def check_student(recipe: dict[str, Any], sampler, process) -> None:
+    """Refuse a sampler a distilled student was not distilled for (nothing to check on other checkpoints)."""
+    distilled = recipe.get("distilled")
+    step = getattr(sampler, "step", None)
+    if distilled is None or step is None:
+        return
+    method, steps, own = distilled["method"], int(distilled["steps"]), distilled["sampler"]
+    default = f"its own sampler ({own['_target_']}, the default when no sampler= is given)"
+    if method == "progressive":
+        one_evaluation = step.uses_inverse and not step.second_order and sampler.transform is None and not getattr(step, "eta", 0)
+        if not one_evaluation:
+            raise UdmError(f"this student was distilled by progressive distillation for {steps} inverse steps; "
+                           f"{type(sampler).__name__} takes another step rule, which it never learned; sample it with {default}")
+        taken = len(sampler.timesteps(process))
+        if taken > steps:
+            raise UdmError(f"this student was distilled for {steps} steps and this sampler needs {taken} network "
+                           f"evaluations; a progressive student learns no step finer than its last round's: use "
+                           f"sampler.steps={steps} or fewer (or sample its teacher, {distilled.get('teacher')}, for more)")
+    elif method == "consistency" and (step.uses_inverse or step.second_order):
+        raise UdmError(f"this student is a consistency model: it samples by the baseline step (redrawing x_s from "
+                       f"its x0_hat), not by {type(sampler).__name__}'s deterministic step; sample it with {default}")
