@@ -1,5 +1,6 @@
-"""Progressive distillation's objective, written once over x0_hat: its target against closed forms with an exact
-teacher, and one optimizer step lowering it for a Gaussian and a cold process."""
+"""Distillation's objectives, written once over x0_hat: progressive distillation's target and consistency
+distillation's fixed point against closed forms with an exact teacher, one optimizer step lowering each loss for
+Gaussian and cold processes, and the rounds' refusals."""
 
 import copy
 
@@ -7,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from udm.distill import inverse_step, progressive_loss, teacher_target
+from udm.distill import Consistency, Progressive, consistency_loss, inverse_step, progressive_loss, teacher_target
 from udm.errors import UdmError
-from udm.processes import Affine, Blur
+from udm.nets.autoencoder import ConvDecoder, ConvEncoder
+from udm.processes import Affine, Blur, Latent, Pixelate, TokenMask
 from udm.processes.capabilities import Capabilities
 from udm.processes.schedules import Flow, vp_linear
 from udm.samplers import DDIM, Explicit
@@ -65,16 +67,25 @@ class Tiny(nn.Module):
         return self.layers(torch.cat([flat, t.float()[:, None] / 1000], 1)).reshape(x.shape)
 
 
-@pytest.mark.parametrize("name", ["vp", "flow", "blur"])
+PROCESSES = {"vp": lambda: Affine(vp_linear(1000), T=1000, parametrization="eps"),
+             "flow": lambda: Affine(Flow(), T=1000, parametrization="velocity"),
+             "blur": lambda: Blur(T=20), "pixelate": lambda: Pixelate(T=20, image_size=8),
+             "latent": lambda: Latent(ConvEncoder(1, 8, 2, 1), ConvDecoder(1, 8, 2, 1, image_size=8), T=1000)}
+
+
+def state_size(process, x0):
+    """The size of x_t (a latent process's is its code's)."""
+    return process(x0, torch.full((len(x0),), 10), process.sample_noise(x0)).flatten(1).shape[1]
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
 def test_one_distillation_step_lowers_the_students_loss_on_a_fixed_batch(name):
     torch.manual_seed(0)
-    process = {"vp": lambda: Affine(vp_linear(1000), T=1000, parametrization="eps"),
-               "flow": lambda: Affine(Flow(), T=1000, parametrization="velocity"),
-               "blur": lambda: Blur(T=20)}[name]()
+    process = PROCESSES[name]()
     x0 = torch.rand(16, 1, 8, 8) * 2 - 1
-    teacher = Tiny(64)
+    teacher = Tiny(state_size(process, x0))
     student = copy.deepcopy(teacher)
-    grid = [1000, 750, 500, 250] if name != "blur" else [20, 15, 10, 5]
+    grid = [1000, 750, 500, 250] if process.T == 1000 else [20, 15, 10, 5]
     optimizer = torch.optim.SGD(student.parameters(), lr=1e-2)
 
     def loss():
@@ -98,3 +109,102 @@ def test_distillation_refuses_what_it_cannot_do():
         progressive_loss(Affine(Flow(), T=10, parametrization="x0"), Tiny(4), Tiny(4), torch.zeros(2, 4), [10, 5, 2])
     with pytest.raises(UdmError, match="progressive distillation .*needs an inverse.*NoInverse"):
         progressive_loss(NoInverse(T=4), Tiny(64), Tiny(64), torch.zeros(2, 1, 8, 8), [4, 2])
+    tokens = TokenMask(mask_id=3, length=8, vocab_size=4, T=8)  # its inverse step draws tokens: no squared error
+    for loss in (lambda: progressive_loss(tokens, Tiny(8), Tiny(8), torch.zeros(2, 8, dtype=torch.long), [8, 4]),
+                 lambda: consistency_loss(tokens, Tiny(8), Tiny(8), Tiny(8), torch.zeros(2, 8, dtype=torch.long), [8, 4])):
+        with pytest.raises(UdmError, match="needs real-valued data.*TokenMask.*not distilled"):
+            loss()
+
+
+def ddim_to_data(process, teacher, grid):
+    """The teacher's deterministic sampler as a function: x0 reached from (x_t, t) by its inverse steps on `grid`."""
+
+    def run(x_t, t):
+        out = torch.empty_like(x_t)
+        for value in t.unique().tolist():
+            rows = t == value
+            x = x_t[rows]
+            times = [v for v in grid if v <= value] + [0]
+            for a, b in zip(times, times[1:]):
+                tt, ss = (torch.full((len(x),), v) for v in (a, b))
+                x = inverse_step(process, teacher, x, tt, ss)
+            out[rows] = x
+        return out
+
+    return run
+
+
+@pytest.mark.parametrize("schedule", [vp_linear(1000), Flow()])
+def test_the_consistency_objectives_fixed_point_is_the_teachers_sampler(schedule):
+    """With an exact teacher on Gaussian data, a student (and EMA target) that maps every x_t on the grid to the x0
+    the teacher's deterministic sampler reaches from it has zero consistency loss; the teacher itself does not."""
+    process = Affine(schedule, T=1000, parametrization="x0", scale_input=False)
+    teacher = exact_denoiser(process)
+    grid = [1000, 750, 500, 250]
+    ideal = ddim_to_data(process, teacher, grid)
+    x0 = 0.3 + 0.5 * torch.randn(64, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    assert float(consistency_loss(process, ideal, ideal, teacher, x0, grid, g())) < 1e-24
+    assert float(consistency_loss(process, teacher, teacher, teacher, x0, grid, g())) > 1e-6
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_one_consistency_step_lowers_the_students_loss_on_a_fixed_batch(name):
+    torch.manual_seed(0)
+    process = PROCESSES[name]()
+    x0 = torch.rand(16, 1, 8, 8) * 2 - 1
+    teacher = Tiny(state_size(process, x0))
+    student, target = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    grid = [1000, 750, 500, 250] if process.T == 1000 else [20, 15, 10, 5]
+    optimizer = torch.optim.SGD(student.parameters(), lr=1e-3)  # eps-parametrised x0_hat scales errors by 1/a_t
+
+    def loss():
+        return consistency_loss(process, student, target, teacher, x0, grid, torch.Generator().manual_seed(3))
+
+    before = loss()
+    optimizer.zero_grad()
+    before.backward()
+    optimizer.step()
+    assert float(loss()) < float(before)
+
+
+def test_the_x0_space_loss_is_the_truncated_snr_weighted_regression_onto_x0_star():
+    """space=x0: a student predicting x0* (the x0 whose one step reaches the teacher's two) has zero loss, and the
+    loss of any other prediction is max(SNR_t, 1) ||x0 - x0*||^2 per sample."""
+    process = Affine(vp_linear(1000), T=1000, parametrization="x0", scale_input=False)
+    teacher = exact_denoiser(process)
+    grid = [1000, 500]
+    x0 = 0.3 + 0.5 * torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t, s = torch.full((8,), 1000), torch.full((8,), 0)
+
+    def ideal(x_t, tt):
+        return process.x0_reaching(x_t, tt, teacher_target(process, teacher, x_t, tt, torch.full_like(tt, 500), s), s)
+
+    assert float(progressive_loss(process, ideal, teacher, x0, grid, torch.Generator().manual_seed(1), space="x0")) < 1e-24
+    off = lambda x_t, tt: ideal(x_t, tt) + 0.1  # noqa: E731
+    a, b = process.coefficients(t)
+    weight = float((a[0] ** 2 / b[0] ** 2).clamp(min=1))
+    loss = progressive_loss(process, off, teacher, x0, grid, torch.Generator().manual_seed(1), space="x0")
+    torch.testing.assert_close(float(loss), weight * 0.01, rtol=1e-9, atol=0)
+    with pytest.raises(UdmError, match="space=x0 .*affine.*Blur"):
+        progressive_loss(Blur(T=4), Tiny(64), Tiny(64), torch.zeros(2, 1, 8, 8), [4, 2], space="x0")
+
+
+def test_the_rounds_halve_the_steps_on_nested_grids_only():
+    flow = Affine(Flow(), T=1000, parametrization="velocity")
+    rounds = Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=16, student_steps=2)
+    assert rounds.rounds == 3 and [rounds.steps(r) for r in range(3)] == [8, 4, 2]
+    teacher, student = rounds.times(flow, 1)
+    assert len(teacher) == 8 and student == teacher[::2]
+    rounds.check(flow)
+    with pytest.raises(UdmError, match="inverse step.*DPMSolver"):  # its x0_hat extrapolation is no single step
+        Progressive({"_target_": "udm.samplers.DPMSolver", "grid": "solver_time"}, 16, 2)
+    nested = Progressive({"_target_": "udm.samplers.Euler", "grid": "solver_time"}, 16, 2)  # log-SNR grids do not nest
+    with pytest.raises(UdmError, match="every other time.*grid=uniform"):
+        nested.check(Affine(vp_linear(1000), T=1000, parametrization="eps"))
+    with pytest.raises(UdmError, match="halves the steps.*teacher_steps=12"):
+        Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=12, student_steps=2)
+    with pytest.raises(UdmError, match="inverse step.*Heun"):
+        Progressive({"_target_": "udm.samplers.Heun"}, teacher_steps=16, student_steps=2)
+    with pytest.raises(UdmError, match="inverse step.*DDIM"):
+        Consistency({"_target_": "udm.samplers.DDIM", "eta": 1.0}, teacher_steps=16)

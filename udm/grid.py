@@ -41,3 +41,21 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: 
 def as_grid_array(images: Tensor, nrow: int | None = None) -> np.ndarray:
     """The grid as [C, H, W] uint8, the layout TensorBoard's add_image expects."""
     return make_grid(images, nrow).permute(2, 0, 1).numpy()
+
+
+def side_by_side(grids: dict[str, str | Path], path: str | Path) -> Path | None:
+    """PNG grids in one row, each under its label (the keys); grids that are missing are left out. Returns the file
+    written, or None when none of the grids exists."""
+    from PIL import Image, ImageDraw
+
+    found = {label: Image.open(p).convert("L") for label, p in grids.items() if Path(p).is_file()}
+    if not found:
+        return None
+    width, height = max(im.width for im in found.values()), max(im.height for im in found.values())
+    canvas = Image.new("L", (len(found) * (width + 8), height + 18), 255)
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, im) in enumerate(found.items()):
+        draw.text((i * (width + 8) + 4, 2), label, fill=0)
+        canvas.paste(im, (i * (width + 8), 18))
+    canvas.save(path)
+    return Path(path)

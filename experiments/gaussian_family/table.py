@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from udm.grid import side_by_side
+
 LABEL = {"vp_eps": "VP-eps", "vp_v": "VP-v", "flow": "flow", "edm": "EDM"}
 BUDGETS = (5, 10, 20, 50)
 
@@ -68,26 +70,10 @@ def main(runs: Path, out: Path) -> None:
     (out / "table.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
     figure(curves, references, out / "fid_vs_nfe.png")
-    side_by_side({LABEL[f]: runs / f / "samples" / GRID for f in families}, out / "samples_10nfe.png")
+    side_by_side({f"{LABEL[f]}, 10 NFE": runs / f / "samples" / GRID for f in families}, out / "samples_10nfe.png")
 
 
 GRID = "dpm_solver-10steps-n64-seed0.png"  # udm-sample n=64 sampler=dpm_solver sampler.steps=10 sampler.grid=uniform
-
-
-def side_by_side(grids: dict, path: Path) -> None:
-    """The families' 64-sample grids in one row, each under its name."""
-    from PIL import Image, ImageDraw
-
-    found = {name: Image.open(p).convert("L") for name, p in grids.items() if p.is_file()}
-    if not found:
-        return
-    width, height = max(im.width for im in found.values()), max(im.height for im in found.values())
-    canvas = Image.new("L", (len(found) * (width + 8), height + 18), 255)
-    draw = ImageDraw.Draw(canvas)
-    for i, (name, im) in enumerate(found.items()):
-        draw.text((i * (width + 8) + 4, 2), f"{name}, 10 NFE", fill=0)
-        canvas.paste(im, (i * (width + 8), 18))
-    canvas.save(path)
 
 
 def figure(curves: dict, references: dict, path: Path) -> None:

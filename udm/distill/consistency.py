@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from udm.distill.progressive import check_distillable, inverse_step, teacher_sampler
+from udm.distill.progressive import by_end, check_distillable, check_round_length, inverse_step, rows_of, squared_error, teacher_sampler
 from udm.errors import UdmError
 from udm.samplers.grids import time_tensor
 
@@ -30,13 +30,16 @@ def consistency_loss(process, student, target, teacher, x0: Tensor, teacher_time
     i = torch.randint(0, len(teacher_times), (x0.shape[0],), generator=generator, device=x0.device)
     t, s = grid[i], grid[i + 1]
     x_t = process(x0, t, process.sample_noise(x0, generator))
-    with torch.no_grad():
-        x_s = inverse_step(process, teacher, x_t, t, s, cond)
-        at_data = (s == 0).view(-1, *[1] * (x0.dim() - 1))
-        # the target at s > 0 is the EMA student's x0 there; at s = 0 the teacher's step has reached the data end
-        reference = torch.where(at_data, x_s, process.x0_hat(process.predict(target, x_s, s.clamp(min=1), cond), x_s,
-                                                             s.clamp(min=1)))
-    return (process.x0_hat(process.predict(student, x_t, t, cond), x_t, t) - reference).pow(2).mean()
+
+    def losses(rows: Tensor) -> Tensor:
+        x, tt, ss, c = x_t[rows], t[rows], s[rows], rows_of(cond, rows)
+        with torch.no_grad():
+            x_s = inverse_step(process, teacher, x, tt, ss, c)
+            # at s = 0 the teacher's step has reached the data end; elsewhere the target is the EMA student's x0 there
+            reference = x_s if bool((ss == 0).all()) else process.x0_hat(process.predict(target, x_s, ss, c), x_s, ss)
+        return squared_error(process.x0_hat(process.predict(student, x, tt, c), x, tt), reference)
+
+    return by_end(s, losses)
 
 
 class Consistency:
@@ -46,7 +49,8 @@ class Consistency:
     method = "consistency"
     rounds = 1
 
-    def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, target_decay: float = 0.95):
+    def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, target_decay: float = 0.95,
+                 steps_per_round: int = 2400):
         if type(teacher_steps) is not int or teacher_steps < 1 or type(student_steps) is not int or student_steps < 1:
             raise UdmError(f"teacher_steps and student_steps are whole numbers >= 1, got {teacher_steps}, {student_steps}")
         if not 0 <= target_decay < 1:
@@ -54,6 +58,7 @@ class Consistency:
         self.sampler_config, self.sampler = teacher_sampler(sampler, teacher_steps, "consistency distillation")
         self.teacher_steps, self.student_steps = teacher_steps, student_steps
         self.target_decay = target_decay
+        self.steps_per_round = check_round_length(steps_per_round)  # one round: the whole distillation
 
     def check(self, process) -> None:
         check_distillable(process, "consistency distillation")

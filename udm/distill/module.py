@@ -24,15 +24,14 @@ from udm.lit import DiffusionModule
 
 
 class DistillationModule(DiffusionModule):
-    """`objective`: udm.distill.Progressive or Consistency; `teacher_path`: the teacher's checkpoint (recorded);
-    `total_steps`: trainer.max_steps, which the progressive rounds share equally."""
+    """`objective`: udm.distill.Progressive or Consistency, whose rounds take objective.steps_per_round training
+    steps each (trainer.max_steps is their sum); `teacher_path`: the teacher's checkpoint (recorded)."""
 
-    def __init__(self, *args, objective, teacher_path: str, total_steps: int, **kwargs):
+    def __init__(self, *args, objective, teacher_path: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective, self.teacher_path = objective, teacher_path
-        if total_steps < objective.rounds:
-            raise ValueError(f"{objective.rounds} rounds need trainer.max_steps >= {objective.rounds}, got {total_steps}")
-        self.steps_per_round, self.total_steps = total_steps // objective.rounds, total_steps
+        self.steps_per_round = objective.steps_per_round
+        self.total_steps = objective.rounds * objective.steps_per_round
         self.teacher = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.target = copy.deepcopy(self.net).requires_grad_(False).eval() if objective.method == "consistency" else None
         self.register_buffer("round", torch.zeros((), dtype=torch.long))

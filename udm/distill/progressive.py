@@ -29,7 +29,6 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from udm.errors import UdmError
-from udm.processes.base import per_sample
 from udm.processes.capabilities import require
 from udm.samplers.grids import time_tensor
 from udm.samplers.steps import Inverse
@@ -76,14 +75,35 @@ def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[
     i = 2 * torch.randint(0, len(teacher_times) // 2, (x0.shape[0],), generator=generator, device=x0.device)
     t, m, s = grid[i], grid[i + 1], grid[i + 2]
     x_t = process(x0, t, process.sample_noise(x0, generator))
-    target = teacher_target(process, teacher, x_t, t, m, s, cond)
-    if space == "x_s":
-        return (inverse_step(process, student, x_t, t, s, cond) - target).pow(2).mean()
-    x0_student = process.x0_hat(process.predict(student, x_t, t, cond), x_t, t)
-    x0_star = process.x0_reaching(x_t, t, target, s)
-    a, b = process.coefficients(t)
-    weight = (a.pow(2) / b.pow(2)).clamp(min=1.0).to(x0.dtype)  # truncated SNR: max(SNR_t, 1)
-    return (per_sample(weight, x0) * (x0_student - x0_star).pow(2)).mean()
+
+    def losses(rows: Tensor) -> Tensor:
+        x, tt, mm, ss, c = x_t[rows], t[rows], m[rows], s[rows], rows_of(cond, rows)
+        target = teacher_target(process, teacher, x, tt, mm, ss, c)
+        if space == "x_s":
+            return squared_error(inverse_step(process, student, x, tt, ss, c), target)
+        x0_student = process.x0_hat(process.predict(student, x, tt, c), x, tt)
+        a, b = process.coefficients(tt)
+        weight = (a.pow(2) / b.pow(2)).clamp(min=1.0).to(x0.dtype)  # truncated SNR: max(SNR_t, 1)
+        return weight * squared_error(x0_student, process.x0_reaching(x, tt, target, ss))
+
+    return by_end(s, losses)
+
+
+def rows_of(cond, rows: Tensor):
+    return None if cond is None else cond[rows]
+
+
+def squared_error(a: Tensor, b: Tensor) -> Tensor:
+    """Per sample: the mean of (a - b)^2 over its elements."""
+    return (a - b).pow(2).flatten(1).mean(1)
+
+
+def by_end(s: Tensor, losses) -> Tensor:
+    """The mean over samples of losses(rows), taken apart for the steps that end in the data (s = 0) and the others:
+    a latent process's x_0 is data, its x_s (s > 0) a code of another shape."""
+    at_data = s == 0
+    groups = [rows for rows in (at_data.nonzero().squeeze(1), (~at_data).nonzero().squeeze(1)) if len(rows)]
+    return torch.cat([losses(rows) for rows in groups]).mean()
 
 
 def teacher_sampler(config: Mapping, steps: int, method: str):
@@ -99,6 +119,12 @@ def teacher_sampler(config: Mapping, steps: int, method: str):
     return config, sampler
 
 
+def check_round_length(steps: int) -> int:
+    if type(steps) is not int or steps < 1:
+        raise UdmError(f"steps_per_round is a whole number of training steps >= 1, got {steps!r}")
+    return steps
+
+
 def entry(objective, round: int) -> dict:
     """What a student checkpoint records of its distillation (the recipe's `distilled`)."""
     return {"method": objective.method, "steps": objective.steps(round), "teacher_steps": objective.teacher_steps,
@@ -109,17 +135,19 @@ class Progressive:
     """The rounds of progressive distillation: the first teacher samples with `sampler` at `teacher_steps`, every
     round halves the steps, the last student takes `student_steps`. `sampler` is a udm sampler built on the inverse
     step (Euler, DDIM at eta = 0, Improved) whose grid at N steps is its grid at 2N steps taken every other time
-    (the uniform grid is)."""
+    (the uniform grid is). Each round trains `steps_per_round` steps."""
 
     method = "progressive"
 
-    def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, space: str = "x_s"):
+    def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, space: str = "x_s",
+                 steps_per_round: int = 800):
         ratio = teacher_steps / student_steps if student_steps >= 1 else 0
         if type(teacher_steps) is not int or type(student_steps) is not int or ratio < 2 or not math.log2(ratio).is_integer():
             raise UdmError(f"progressive distillation halves the steps every round: teacher_steps / student_steps must "
                            f"be 2, 4, 8, ...; got teacher_steps={teacher_steps}, student_steps={student_steps}")
         self.sampler_config, self.sampler = teacher_sampler(sampler, teacher_steps, "progressive distillation")
         self.space = space
+        self.steps_per_round = check_round_length(steps_per_round)
         self.teacher_steps, self.student_steps = teacher_steps, student_steps
         self.rounds = int(math.log2(ratio))
 

@@ -115,6 +115,15 @@ def build_recipe(cfg: DictConfig, datamodule) -> dict[str, Any]:
     }
 
 
+def set_distillation_steps(cfg: DictConfig, objective) -> None:
+    total = objective.rounds * objective.steps_per_round
+    if "trainer.max_steps" in command_line_keys() and cfg.trainer.max_steps != total:
+        raise UdmError(f"a distillation trains {objective.rounds} round(s) of distill.steps_per_round="
+                       f"{objective.steps_per_round} steps, {total} in all; set distill.steps_per_round instead of "
+                       f"trainer.max_steps={cfg.trainer.max_steps}")
+    cfg.trainer.max_steps = total
+
+
 def check_same_distillation(path: Path, distilled: dict | None, cfg: DictConfig) -> None:
     """A resumed run continues the same kind of training: a distillation with its method, a model without one."""
     method = cfg.distill.get("_target_", "").rsplit(".", 1)[-1].lower() if cfg.get("distill") else None
@@ -211,10 +220,7 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
     kind, distilling = DiffusionModule, {}
     if teacher is not None:
         kind = DistillationModule
-        distilling = dict(objective=instantiate(cfg.distill), teacher_path=str(find_checkpoint(cfg.teacher)),
-                          total_steps=cfg.trainer.max_steps)
-        if cfg.trainer.max_steps < 1:
-            raise UdmError("distillation's rounds share trainer.max_steps: give a number of steps, not -1")
+        distilling = dict(objective=instantiate(cfg.distill), teacher_path=str(find_checkpoint(cfg.teacher)))
     module = kind(
         process,
         net,
@@ -231,6 +237,8 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
         module.eval()
         module.generate(datamodule.test[:1])
         module.train()
+    if teacher is not None:  # the rounds set the length: trainer.max_steps is their sum
+        set_distillation_steps(cfg, distilling["objective"])
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     if resumed_step is not None:  # the resumed run logs the steps from its checkpoint on again: their old rows go

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Few-step generation by distillation on MNIST: two teachers (flow matching, 3,000 steps; cold blur, 1,200 steps, the
+# budget of experiment=mnist_blur), their students by progressive distillation (flow: 16 -> 8 -> 4 -> 2 Euler steps,
+# then one more round to 1; blur: 16 -> 8 -> 4 improved steps) and by consistency distillation (flow, over the
+# teacher's 16-step Euler grid), each distillation timed; then FID (n = N) of the teachers at 1000 / 50 / 20 steps and
+# below, of every student at its steps, and the sample grids side by side. PARTS selects stages:
+# "teachers distill eval table" (default: all). Run the distillations on a quiet machine: their wall time is reported.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${RUNS:-runs/distillation}
+N=${N:-500}
+PARTS=${PARTS:-"teachers distill eval table"}
+OUT=experiments/distillation/results
+
+timed() {  # timed RUN udm-train ...: train once, its wall time in RUN/wall_seconds
+  local run=$1; shift
+  [ -f "$run/checkpoints/last.ckpt" ] && return
+  local start; start=$(date +%s)
+  "$@" "hydra.run.dir=$run" callbacks.progress=null
+  echo $(( $(date +%s) - start )) > "$run/wall_seconds"
+}
+evaluate() { udm-eval ckpt="$1" n="$N" "metrics=[fid]" progress=false "${@:2}"; }
+
+if [[ " $PARTS " == *" teachers "* ]]; then
+  timed "$RUNS/teacher_flow" udm-train experiment=mnist_flow trainer.max_steps=3000
+  timed "$RUNS/teacher_blur" udm-train experiment=mnist_blur trainer.max_steps=1200
+fi
+if [[ " $PARTS " == *" distill "* ]]; then
+  timed "$RUNS/progressive_flow" udm-train experiment=distill_mnist teacher="$RUNS/teacher_flow"
+  # one more round, 2 -> 1 step: the 2-step student teaches (a progressive student is a teacher like any other)
+  timed "$RUNS/progressive_flow_1" udm-train experiment=distill_mnist \
+    teacher="$RUNS/progressive_flow/checkpoints/student-2steps.ckpt" distill.teacher_steps=2 distill.student_steps=1
+  timed "$RUNS/consistency_flow" udm-train experiment=distill_mnist_consistency teacher="$RUNS/teacher_flow"
+  timed "$RUNS/progressive_blur" udm-train experiment=distill_mnist_blur teacher="$RUNS/teacher_blur"
+fi
+if [[ " $PARTS " == *" eval "* ]]; then
+  for steps in 1000 50 20 8 4 2 1; do evaluate "$RUNS/teacher_flow" sampler=euler sampler.steps=$steps; done
+  for steps in 8 4 2; do evaluate "$RUNS/progressive_flow/checkpoints/student-${steps}steps.ckpt"; done
+  evaluate "$RUNS/progressive_flow_1"
+  for steps in 8 4 2 1; do evaluate "$RUNS/consistency_flow" sampler.steps=$steps; done
+  for steps in 50 20 16 8 4 2 1; do evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=$steps; done
+  for steps in 8 4; do evaluate "$RUNS/progressive_blur/checkpoints/student-${steps}steps.ckpt"; done
+  evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" sampler.steps=2
+  evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" sampler.steps=1
+fi
+if [[ " $PARTS " == *" table "* ]]; then
+  python experiments/distillation/table.py "$RUNS" "$OUT"
+fi

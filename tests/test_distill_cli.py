@@ -1,0 +1,128 @@
+"""Distillation through the console scripts, as a user runs it: udm-train teacher=RUN distill=..., the students'
+checkpoints, resuming inside a round, and udm-sample / udm-eval taking the student's own sampler and refusing others."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import run_cli
+
+FAST = ["final_samples=0", "val_samples=0", "callbacks.progress=null"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("distill")
+    run = tmp / "teacher"
+    run_cli("udm-train", "experiment=digits_smoke", "process=flow", "trainer.max_steps=12", *FAST,
+            f"hydra.run.dir={run}", cwd=tmp)
+    return tmp, run
+
+
+def weights(path: Path, prefix: str) -> dict:
+    state = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def test_progressive_rounds_keep_every_student_and_resume_inside_a_round(teacher):
+    """Three rounds of 2 steps (16 -> 8 -> 4 -> 2 teacher steps); every round's student is written and recorded with
+    its steps; each round's teacher is the previous round's student, also after a resume from step 2 (round 1 done)."""
+    tmp, teacher_run = teacher
+    common = ["experiment=distill_mnist", f"teacher={teacher_run}", "distill.steps_per_round=2",
+              "trainer.val_check_interval=2", "callbacks.checkpoint.save_top_k=-1", *FAST]
+    run = tmp / "progressive"
+    proc = run_cli("udm-train", *common, f"hydra.run.dir={run}", cwd=tmp)
+    assert "distillation round 3 of 3: 4 teacher steps -> 2" in proc.stdout
+    folder = run / "checkpoints"
+    for steps in (8, 4, 2):
+        recipe = torch.load(folder / f"student-{steps}steps.ckpt", weights_only=True)["udm"]
+        assert recipe["distilled"]["steps"] == steps and recipe["distilled"]["method"] == "progressive"
+        assert recipe["distilled"]["sampler"] == {"_target_": "udm.samplers.Euler", "steps": steps}
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 6 and last["udm"]["distilled"]["steps"] == 2
+    assert last["udm"]["process"] == torch.load(teacher_run / "checkpoints" / "last.ckpt", weights_only=True)["udm"]["process"]
+    student_4 = weights(folder / "student-4steps.ckpt", "net.")
+    for key, value in weights(folder / "last.ckpt", "teacher.").items():  # round 3's teacher: round 2's student
+        torch.testing.assert_close(value, student_4[key], rtol=0, atol=0)
+    # the student starts as the teacher: round 1's student differs from the teacher only by 2 steps of training
+    assert any(not torch.equal(v, weights(teacher_run / "checkpoints" / "last.ckpt", "net.")[k])
+               for k, v in weights(folder / "student-8steps.ckpt", "net.").items())
+
+    resumed = tmp / "resumed"
+    step_2 = tmp / "step2.ckpt"  # Hydra's override grammar takes no '=' in a path
+    step_2.write_bytes(next(folder.glob("*step=2.ckpt")).read_bytes())
+    proc = run_cli("udm-train", *common, f"resume={step_2}", f"hydra.run.dir={resumed}", cwd=tmp)
+    assert "round 2 of 3" in proc.stdout and "round 1 of" not in proc.stdout
+    assert sorted(p.name for p in (resumed / "checkpoints").glob("student-*")) == ["student-2steps.ckpt", "student-4steps.ckpt"]
+    resumed_4 = weights(resumed / "checkpoints" / "student-4steps.ckpt", "net.")
+    for key, value in weights(resumed / "checkpoints" / "last.ckpt", "teacher.").items():
+        torch.testing.assert_close(value, resumed_4[key], rtol=0, atol=0)
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_a_student_samples_with_its_own_sampler_and_refuses_what_it_did_not_learn(teacher):
+    tmp, teacher_run = teacher
+    run = tmp / "student"
+    run_cli("udm-train", "experiment=distill_mnist", f"teacher={teacher_run}", "distill.teacher_steps=4",
+            "distill.steps_per_round=1", *FAST, f"hydra.run.dir={run}", cwd=tmp)
+    proc = run_cli("udm-sample", f"ckpt={run}", "n=4", "progress=false", cwd=tmp)
+    assert "with student-euler, 2 steps" in proc.stdout
+    proc = run_cli("udm-sample", f"ckpt={run}", "n=4", "sampler.steps=1", "progress=false", cwd=tmp)
+    assert "with student-euler, 1 steps" in proc.stdout
+    proc = run_cli("udm-sample", f"ckpt={run}", "n=4", "sampler.steps=4", "progress=false", cwd=tmp, check=False)
+    assert proc.returncode != 0 and "distilled for 2 steps and this sampler needs 4 network evaluations" in proc.stderr
+    proc = run_cli("udm-sample", f"ckpt={run}", "n=4", "sampler=heun", "sampler.steps=2", cwd=tmp, check=False)
+    assert proc.returncode != 0 and "Heun takes another step rule" in proc.stderr
+    run_cli("udm-eval", f"ckpt={run}", "n=8", "metrics=[]", "progress=false", cwd=tmp)
+    result = json.loads((run / "eval" / "student-euler-2steps-n8-seed0.json").read_text())
+    assert result["nfe_per_sample"] == 2 and result["sampler_target"] == "udm.samplers.Euler"
+
+
+@pytest.fixture(scope="module")
+def consistency(teacher):
+    tmp, teacher_run = teacher
+    run = tmp / "consistency"
+    run_cli("udm-train", "experiment=distill_mnist_consistency", f"teacher={teacher_run}", "distill.steps_per_round=3",
+            *FAST, f"hydra.run.dir={run}", cwd=tmp)
+    return run
+
+
+def test_consistency_distillation_samples_by_the_naive_step_at_any_steps(teacher, consistency):
+    tmp, run = teacher[0], consistency
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 3 and last["udm"]["distilled"]["method"] == "consistency"
+    assert any(k.startswith("target.") for k in last["state_dict"])  # the EMA target resumes with the run
+    proc = run_cli("udm-sample", f"ckpt={run}", "n=4", "sampler.steps=8", "progress=false", cwd=tmp)
+    assert "with student-naive, 8 steps" in proc.stdout
+    proc = run_cli("udm-sample", f"ckpt={run}", "n=4", "sampler=ddim", "progress=false", cwd=tmp, check=False)
+    assert proc.returncode != 0 and "consistency model" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["experiment=distill_mnist", "teacher=TEACHER", "net.channels=8"], "net.channels cannot apply"),
+    (["experiment=distill_mnist", "teacher=TEACHER", "trainer.max_steps=5"], "set distill.steps_per_round instead"),
+])
+def test_distillation_refuses_settings_it_cannot_apply(teacher, args, message):
+    tmp, teacher_run = teacher
+    args = [a.replace("TEACHER", str(teacher_run)) for a in args]
+    proc = run_cli("udm-train", *args, *FAST, f"hydra.run.dir={tmp / 'refused'}", cwd=tmp, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp / "refused" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["distill=progressive"], "give its checkpoint or run folder as teacher=RUN"),
+    (["teacher=TEACHER"], "choose how, with distill=progressive"),
+    (["experiment=distill_mnist", "teacher=CONSISTENCY"], "is a consistency model"),
+])
+def test_distillation_needs_a_teacher_and_a_method(teacher, consistency, args, message):
+    from udm.errors import UdmError
+    from udm.jobs.train import open_teacher
+
+    from .conftest import compose_train
+
+    cfg = compose_train(*[a.replace("TEACHER", str(teacher[1])).replace("CONSISTENCY", str(consistency)) for a in args])
+    with pytest.raises(UdmError, match=message):
+        open_teacher(cfg)
