@@ -156,12 +156,13 @@ def test_one_consistency_step_lowers_the_students_loss_on_a_fixed_batch(name):
     teacher = Tiny(state_size(process, x0))
     student, target = copy.deepcopy(teacher), copy.deepcopy(teacher)
     grid = [1000, 750, 500, 250] if process.T == 1000 else [20, 15, 10, 5]
-    optimizer = torch.optim.SGD(student.parameters(), lr=1e-3)  # eps-parametrised x0_hat scales errors by 1/a_t
 
     def loss():
         return consistency_loss(process, student, target, teacher, x0, grid, torch.Generator().manual_seed(3))
 
     before = loss()
+    # a step size from the loss: an eps-parametrised x0_hat scales errors by 1/a_t (~150 at t = T)
+    optimizer = torch.optim.SGD(student.parameters(), lr=1e-3 / (1 + float(before)))
     optimizer.zero_grad()
     before.backward()
     optimizer.step()
@@ -208,3 +209,60 @@ def test_the_rounds_halve_the_steps_on_nested_grids_only():
         Progressive({"_target_": "udm.samplers.Heun"}, teacher_steps=16, student_steps=2)
     with pytest.raises(UdmError, match="inverse step.*DDIM"):
         Consistency({"_target_": "udm.samplers.DDIM", "eta": 1.0}, teacher_steps=16)
+
+
+PROGRESSIVE = {"distilled": {"method": "progressive", "steps": 2, "teacher": "TEACHER",
+                             "sampler": {"_target_": "udm.samplers.Euler", "steps": 2}}}
+CONSISTENCY = {"distilled": {"method": "consistency", "steps": 2, "sampler": {"_target_": "udm.samplers.Naive", "steps": 2}}}
+
+
+def test_a_progressive_student_takes_the_inverse_step_on_its_grid_and_no_more_steps():
+    from udm.distill.recipe import check_student
+    from udm.samplers import AnalyticDPM, AnnealedLangevin, Euler, Heun, PredictorCorrector
+
+    flow = Affine(Flow(), T=1000, parametrization="velocity")
+    for fitting in (Euler(steps=2), Euler(steps=1), DDIM(steps=2)):  # DDIM at eta = 0 is the same step
+        check_student(PROGRESSIVE, fitting, flow)
+    refused = {"needs 4 network evaluations": Euler(steps=4),
+               "learned its steps on the times \\[1000, 500\\]": Euler(steps=2, grid="karras"),
+               "Heun takes another step rule": Heun(steps=2),
+               "DDIM takes another step rule": DDIM(steps=2, eta=1.0),
+               "PredictorCorrector samples another way": PredictorCorrector(steps=2, eta=0.0),
+               "AnalyticDPM samples another way": AnalyticDPM(steps=2),
+               "AnnealedLangevin samples another way": AnnealedLangevin(steps=2)}
+    for message, sampler in refused.items():
+        with pytest.raises(UdmError, match=message):
+            check_student(PROGRESSIVE, sampler, flow)
+    check_student({}, Heun(steps=2), flow)  # a model that was not distilled takes any sampler
+
+
+def test_a_consistency_student_samples_by_the_baseline_step_at_any_steps():
+    from udm.distill.recipe import check_student
+    from udm.samplers import Naive
+
+    flow = Affine(Flow(), T=1000, parametrization="velocity")
+    for steps in (1, 2, 8, 50):
+        check_student(CONSISTENCY, Naive(steps=steps), flow)
+    with pytest.raises(UdmError, match="consistency model.*DDIM"):
+        check_student(CONSISTENCY, DDIM(steps=2), flow)
+
+
+def test_a_distillation_config_refuses_what_its_objective_cannot_use():
+    """experiment=distill_mnist's x0 space does not apply to consistency distillation; Lightning's EMA is refused;
+    a progressive student teaches at most the steps it learned."""
+    from udm.jobs.train import distillation
+
+    from .conftest import compose_train
+
+    from hydra.errors import InstantiationException
+
+    cfg = compose_train("experiment=distill_mnist", "distill=consistency", "teacher=T")
+    with pytest.raises(InstantiationException, match="distill.space does not apply to consistency distillation"):
+        distillation(cfg, {})
+    cfg = compose_train("experiment=distill_mnist", "teacher=T", "+callbacks.ema._target_=x")
+    with pytest.raises(UdmError, match="set callbacks.ema=null"):
+        distillation(cfg, {})
+    cfg = compose_train("experiment=distill_mnist", "teacher=T", "distill.teacher_steps=4", "distill.student_steps=1")
+    with pytest.raises(UdmError, match="distilled for 2 steps; it cannot teach with distill.teacher_steps=4"):
+        distillation(cfg, PROGRESSIVE)
+    assert distillation(compose_train("experiment=distill_mnist", "teacher=T"), {}).rounds == 3

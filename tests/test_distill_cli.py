@@ -26,11 +26,12 @@ def weights(path: Path, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+@pytest.mark.slow
 def test_progressive_rounds_keep_every_student_and_resume_inside_a_round(teacher):
-    """Three rounds of 2 steps (16 -> 8 -> 4 -> 2 teacher steps); every round's student is written and recorded with
-    its steps; each round's teacher is the previous round's student, also after a resume from step 2 (round 1 done)."""
+    """Three rounds of 3 steps (16 -> 8 -> 4 -> 2 teacher steps); every round's student is written and recorded with
+    its steps; each round's teacher is the previous round's student, also after a resume from step 4 (inside round 2)."""
     tmp, teacher_run = teacher
-    common = ["experiment=distill_mnist", f"teacher={teacher_run}", "distill.steps_per_round=2",
+    common = ["experiment=distill_mnist", f"teacher={teacher_run}", "distill.steps_per_round=3",
               "trainer.val_check_interval=2", "callbacks.checkpoint.save_top_k=-1", *FAST]
     run = tmp / "progressive"
     proc = run_cli("udm-train", *common, f"hydra.run.dir={run}", cwd=tmp)
@@ -41,25 +42,29 @@ def test_progressive_rounds_keep_every_student_and_resume_inside_a_round(teacher
         assert recipe["distilled"]["steps"] == steps and recipe["distilled"]["method"] == "progressive"
         assert recipe["distilled"]["sampler"] == {"_target_": "udm.samplers.Euler", "steps": steps}
     last = torch.load(folder / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 6 and last["udm"]["distilled"]["steps"] == 2
+    assert last["global_step"] == 9 and last["udm"]["distilled"]["steps"] == 2
+    teacher_weights = weights(teacher_run / "checkpoints" / "last.ckpt", "net.")
     assert last["udm"]["process"] == torch.load(teacher_run / "checkpoints" / "last.ckpt", weights_only=True)["udm"]["process"]
     student_4 = weights(folder / "student-4steps.ckpt", "net.")
     for key, value in weights(folder / "last.ckpt", "teacher.").items():  # round 3's teacher: round 2's student
         torch.testing.assert_close(value, student_4[key], rtol=0, atol=0)
-    # the student starts as the teacher: round 1's student differs from the teacher only by 2 steps of training
-    assert any(not torch.equal(v, weights(teacher_run / "checkpoints" / "last.ckpt", "net.")[k])
-               for k, v in weights(folder / "student-8steps.ckpt", "net.").items())
+    # the student starts as the teacher: an early Adam step moves a weight by at most (1 - b1) / sqrt(1 - b2) lr
+    student_8 = weights(folder / "student-8steps.ckpt", "net.")
+    assert max(float((student_8[k] - v).abs().max()) for k, v in teacher_weights.items()) < 3 * 3.17 * 2e-4
+    assert any(not torch.equal(student_8[k], v) for k, v in teacher_weights.items())
 
     resumed = tmp / "resumed"
-    step_2 = tmp / "step2.ckpt"  # Hydra's override grammar takes no '=' in a path
-    step_2.write_bytes(next(folder.glob("*step=2.ckpt")).read_bytes())
-    proc = run_cli("udm-train", *common, f"resume={step_2}", f"hydra.run.dir={resumed}", cwd=tmp)
-    assert "round 2 of 3" in proc.stdout and "round 1 of" not in proc.stdout
+    step_4 = tmp / "step4.ckpt"  # Hydra's override grammar takes no '=' in a path
+    step_4.write_bytes(next(folder.glob("*step=4.ckpt")).read_bytes())
+    proc = run_cli("udm-train", *common, f"resume={step_4}", f"hydra.run.dir={resumed}", cwd=tmp)
+    assert "round 3 of 3" in proc.stdout and "round 2 of" not in proc.stdout  # round 2 came with the checkpoint
     assert sorted(p.name for p in (resumed / "checkpoints").glob("student-*")) == ["student-2steps.ckpt", "student-4steps.ckpt"]
     resumed_4 = weights(resumed / "checkpoints" / "student-4steps.ckpt", "net.")
     for key, value in weights(resumed / "checkpoints" / "last.ckpt", "teacher.").items():
         torch.testing.assert_close(value, resumed_4[key], rtol=0, atol=0)
-    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    for key, value in weights(resumed / "checkpoints" / "student-4steps.ckpt", "teacher.").items():  # round 2's teacher
+        torch.testing.assert_close(value, weights(folder / "student-4steps.ckpt", "teacher.")[key], rtol=0, atol=0)
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
 
 
 def test_a_student_samples_with_its_own_sampler_and_refuses_what_it_did_not_learn(teacher):
@@ -69,12 +74,8 @@ def test_a_student_samples_with_its_own_sampler_and_refuses_what_it_did_not_lear
             "distill.steps_per_round=1", *FAST, f"hydra.run.dir={run}", cwd=tmp)
     proc = run_cli("udm-sample", f"ckpt={run}", "n=4", "progress=false", cwd=tmp)
     assert "with student-euler, 2 steps" in proc.stdout
-    proc = run_cli("udm-sample", f"ckpt={run}", "n=4", "sampler.steps=1", "progress=false", cwd=tmp)
-    assert "with student-euler, 1 steps" in proc.stdout
     proc = run_cli("udm-sample", f"ckpt={run}", "n=4", "sampler.steps=4", "progress=false", cwd=tmp, check=False)
     assert proc.returncode != 0 and "distilled for 2 steps and this sampler needs 4 network evaluations" in proc.stderr
-    proc = run_cli("udm-sample", f"ckpt={run}", "n=4", "sampler=heun", "sampler.steps=2", cwd=tmp, check=False)
-    assert proc.returncode != 0 and "Heun takes another step rule" in proc.stderr
     run_cli("udm-eval", f"ckpt={run}", "n=8", "metrics=[]", "progress=false", cwd=tmp)
     result = json.loads((run / "eval" / "student-euler-2steps-n8-seed0.json").read_text())
     assert result["nfe_per_sample"] == 2 and result["sampler_target"] == "udm.samplers.Euler"
@@ -100,6 +101,7 @@ def test_consistency_distillation_samples_by_the_naive_step_at_any_steps(teacher
     assert proc.returncode != 0 and "consistency model" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["experiment=distill_mnist", "teacher=TEACHER", "net.channels=8"], "net.channels cannot apply"),
     (["experiment=distill_mnist", "teacher=TEACHER", "trainer.max_steps=5"], "set distill.steps_per_round instead"),
@@ -109,7 +111,7 @@ def test_distillation_refuses_settings_it_cannot_apply(teacher, args, message):
     args = [a.replace("TEACHER", str(teacher_run)) for a in args]
     proc = run_cli("udm-train", *args, *FAST, f"hydra.run.dir={tmp / 'refused'}", cwd=tmp, check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
-    assert not (tmp / "refused" / "checkpoints").exists()
+    assert not (tmp / "refused" / "checkpoints").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("args, message", [

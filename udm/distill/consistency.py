@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from udm.distill.progressive import by_end, check_distillable, check_round_length, inverse_step, rows_of, squared_error, teacher_sampler
+from udm.distill.progressive import by_end, check_distillable, check_round_length, refuse_unknown, inverse_step, rows_of, squared_error, teacher_sampler
 from udm.errors import UdmError
 from udm.samplers.grids import time_tensor
 
@@ -48,9 +48,11 @@ class Consistency:
 
     method = "consistency"
     rounds = 1
+    needs_target = True  # the EMA of the student, theta-
 
     def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, target_decay: float = 0.95,
-                 steps_per_round: int = 2400):
+                 steps_per_round: int = 2400, **unknown):
+        refuse_unknown(unknown, "consistency distillation")
         if type(teacher_steps) is not int or teacher_steps < 1 or type(student_steps) is not int or student_steps < 1:
             raise UdmError(f"teacher_steps and student_steps are whole numbers >= 1, got {teacher_steps}, {student_steps}")
         if not 0 <= target_decay < 1:
@@ -71,7 +73,7 @@ class Consistency:
         """A consistency model samples by the baseline step (the naive sampler), at any number of steps."""
         return {"_target_": "udm.samplers.Naive", "steps": self.student_steps}
 
-    def loss(self, process, student, target, teacher, x0: Tensor, generator=None, cond=None) -> Tensor:
+    def loss(self, process, student, teacher, x0: Tensor, round: int = 0, generator=None, cond=None, target=None) -> Tensor:
         times = self.sampler.timesteps(process)
         return consistency_loss(process, student, target, teacher, x0, times, generator, cond)
 

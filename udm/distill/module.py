@@ -32,8 +32,9 @@ class DistillationModule(DiffusionModule):
         self.objective, self.teacher_path = objective, teacher_path
         self.steps_per_round = objective.steps_per_round
         self.total_steps = objective.rounds * objective.steps_per_round
+        self.process.requires_grad_(False)  # the teacher's process: a latent one's coder stays the teacher's
         self.teacher = copy.deepcopy(self.net).requires_grad_(False).eval()
-        self.target = copy.deepcopy(self.net).requires_grad_(False).eval() if objective.method == "consistency" else None
+        self.target = copy.deepcopy(self.net).requires_grad_(False).eval() if objective.needs_target else None
         self.register_buffer("round", torch.zeros((), dtype=torch.long))
         objective.check(self.process)
         self.sampler = self.student_sampler()
@@ -53,9 +54,15 @@ class DistillationModule(DiffusionModule):
         return self
 
     def diffusion_loss(self, x0, generator=None, cond=None):
-        if self.target is not None:
-            return self.objective.loss(self.process, self.net, self.target, self.teacher, x0, generator, cond)
-        return self.objective.loss(self.process, self.net, self.teacher, x0, int(self.round), generator, cond)
+        return self.objective.loss(self.process, self.net, self.teacher, x0, int(self.round), generator, cond, self.target)
+
+    def on_train_start(self) -> None:
+        self.sampler = self.student_sampler()  # a resumed run's round came with its checkpoint
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.target is not None:  # before any checkpoint of this step is written (callbacks run after)
+            self.objective.update_target(self.target, self.net)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         due = min(self.global_step // self.steps_per_round, self.objective.rounds - 1)
@@ -63,12 +70,10 @@ class DistillationModule(DiffusionModule):
             self.teacher.load_state_dict(self.net.state_dict())
             self.round.fill_(due)
             self.sampler = self.student_sampler()
-            print(f"udm-train: distillation round {due + 1} of {self.objective.rounds}: {2 * self.objective.steps(due)} "
+            self.print(f"udm-train: distillation round {due + 1} of {self.objective.rounds}: {2 * self.objective.steps(due)} "
                   f"teacher steps -> {self.objective.steps(due)}")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.target is not None:
-            self.objective.update_target(self.target, self.net)
         step, last = self.global_step, self.steps_per_round * (self.objective.rounds - 1)
         if step == self.total_steps or (step % self.steps_per_round == 0 and step <= last):  # the end of a round
             folder = Path(getattr(self.trainer.checkpoint_callback, "dirpath", None) or

@@ -119,6 +119,11 @@ def teacher_sampler(config: Mapping, steps: int, method: str):
     return config, sampler
 
 
+def refuse_unknown(unknown: dict, method: str) -> None:
+    if unknown:
+        raise UdmError(f"{', '.join('distill.' + k for k in sorted(unknown))} does not apply to {method}; drop it")
+
+
 def check_round_length(steps: int) -> int:
     if type(steps) is not int or steps < 1:
         raise UdmError(f"steps_per_round is a whole number of training steps >= 1, got {steps!r}")
@@ -128,7 +133,7 @@ def check_round_length(steps: int) -> int:
 def entry(objective, round: int) -> dict:
     """What a student checkpoint records of its distillation (the recipe's `distilled`)."""
     return {"method": objective.method, "steps": objective.steps(round), "teacher_steps": objective.teacher_steps,
-            "sampler": objective.student_sampler(round)}
+            "steps_per_round": objective.steps_per_round, "sampler": objective.student_sampler(round)}
 
 
 class Progressive:
@@ -138,9 +143,11 @@ class Progressive:
     (the uniform grid is). Each round trains `steps_per_round` steps."""
 
     method = "progressive"
+    needs_target = False  # no EMA target: each round's teacher is the last round's student
 
     def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, space: str = "x_s",
-                 steps_per_round: int = 800):
+                 steps_per_round: int = 800, **unknown):
+        refuse_unknown(unknown, "progressive distillation")
         ratio = teacher_steps / student_steps if student_steps >= 1 else 0
         if type(teacher_steps) is not int or type(student_steps) is not int or ratio < 2 or not math.log2(ratio).is_integer():
             raise UdmError(f"progressive distillation halves the steps every round: teacher_steps / student_steps must "
@@ -176,5 +183,5 @@ class Progressive:
         grid = self.sampler.grid
         return grid(process, 2 * self.steps(round)), grid(process, self.steps(round))
 
-    def loss(self, process, student, teacher, x0: Tensor, round: int, generator=None, cond=None) -> Tensor:
+    def loss(self, process, student, teacher, x0: Tensor, round: int, generator=None, cond=None, target=None) -> Tensor:
         return progressive_loss(process, student, teacher, x0, self.times(process, round)[0], generator, cond, self.space)

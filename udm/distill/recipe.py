@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from udm.errors import UdmError
@@ -44,21 +45,27 @@ def with_student_sampler(cfg: DictConfig, recipe: dict[str, Any], chosen_keys: s
 def check_student(recipe: dict[str, Any], sampler, process) -> None:
     """Refuse a sampler a distilled student was not distilled for (nothing to check on other checkpoints)."""
     distilled = recipe.get("distilled")
-    step = getattr(sampler, "step", None)
-    if distilled is None or step is None:
+    if distilled is None:
         return
     method, steps, own = distilled["method"], int(distilled["steps"]), distilled["sampler"]
     default = f"its own sampler ({own['_target_']}, the default when no sampler= is given)"
+    step = getattr(sampler, "step", None)
+    if step is None or getattr(sampler, "corrector", None) is not None or getattr(sampler, "transform", None) is not None:
+        raise UdmError(f"this student was distilled by {method} distillation for {own['_target_']}'s steps; "
+                       f"{type(sampler).__name__} samples another way, which it never learned; sample it with {default}")
     if method == "progressive":
-        one_evaluation = step.uses_inverse and not step.second_order and sampler.transform is None and not getattr(step, "eta", 0)
-        if not one_evaluation:
+        if not step.uses_inverse or step.second_order or getattr(step, "eta", 0):
             raise UdmError(f"this student was distilled by progressive distillation for {steps} inverse steps; "
                            f"{type(sampler).__name__} takes another step rule, which it never learned; sample it with {default}")
-        taken = len(sampler.timesteps(process))
-        if taken > steps:
-            raise UdmError(f"this student was distilled for {steps} steps and this sampler needs {taken} network "
+        taken = sampler.timesteps(process)
+        if len(taken) > steps:
+            raise UdmError(f"this student was distilled for {steps} steps and this sampler needs {len(taken)} network "
                            f"evaluations; a progressive student learns no step finer than its last round's: use "
                            f"sampler.steps={steps} or fewer (or sample its teacher, {distilled.get('teacher')}, for more)")
+        learned = instantiate({**own, "steps": len(taken)}).timesteps(process)
+        if list(taken) != list(learned):
+            raise UdmError(f"this student learned its steps on the times {learned}; this sampler visits {list(taken)}: "
+                           f"leave sampler.grid as the student's")
     elif method == "consistency" and (step.uses_inverse or step.second_order):
         raise UdmError(f"this student is a consistency model: it samples by the baseline step (redrawing x_s from "
                        f"its x0_hat), not by {type(sampler).__name__}'s deterministic step; sample it with {default}")

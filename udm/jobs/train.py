@@ -115,22 +115,37 @@ def build_recipe(cfg: DictConfig, datamodule) -> dict[str, Any]:
     }
 
 
-def set_distillation_steps(cfg: DictConfig, objective) -> None:
+def distillation(cfg: DictConfig, teacher: dict[str, Any]):
+    """The distillation objective of distill=..., held against its teacher; sets trainer.max_steps to the rounds'
+    sum. Refused: Lightning's EMA of the whole module (it would average the teacher and the round across rounds),
+    a trainer.max_steps of another length, and a progressive student asked to teach more steps than it learned."""
+    if OmegaConf.select(cfg, "callbacks.ema") is not None:
+        raise UdmError("callbacks.ema averages the whole module, the teacher and the round too; a distillation keeps "
+                       "its students' own weights (the consistency target is its own EMA): set callbacks.ema=null")
+    objective = instantiate(cfg.distill)
     total = objective.rounds * objective.steps_per_round
     if "trainer.max_steps" in command_line_keys() and cfg.trainer.max_steps != total:
         raise UdmError(f"a distillation trains {objective.rounds} round(s) of distill.steps_per_round="
                        f"{objective.steps_per_round} steps, {total} in all; set distill.steps_per_round instead of "
                        f"trainer.max_steps={cfg.trainer.max_steps}")
     cfg.trainer.max_steps = total
+    learned = teacher.get("distilled")
+    if learned and objective.teacher_steps > int(learned["steps"]):
+        raise UdmError(f"the teacher {cfg.teacher} was distilled for {learned['steps']} steps; it cannot teach with "
+                       f"distill.teacher_steps={objective.teacher_steps}: set distill.teacher_steps={learned['steps']}")
+    return objective
 
 
-def check_same_distillation(path: Path, distilled: dict | None, cfg: DictConfig) -> None:
-    """A resumed run continues the same kind of training: a distillation with its method, a model without one."""
-    method = cfg.distill.get("_target_", "").rsplit(".", 1)[-1].lower() if cfg.get("distill") else None
-    if (distilled or {}).get("method") != method:
-        was = f"a {distilled['method']} distillation" if distilled else "a model's training (no teacher)"
-        now = f"a {method} distillation" if method else "training without a teacher"
-        raise UdmError(f"{path} holds {was}; this command asks for {now}: resume it with the command that started it")
+def check_same_distillation(path: Path, distilled: dict | None, objective) -> None:
+    """A resumed run continues the same training: a distillation with its method and rounds, a model without one."""
+    keys = ("method", "teacher_steps", "steps_per_round")
+    was = {k: (distilled or {}).get(k) for k in keys}
+    now = {k: getattr(objective, k, None) for k in keys}
+    if was != now:
+        def say(d):
+            return ", ".join(f"{k}={v}" for k, v in d.items()) if d["method"] else "a model's training (no teacher)"
+        raise UdmError(f"{path} holds {say(was)}; this command asks for {say(now)}: resume it with the command that "
+                       f"started it")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -192,6 +207,7 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
     fill_from_data(cfg.process, datamodule.derived, "process")
     fill_from_data(cfg.net, datamodule.derived, "net")
     check_condition(cfg.net, datamodule.derived, cfg.data.get("condition", "none"))
+    objective = None if teacher is None else distillation(cfg, teacher[CHECKPOINT_KEY])
     if teacher is None:
         process, net = instantiate(cfg.process), instantiate(cfg.net)
     else:  # the student starts as the teacher
@@ -213,14 +229,14 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
     else:
         resumed = load_checkpoint(ckpt_path)
         check_compatible(ckpt_path, resumed[CHECKPOINT_KEY], recipe)
-        check_same_distillation(ckpt_path, resumed[CHECKPOINT_KEY].get("distilled"), cfg)
+        check_same_distillation(ckpt_path, resumed[CHECKPOINT_KEY].get("distilled"), objective)
         print(f"resuming from {ckpt_path}")
         resumed_step = int(resumed.get("global_step", 0))
 
     kind, distilling = DiffusionModule, {}
-    if teacher is not None:
+    if objective is not None:
         kind = DistillationModule
-        distilling = dict(objective=instantiate(cfg.distill), teacher_path=str(find_checkpoint(cfg.teacher)))
+        distilling = dict(objective=objective, teacher_path=str(find_checkpoint(cfg.teacher)))
     module = kind(
         process,
         net,
@@ -237,8 +253,6 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
         module.eval()
         module.generate(datamodule.test[:1])
         module.train()
-    if teacher is not None:  # the rounds set the length: trainer.max_steps is their sum
-        set_distillation_steps(cfg, distilling["objective"])
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     if resumed_step is not None:  # the resumed run logs the steps from its checkpoint on again: their old rows go
