@@ -23,7 +23,15 @@ FAMILIES = {  # family: (teacher run, [(method, student run)])
 
 
 def evaluations(run: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((run / "eval").glob("*.json"))] if (run / "eval").is_dir() else []
+    """The run's FID evaluations, one per checkpoint, sampler and steps (a rerun's file does not count twice)."""
+    seen, kept = set(), []
+    for path in sorted((run / "eval").glob("*.json")) if (run / "eval").is_dir() else []:
+        result = json.loads(path.read_text())
+        key = (Path(result["ckpt"]).name, result["sampler"], result["steps"])
+        if "fid" in result and key not in seen:
+            seen.add(key)
+            kept.append(result)
+    return kept
 
 
 def minutes(run: Path) -> str:
