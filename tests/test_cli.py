@@ -81,6 +81,7 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
 
 
+@pytest.mark.slow  # the default suite runs trainer=ddp_cpu through udm-train in test_reliability (equal to one process)
 def test_two_process_ddp_on_cpu(tmp_path):
     run, _ = train(tmp_path, "ddp", "trainer=ddp_cpu", "trainer.max_steps=4", "trainer.val_check_interval=4")
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

@@ -32,16 +32,27 @@ if [[ " $PARTS " == *" distill "* ]]; then
     teacher="$RUNS/progressive_flow/checkpoints/student-2steps.ckpt" distill.teacher_steps=2 distill.student_steps=1
   timed "$RUNS/consistency_flow" udm-train experiment=distill_mnist_consistency teacher="$RUNS/teacher_flow"
   timed "$RUNS/progressive_blur" udm-train experiment=distill_mnist_blur teacher="$RUNS/teacher_blur"
+  # round 2 again, twice as long (8 -> 4), from round 1's student
+  timed "$RUNS/progressive_blur_long" udm-train experiment=distill_mnist_blur \
+    teacher="$RUNS/progressive_blur/checkpoints/student-8steps.ckpt" distill.teacher_steps=8 distill.student_steps=4 \
+    distill.steps_per_round=1600
 fi
 if [[ " $PARTS " == *" eval "* ]]; then
   for steps in 1000 50 20 8 4 2 1; do evaluate "$RUNS/teacher_flow" sampler=euler sampler.steps=$steps; done
   for steps in 8 4 2; do evaluate "$RUNS/progressive_flow/checkpoints/student-${steps}steps.ckpt"; done
   evaluate "$RUNS/progressive_flow_1"
   for steps in 8 4 2 1; do evaluate "$RUNS/consistency_flow" sampler.steps=$steps; done
-  for steps in 50 20 16 8 4 2 1; do evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=$steps; done
+  evaluate "$RUNS/progressive_flow/checkpoints/student-2steps.ckpt" sampler.steps=1   # fewer steps than distilled for
+  for steps in 50 32 20 16 8 4 2 1; do evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=$steps; done
   for steps in 8 4; do evaluate "$RUNS/progressive_blur/checkpoints/student-${steps}steps.ckpt"; done
   evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" sampler.steps=2
   evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" sampler.steps=1
+  for seed in 0 1 2; do  # the blur bar (4-step student against the teacher at 50) on three draws of 500 samples
+    evaluate "$RUNS/progressive_blur_long" seed=$seed
+    [ "$seed" = 0 ] && continue
+    evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" seed=$seed
+    evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=50 seed=$seed
+  done
 fi
 if [[ " $PARTS " == *" table "* ]]; then
   python experiments/distillation/table.py "$RUNS" "$OUT"

@@ -18,7 +18,7 @@ from udm.grid import side_by_side
 FAMILIES = {  # family: (teacher run, [(method, student run)])
     "flow": ("teacher_flow", [("progressive", "progressive_flow"), ("progressive", "progressive_flow_1"),
                               ("consistency", "consistency_flow")]),
-    "blur": ("teacher_blur", [("progressive", "progressive_blur")]),
+    "blur": ("teacher_blur", [("progressive", "progressive_blur"), ("progressive", "progressive_blur_long")]),
 }
 
 
@@ -27,7 +27,7 @@ def evaluations(run: Path) -> list[dict]:
     seen, kept = set(), []
     for path in sorted((run / "eval").glob("*.json")) if (run / "eval").is_dir() else []:
         result = json.loads(path.read_text())
-        key = (Path(result["ckpt"]).name, result["sampler"], result["steps"])
+        key = (Path(result["ckpt"]).name, result["sampler"], result["steps"], result["seed"])
         if "fid" in result and key not in seen:
             seen.add(key)
             kept.append(result)
@@ -48,13 +48,14 @@ def trained_for(result: dict) -> str:
 def rows(runs: Path, family: str) -> list[str]:
     teacher, students = FAMILIES[family]
     out = []
-    for r in sorted(evaluations(runs / teacher), key=lambda r: -r["steps"]):
-        out.append(f"| teacher ({r['sampler']}) | {r['nfe_per_sample']:.0f} | **{r['fid']:.2f}** | | "
+    for r in sorted(evaluations(runs / teacher), key=lambda r: (-r["steps"], r["seed"])):
+        out.append(f"| teacher ({r['sampler']}) | {r['nfe_per_sample']:.0f} | {r['seed']} | **{r['fid']:.2f}** | | "
                    f"{r['global_step']} training steps |")
     for method, run in students:
-        for r in sorted(evaluations(runs / run), key=lambda r: -r["steps"]):
+        for r in sorted(evaluations(runs / run), key=lambda r: (-r["steps"], r["seed"])):
             note = f"distilled for {trained_for(r)} steps" if trained_for(r) != "last round" else ""
-            out.append(f"| {method} ({run}) | {r['nfe_per_sample']:.0f} | **{r['fid']:.2f}** | {minutes(runs / run)} | {note} |")
+            out.append(f"| {method} ({run}) | {r['nfe_per_sample']:.0f} | {r['seed']} | **{r['fid']:.2f}** | "
+                       f"{minutes(runs / run)} | {note} |")
     return out
 
 
@@ -74,7 +75,7 @@ def main(runs: Path, out: Path) -> None:
             "n = 500 samples per FID (udm's MNIST feature extractor). Minutes: the distillation's wall time on 2 CPU cores.",
             ""]
     for family in FAMILIES:
-        text += [f"## {family}", "", "| model (run) | NFE | FID | distillation minutes | note |", "|---|---|---|---|---|",
+        text += [f"## {family}", "", "| model (run) | NFE | seed | FID | distillation minutes | note |", "|---|---|---|---|---|---|",
                  *rows(runs, family), ""]
     (out / "table.md").write_text("\n".join(text))
     print("\n".join(text))
@@ -87,7 +88,8 @@ def main(runs: Path, out: Path) -> None:
     side_by_side(flow, out / "samples_flow.png")
     blur = {"teacher, improved 50": grid(runs, "teacher_blur", "sampler=improved", "sampler.steps=50"),
             "teacher, improved 4": grid(runs, "teacher_blur", "sampler=improved", "sampler.steps=4"),
-            "progressive, 4": grid(runs, "progressive_blur/checkpoints/student-4steps.ckpt")}
+            "progressive, 4": grid(runs, "progressive_blur/checkpoints/student-4steps.ckpt"),
+            "progressive, 4 (longer round 2)": grid(runs, "progressive_blur_long")}
     side_by_side(blur, out / "samples_blur.png")
 
 
