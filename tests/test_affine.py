@@ -47,9 +47,10 @@ def exact_flow_map(process, x_T, t_from, mu=0.3, s=0.5):
     return mu + s * (x_T - a * mu) / (a**2 * s**2 + b**2).sqrt()
 
 
-def test_old_vp_and_ve_samples_are_unchanged_bit_for_bit():
+def test_old_vp_and_ve_samples_are_unchanged_to_float32_rounding():
     """Gaussian and VarianceExploding are the affine process now; samples recorded with the classes they replaced
-    (commit 9877594), same net, seed and samplers, come out identical."""
+    (commit 9877594), same net, seed and samplers, come out identical up to a few float32 ulps: bit for bit on the
+    CPU that recorded them, within 1-4 ulps on another (its vectorised exp, tanh, ... round differently)."""
     ref = torch.load("tests/data/legacy_vp_ve_samples.pt")
     net = lambda x, t: torch.tanh(x * 0.7 + t.float()[:, None, None, None] / 1000)  # noqa: E731
     processes = {"vp": Gaussian(T=100, schedule="cosine", parametrization="v"), "vpl": Gaussian(T=100), "ve": VarianceExploding(T=50)}
@@ -59,7 +60,7 @@ def test_old_vp_and_ve_samples_are_unchanged_bit_for_bit():
         for sname, sampler in samplers.items():
             g = torch.Generator().manual_seed(1)
             x = sampler(process, net, process.prior(torch.zeros(4, 1, 8, 8), g), generator=g)
-            assert torch.equal(x, ref[name + sname]), (name, sname)
+            torch.testing.assert_close(x, ref[name + sname], rtol=1e-6, atol=2e-7, msg=f"{name} {sname}")
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
