@@ -2,9 +2,9 @@
 
 The student starts as a copy of the teacher's net and trains with Lightning's loop, optimizer, checkpoints and resume.
 Everything the objective keeps besides the student lives in the state dict, so a resumed run continues exactly:
-the teacher of the current round (`teacher.*`), the consistency target (`target.*`) and the round itself. Progressive
-distillation's round r runs for an equal share of trainer.max_steps; at its end the student is written to
-checkpoints/student-<N>steps.ckpt and becomes the next round's teacher. Every checkpoint's recipe names what the
+the teacher of the current round (`teacher.*`), the consistency target (`target.*`) and the round itself. Each round
+of progressive distillation runs distill.steps_per_round steps (trainer.max_steps is their sum); at its end the
+student is written to checkpoints/student-<N>steps.ckpt and becomes the next round's teacher. Every checkpoint's recipe names what the
 student was distilled for (`distilled`: method, steps, the sampler it samples with), which udm-sample and udm-eval
 read as its default sampler and hold other samplers against (udm.distill.recipe).
 """
@@ -41,10 +41,7 @@ class DistillationModule(DiffusionModule):
 
     def student_sampler(self):
         """The sampler the current round's student samples with (the validation grids use it too)."""
-        return instantiate(self.sampler_config())
-
-    def sampler_config(self) -> dict[str, Any]:
-        return self.objective.student_sampler(int(self.round))
+        return instantiate(self.objective.student_sampler(int(self.round)))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -70,8 +67,8 @@ class DistillationModule(DiffusionModule):
             self.teacher.load_state_dict(self.net.state_dict())
             self.round.fill_(due)
             self.sampler = self.student_sampler()
-            self.print(f"udm-train: distillation round {due + 1} of {self.objective.rounds}: {2 * self.objective.steps(due)} "
-                  f"teacher steps -> {self.objective.steps(due)}")
+            self.print(f"udm-train: distillation round {due + 1} of {self.objective.rounds}: "
+                       f"{2 * self.objective.steps(due)} teacher steps -> {self.objective.steps(due)}")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         step, last = self.global_step, self.steps_per_round * (self.objective.rounds - 1)

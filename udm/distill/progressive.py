@@ -106,14 +106,21 @@ def by_end(s: Tensor, losses) -> Tensor:
     return torch.cat([losses(rows) for rows in groups]).mean()
 
 
+def takes_one_inverse_step(sampler) -> bool:
+    """Whether `sampler` takes the plain inverse step, one network evaluation per step (Euler, DDIM at eta = 0,
+    Improved): what a progressive student learns and what every distillation's teacher takes."""
+    step = getattr(sampler, "step", None)
+    return (getattr(step, "uses_inverse", False) and not step.second_order and getattr(sampler, "transform", None) is None
+            and not getattr(step, "eta", 0))
+
+
 def teacher_sampler(config: Mapping, steps: int, method: str):
     """(the plain config, the sampler at `steps`) of the teacher's sampler config: one network evaluation per step,
     the inverse step (Euler, DDIM at eta = 0, Improved)."""
     config = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
     config.pop("steps", None)
     sampler = instantiate({**config, "steps": steps})
-    step = getattr(sampler, "step", None)
-    if not getattr(step, "uses_inverse", False) or step.second_order or sampler.transform is not None or getattr(step, "eta", 0):
+    if not takes_one_inverse_step(sampler):
         raise UdmError(f"{method} takes the teacher's inverse step, one network evaluation per step; "
                        f"{config.get('_target_')} is not that sampler (use udm.samplers.Euler, DDIM at eta=0 or Improved)")
     return config, sampler

@@ -16,6 +16,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from udm.distill.progressive import takes_one_inverse_step
 from udm.errors import UdmError
 
 
@@ -54,7 +55,7 @@ def check_student(recipe: dict[str, Any], sampler, process) -> None:
         raise UdmError(f"this student was distilled by {method} distillation for {own['_target_']}'s steps; "
                        f"{type(sampler).__name__} samples another way, which it never learned; sample it with {default}")
     if method == "progressive":
-        if not step.uses_inverse or step.second_order or getattr(step, "eta", 0):
+        if not takes_one_inverse_step(sampler):
             raise UdmError(f"this student was distilled by progressive distillation for {steps} inverse steps; "
                            f"{type(sampler).__name__} takes another step rule, which it never learned; sample it with {default}")
         taken = sampler.timesteps(process)
