@@ -11,6 +11,7 @@ from udm.cli import CONF_DIR
 
 from udm.jobs.train import fill_from_data
 
+from .cifar_files import write_cifar
 from .conftest import compose_train
 
 TOKENS = {"length": 8, "vocab_size": 20, "mask_id": 2, "special_ids": [0, 1, 2]}
@@ -31,9 +32,15 @@ def build(cfg):
     return data, instantiate(cfg.process), instantiate(cfg.net)
 
 
+NEEDS_FILES = {"cifar10": write_cifar}  # data groups whose experiments read local files: a small folder made for the test
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_builds(experiment):
+def test_every_experiment_composes_and_builds(experiment, tmp_path):
     cfg = compose_train(f"experiment={experiment}")
+    data_group = cfg.hydra.runtime.choices.data
+    if data_group in NEEDS_FILES:
+        cfg = compose_train(f"experiment={experiment}", f"data.path={NEEDS_FILES[data_group](tmp_path)[0]}")
     data, process, net = build(cfg)
     x0 = data.train[:2]
     t = torch.full((2,), process.T)

