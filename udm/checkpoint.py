@@ -87,12 +87,14 @@ def build_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[ForwardProcess, n
     """The process and the net (with the checkpoint's weights, EMA ones where EMA was on), in eval mode.
 
     Processes with trainable parts (the encoding model's E and D) get their weights from the
-    checkpoint too; config keys ending in `_ckpt` (initial weights read from another file) are
+    checkpoint too (state_dict None: the net read its weights itself, udm.models.read_model); config keys ending in `_ckpt` (initial weights read from another file) are
     dropped, since the checkpoint itself holds the trained weights.
     """
     recipe = checkpoint[CHECKPOINT_KEY]
     process_cfg = {k: (None if k.endswith("_ckpt") else v) for k, v in recipe["process"].items()}
     process, net = instantiate(process_cfg), instantiate(recipe["net"])
+    if checkpoint["state_dict"] is None:  # a pretrained net that read its own weights (a diffusers folder)
+        return process.eval(), net.eval()
     for prefix, module in (("net.", net), ("process.", process)):
         weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
         try:

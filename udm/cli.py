@@ -114,6 +114,13 @@ def eval_main(cfg: DictConfig) -> None:
     report_errors(evaluate, cfg, "eval")
 
 
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+def export_main(cfg: DictConfig) -> None:
+    from udm.jobs.export import export
+
+    report_errors(export, cfg, "export")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
 def _compare(cfg: DictConfig) -> None:
     from udm.jobs.compare import compare

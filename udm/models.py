@@ -1,8 +1,9 @@
-"""One way to open a trained model: a checkpoint file or run folder -> process, net, recipe, modality, data,
+"""One way to open a trained model: a checkpoint file, run folder, export folder (udm-export) or pretrained diffusers
+folder -> process, net, recipe, modality, data,
 decoding and saving of samples, and a sampler made ready for it. udm-sample, udm-generate, udm-eval and the
 experiments all open checkpoints here; nothing here imports Lightning.
 
-    model = open_model("runs/mnist-gaussian/<run>", device="cpu")
+    model = open_model("runs/mnist-gaussian/<run>", device="cpu")   # or an export folder, or a diffusers folder
     sampler = model.sampler(udm.samplers.DDIM(steps=50))
     x0 = sampler(model.process, model.net, model.prior(16, generator), generator=generator)
     model.save_samples(x0, "samples/ddim")
@@ -19,7 +20,9 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from udm.checkpoint import CHECKPOINT_KEY, build_from_checkpoint, check_compatible, find_checkpoint, load_checkpoint, recipe_modality
+from udm.diffusers_folder import diffusers_recipe, is_diffusers_folder
 from udm.errors import UdmError
+from udm.exported import is_export, read_export
 from udm.processes import ForwardProcess
 
 
@@ -78,11 +81,16 @@ class TrainedModel:
 
     @property
     def run_dir(self) -> Path:
-        """The run folder: the checkpoint's folder's parent for <run>/checkpoints/last.ckpt."""
-        return self.checkpoint_path.resolve().parent.parent
+        """The run folder: the checkpoint's folder's parent for <run>/checkpoints/last.ckpt; an export or diffusers
+        folder is its own."""
+        path = self.checkpoint_path.resolve()
+        return path if path.is_dir() else path.parent.parent
 
     def data(self, stage: str = "test"):
         """The checkpoint's data module, set up for `stage` ('fit' gives train and test)."""
+        if "data" not in self.recipe:
+            raise UdmError(f"{self.checkpoint_path} is a pretrained model that carries no data of its own (held-out "
+                           f"images for metrics, training images for Analytic-DPM); what needs them cannot run on it")
         if stage not in self._data:
             data = instantiate(self.recipe["data"])
             data.setup(stage)
@@ -160,15 +168,28 @@ class TrainedModel:
         return instantiate(self.recipe["data"]).save_samples(samples, path)
 
 
+def read_model(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Where a model is read from and its checkpoint, {"udm": recipe, "state_dict": weights, "global_step": step}:
+    a udm checkpoint (a .ckpt, or a run folder's checkpoints/last.ckpt), a folder written by udm-export
+    (udm.exported), or a pretrained diffusers UNet's folder (udm.diffusers_folder; state_dict None: the net reads
+    its own weights)."""
+    if is_export(path):
+        return Path(path).expanduser(), read_export(path)
+    if is_diffusers_folder(path):
+        return Path(path).expanduser(), {CHECKPOINT_KEY: diffusers_recipe(path), "state_dict": None}
+    ckpt_path = find_checkpoint(path)
+    return ckpt_path, load_checkpoint(ckpt_path)
+
+
 def open_model(path: str | Path, device: str | torch.device = "cpu", expect: str | None = None, check: dict | None = None,
                progress: bool = False) -> TrainedModel:
-    """Open a checkpoint (a .ckpt, or a run folder's checkpoints/last.ckpt) on `device`, in eval mode.
+    """Open a model (a .ckpt, a run folder, an export folder or a diffusers folder: read_model) on `device`, in
+    eval mode.
 
     expect: the modality the caller works with ('image', 'text', ...): another one is refused with a message
     that names the right command. check: process / net settings the user named, compared with the recipe.
     """
-    ckpt_path = find_checkpoint(path)
-    checkpoint = load_checkpoint(ckpt_path)
+    ckpt_path, checkpoint = read_model(path)
     recipe = checkpoint[CHECKPOINT_KEY]
     modality = recipe_modality(recipe)
     if expect is not None and modality not in ([expect] if isinstance(expect, str) else expect):

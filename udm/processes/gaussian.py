@@ -13,18 +13,19 @@ from __future__ import annotations
 
 from udm.errors import UdmError
 from udm.processes.affine import Affine
-from udm.processes.schedules import cosine_alphabar, linear_alphabar, vp_cosine, vp_linear
+from udm.processes.schedules import DiscreteVP, cosine_alphabar, linear_alphabar, scaled_linear_alphabar
 
 PARAMETRIZATIONS = ("eps", "x0", "v")
-SCHEDULES = {"linear": linear_alphabar, "cosine": cosine_alphabar}
+BETA_SCHEDULES = {"linear": linear_alphabar, "scaled_linear": scaled_linear_alphabar}  # betas from beta_start to beta_end
+SCHEDULES = {**BETA_SCHEDULES, "cosine": cosine_alphabar}
 
-__all__ = ["Gaussian", "PARAMETRIZATIONS", "SCHEDULES", "cosine_alphabar", "linear_alphabar"]
+__all__ = ["Gaussian", "PARAMETRIZATIONS", "SCHEDULES", "cosine_alphabar", "linear_alphabar", "scaled_linear_alphabar"]
 
 
 class Gaussian(Affine):
-    """VP Gaussian diffusion on DDPM's linear or Improved DDPM's cosine schedule; the net predicts eps (default),
-    x0 or v = a_t eps - b_t x0. Training densities, loss weights and input scaling are the affine process's
-    (defaults: DDPM's; sigma_data = 1, which makes c_in = 1 on a VP schedule)."""
+    """VP Gaussian diffusion on DDPM's linear, latent diffusion's scaled-linear or Improved DDPM's cosine schedule;
+    the net predicts eps (default), x0 or v = a_t eps - b_t x0. Training densities, loss weights and input scaling
+    are the affine process's (defaults: DDPM's; sigma_data = 1, which makes c_in = 1 on a VP schedule)."""
 
     def __init__(
         self,
@@ -44,7 +45,8 @@ class Gaussian(Affine):
             raise UdmError(f"unknown parametrization {parametrization!r}; choose one of {list(PARAMETRIZATIONS)}")
         if type(T) is not int or T < 1:
             raise UdmError(f"T must be a positive number of steps, got {T}")
-        table = vp_linear(T, beta_start, beta_end) if schedule == "linear" else vp_cosine(T)
+        alphabar = SCHEDULES[schedule](T, beta_start, beta_end) if schedule in BETA_SCHEDULES else cosine_alphabar(T)
+        table = DiscreteVP(alphabar, schedule)
         super().__init__(table, T, parametrization, clip_denoised, sigma_data=sigma_data, scale_input=scale_input, **training)
         self.schedule_name = schedule
 

@@ -124,6 +124,13 @@ def linear_alphabar(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) ->
     return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
 
 
+def scaled_linear_alphabar(T: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
+    """alphabar_0..T for sqrt(beta) linear from sqrt(beta_start) to sqrt(beta_end) (latent diffusion's
+    "scaled_linear" betas, as diffusers names them)."""
+    betas = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64) ** 2
+    return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
+
+
 def cosine_alphabar(T: int, offset: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """alphabar_0..T of Improved DDPM: f(t) = cos((t/T + s) / (1 + s) * pi/2)^2, betas clipped at 0.999."""
     t = torch.arange(T + 1, dtype=torch.float64)
