@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	# k-diffusion without its deps: they pull torchvision and wandb; tests/test_peers.py loads only its sampling.py
 	$(BIN)/pip install --quiet --no-deps k-diffusion==0.1.1.post1
-	# torch-fidelity without its deps (torchvision has no CPU wheel here): tests/test_inception.py loads only its
-	# Inception-v3 module, the peer that udm's FID Inception must agree with
-	$(BIN)/pip install --quiet --no-deps torch-fidelity==0.4.0
+	# torch-fidelity, the peer that udm's FID Inception must agree with (tests/test_inception.py loads its Inception
+	# module), beside the environment in .venv/peers: installed, it would make torchmetrics import it, and through
+	# its __init__ torchvision, which has no CPU wheel here
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/peers torch-fidelity==0.4.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -25,6 +25,8 @@ applies and skips the rest silently; naming one that does not apply is an error.
               text, each also for the first n held-out texts (udm.metrics.fluency)
     nelbo     [MASK] and uniform-state token processes: negative ELBO per token on the first nelbo_samples
               held-out texts
+    fid_inception  only when named: FID the way papers report it, on the FID Inception-v3 (its weights file
+              read locally, never downloaded) against the training split's statistics (udm.metrics.inception_fid)
 Their settings are eval.yaml's bpd_*, kid_* and nelbo_samples keys (interpolated into their YAML files);
 `+metric.<name>.<key>=value` sets any metric's setting by its own name. The sampling cost (seconds and
 network evaluations per sample) is always measured.
@@ -74,6 +76,9 @@ metric was not computed are absent:
     nelbo_sem              its standard error over those texts ([MASK]: the sum over t is exact, one draw per t;
                            uniform-state: one Monte Carlo draw of t per text, heavy-tailed)
     nelbo_skipped          held-out texts left out for holding characters unseen in training ([UNK])
+    fid_inception          FID on the FID Inception-v3's pool3 features against the training images' statistics
+    fid_inception_train_images, fid_inception_weights   the training images those come from, the first 8 hex
+                           digits of the weights file's sha256 (FIDs compare only under one)
   and last:
     samples_file, json     the PNG grid (or .txt of texts) and this file
     eval_seconds           wall seconds of the whole evaluation

@@ -39,7 +39,7 @@ from udm.models import pick_device
 from udm.nets.classifier import Classifier
 
 FORMAT = "udm-fid-extractor/1"
-NOT_THE_IMAGES = ("batch_size", "num_workers", "condition")  # data settings that leave the images and the split unchanged
+NOT_THE_IMAGES = ("batch_size", "num_workers", "condition", "flip")  # data settings that leave the images and the split unchanged
 
 
 def default_cache_dir() -> Path:

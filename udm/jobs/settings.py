@@ -210,6 +210,9 @@ EVALUATE = {
     "kid_subsets": whole("KID's subsets", 1),
     "kid_subset_size": whole("KID's subset size", 2),
     "cache_dir": path("the feature extractors' cache folder", optional=True),
+    "inception_weights": path("the FID Inception-v3 weights file", optional=True),
+    "metric.fid_inception.train_images": whole("the training images of fid_inception's reference statistics", 2),
+    "metric.fid_inception.batch_size": whole("the images fid_inception's Inception-v3 reads at once", 1),
 }
 FEATURES = {
     "data.path": path("the data to train the extractor on", optional=True),
@@ -229,6 +232,10 @@ COMPARE = {
     "name": text("the report's file name"),
     "title": text("the report's heading", optional=True),
     "panel_images": whole("the samples shown per run", 1, optional=True),
+}
+EXPORT = {
+    "ckpt": path("the checkpoint to export: a .ckpt file or a run folder"),
+    "out": path("the folder to export to (new or empty)"),
 }
 TRAIN = {
     "seed": whole("the random seed", 0, maximum=SEED_MAX),
@@ -251,7 +258,7 @@ TRAIN = {
 
 
 TABLES = {"train": TRAIN, "sample": SAMPLE, "generate": GENERATE, "eval": EVALUATE, "features": FEATURES,
-          "compare": COMPARE}
+          "compare": COMPARE, "export": EXPORT}
 GROUPS = {  # the config groups whose values must have their defaults' types; strict: whole numbers stay whole
     "train": (("net", "process", "data", "sampler", "trainer"), ("net", "process", "data", "sampler")),
     "sample": (("sampler", "fast"), ("sampler",)),

@@ -1,6 +1,6 @@
 """Metrics: the Metric base and its registry (udm.metrics.base), the metrics udm-eval scores (one file each:
-fid, class_accuracy, kid, bpd, text, fluency, nelbo, each registered by a YAML file in udm/conf/metric/), and their math
-(fid.py, likelihood.py, text.py, fluency.py)."""
+fid, class_accuracy, kid, bpd, text, fluency, nelbo, fid_inception, each registered by a YAML file in udm/conf/metric/),
+and their math (fid.py, likelihood.py, text.py, fluency.py, inception.py: the FID Inception-v3 papers' FID uses)."""
 
 from udm.metrics.base import Context, Metric, Row, load_metrics, metric_classes
 
