@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from udm.diffusers_folder import process_config
 from udm.errors import UdmError
@@ -176,3 +177,22 @@ def test_the_net_refuses_a_condition_training_and_data_it_does_not_have(pipeline
         model.data("test")  # udm-eval's metrics, Analytic-DPM
     with pytest.raises(UdmError, match="does not fine-tune it yet"):
         refuse_pretrained_net(compose_train("net=diffusers_unet", f"net.path={pipeline}").net)
+
+
+def test_udm_eval_scores_a_diffusers_folder_against_the_data_it_is_given(pipelines, tmp_path):
+    from .cifar_files import write_cifar
+
+    pipeline = pipelines("epsilon")
+    cifar, _, _ = write_cifar(tmp_path)
+    common = (f"ckpt={pipeline}", "n=8", "sampler.steps=4", "extractor.epochs=1", f"cache_dir={tmp_path / 'cache'}",
+              f"out_dir={tmp_path / 'eval'}", "progress=false", "device=cpu")
+    proc = run_cli("udm-eval", *common, "metrics=[fid]", "data=cifar10", f"data.path={cifar}", "data.image_size=8",
+                   cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    report = json.loads((tmp_path / "eval" / "ddim-4steps-n8-seed0.json").read_text())
+    assert report["data"] == "udm.data.CIFAR10" and report["fid_real_images"] == 16 and report["fid"] > 0, proc.stdout
+    wrong = run_cli("udm-eval", *common, "data=cifar10", f"data.path={cifar}", cwd=tmp_path, check=False)
+    assert wrong.returncode == 2 and "holds [3, 32, 32] samples" in wrong.stderr and "makes [3, 8, 8]" in wrong.stderr
+    model = open_model(pipeline)
+    data_cfg = compose_train("data=cifar10", f"data.path={cifar}", "data.image_size=8").data
+    model.with_data(OmegaConf.to_container(data_cfg))
+    assert model.data("test").test.shape == (16, 3, 8, 8)

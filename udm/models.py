@@ -152,6 +152,21 @@ class TrainedModel:
         check_student(self.recipe, sampler, self.process)  # a distilled student holds samplers to what it learned
         return sampler.prepare(self.process, self.net, self)
 
+    def with_data(self, data_cfg: dict[str, Any]) -> TrainedModel:
+        """A pretrained model without data of its own (a diffusers folder) given the data its metrics need; its images
+        must have the model's shape. A udm checkpoint carries its training data, which this would contradict."""
+        if "data" in self.recipe:
+            raise UdmError(f"{self.checkpoint_path} carries the data it was trained on ({self.recipe['data'].get('_target_')}); "
+                           f"data= is for a pretrained model without data of its own (a diffusers folder)")
+        data = instantiate(data_cfg)
+        data.setup("test")
+        if list(data.shape) != self.shape:
+            raise UdmError(f"data={data_cfg.get('_target_')} holds {list(data.shape)} samples, and the model at "
+                           f"{self.checkpoint_path} makes {self.shape}; set data.image_size / data.channels to match")
+        self.recipe = {**self.recipe, "data": dict(data_cfg)}
+        self._data["test"] = data
+        return self
+
     def save_samples(self, samples: Tensor, path: str | Path, nrow: int | None = None) -> Path:
         """The samples as people look at them: a PNG grid of images, the texts one per line (.txt), or the
         data's own plot; `path` without suffix. Returns the file written."""

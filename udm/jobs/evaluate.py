@@ -295,6 +295,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.n < 2:
         raise UdmError(f"n must be at least 2 samples, got {cfg.n}")
     model = open_model(cfg.ckpt, "cpu", progress=cfg.progress)
+    if cfg.get("data") is not None:  # a model without data of its own (a diffusers folder): the data its metrics need
+        model = model.with_data(OmegaConf.to_container(cfg.data, resolve=True))
     cfg = with_student_sampler(cfg, model.recipe, chosen_keys())  # a distilled student's own sampler by default
     folder = check_output_folder(cfg.out_dir or model.run_dir / "eval")  # before the extractor and the samples
     if cfg.get("cache_dir"):
