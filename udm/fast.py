@@ -16,7 +16,9 @@ plain path's. Precisions follow Lightning's names:
 the benchmark's 32x32 U-Net 4.6 / 5.5 / 8.0 / 8.3. NHWC helps oneDNN's fp32 convolutions and costs the small
 net's bf16 ones more than it gives the larger net.
 `compile=True` wraps the net in torch.compile; a compile that fails (no C++ compiler, an unsupported
-op) prints one line and the net runs eagerly, so sampling never fails for it.
+op) prints one line and the net runs eagerly, so sampling never fails for it. `compile_mode` is torch.compile's
+mode: default, reduce-overhead (CUDA graphs: the fixed-shape loop replays each step's kernels in one launch,
+which pays where a step's many small kernels leave the GPU waiting on Python) or max-autotune.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ import torch
 from torch import Tensor, nn
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def check_compile_mode(compile: bool, mode: str, device: torch.device) -> None:
+    """A compile mode is refused where it cannot apply: without compile, unknown, or CUDA graphs off CUDA."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile_mode {mode!r}; choose one of {list(COMPILE_MODES)}")
+    if mode != "default" and not compile:
+        raise ValueError(f"compile_mode={mode} applies to a compiled net; set compile=true (fast=compile) too")
+    if mode == "reduce-overhead" and device.type != "cuda":
+        raise ValueError(f"compile_mode=reduce-overhead records CUDA graphs, which need a CUDA device, not {device.type}")
 
 
 def bf16_is_fast(device: torch.device) -> bool:
@@ -56,9 +69,10 @@ class FastNet(nn.Module):
     """`net(x_t, t)` in the chosen precision and memory format, returning float32 as the plain net does."""
 
     def __init__(self, net: nn.Module, device: torch.device | str = "cpu", precision: str = "auto",
-                 channels_last: bool | str = "auto", compile: bool = False):
+                 channels_last: bool | str = "auto", compile: bool = False, compile_mode: str = "default"):
         super().__init__()
         self.device = torch.device(device)
+        check_compile_mode(compile, compile_mode, self.device)
         self.precision, self.channels_last = resolve(precision, channels_last, self.device)
         if self.precision == "bf16-true" or self.channels_last:  # a converted copy: the caller's net stays as it was
             net = copy.deepcopy(net)
@@ -67,10 +81,12 @@ class FastNet(nn.Module):
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
-        self.compiled = torch.compile(net, dynamic=False) if compile else None
+        self.compile_mode = compile_mode
+        self.compiled = torch.compile(net, dynamic=False, mode=compile_mode) if compile else None
 
     def describe(self) -> str:
-        parts = [self.precision] + (["channels_last"] if self.channels_last else []) + (["compiled"] if self.compiled is not None else [])
+        compiled = [f"compiled ({self.compile_mode})" if self.compile_mode != "default" else "compiled"]
+        parts = [self.precision] + (["channels_last"] if self.channels_last else []) + (compiled if self.compiled is not None else [])
         return ", ".join(parts)
 
     def autocast(self):
@@ -102,12 +118,13 @@ class FastNet(nn.Module):
 
 
 def fast_net(net: nn.Module, device: torch.device | str = "cpu", precision: str = "auto", channels_last: bool | str = "auto",
-             compile: bool = False) -> nn.Module:
+             compile: bool = False, compile_mode: str = "default") -> nn.Module:
     """`net` itself on the plain path (32-true, NCHW, eager), else wrapped in a FastNet."""
+    check_compile_mode(compile, compile_mode, torch.device(device))
     precision, channels_last = resolve(precision, channels_last, torch.device(device))
     if (precision, channels_last) == ("32-true", False) and not compile:
         return net
-    return FastNet(net, device, precision, channels_last, compile)
+    return FastNet(net, device, precision, channels_last, compile, compile_mode)
 
 
 def describe_net(model: nn.Module) -> str:

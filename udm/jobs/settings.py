@@ -250,6 +250,7 @@ TRAIN = {
     "val_samples": whole("the samples drawn at each validation", 0),
     "final_samples": whole("the samples drawn after training", 0),
     "channels_last": flag("whether image nets run NHWC"),
+    "compile": flag("whether udm-train compiles the net (torch.compile)"),
     "condition_dropout": number("the probability of training with the null condition", 0, 1),
     "data.batch_size": whole("the training batch size", 1),
     "sampler.steps": whole("the validation sampler's steps", 1, optional=True),

@@ -232,6 +232,8 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
         process.load_parts(load_checkpoint(parts)["state_dict"], str(find_checkpoint(parts)))
     if cfg.get("channels_last"):  # convolutions then run NHWC whatever the input's layout; checkpoints load either way
         net = net.to(memory_format=torch.channels_last)
+    if cfg.get("compile"):  # in place: the net's state dict, and so every checkpoint, keeps its plain keys
+        net.compile()
     recipe = build_recipe(cfg, datamodule)
     ckpt_path = resume_path(cfg.get("resume"), out.parent)
     resumed_step = None
