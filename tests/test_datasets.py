@@ -132,3 +132,17 @@ def test_cifar10_ddpm_smoke_trains_samples_and_evaluates_through_the_console_scr
                    f"cache_dir={tmp_path / 'cache'}", "progress=false", cwd=tmp_path, env=ONE_THREAD)
     report = json.loads(Path(proc.stdout.split("metrics written to ")[-1].strip()).read_text())
     assert report["data"] == "udm.data.CIFAR10" and report["fid_real_images"] == 16 and report["fid"] > 0
+
+
+def test_the_flow_matching_counterpart_shares_the_ddpm_recipe_but_the_process(tmp_path, cifar):
+    ddpm, flow = (compose_train(f"experiment={e}", "data.path=unused") for e in ("cifar10_ddpm", "cifar10_flow"))
+    assert flow.net == ddpm.net and flow.data == ddpm.data and flow.optimizer == ddpm.optimizer
+    assert flow.scheduler == ddpm.scheduler and flow.callbacks.ema == ddpm.callbacks.ema
+    assert flow.process.schedule._target_.endswith("Flow") and flow.process.parametrization == "velocity"
+    assert flow.process.time_density == "uniform" and not flow.process.clip_denoised and flow.trainer.max_steps == 400_000
+    folder, _, _ = cifar
+    run = tmp_path / "flow"
+    run_cli("udm-train", "experiment=cifar10_flow_smoke", f"data.path={folder}", f"hydra.run.dir={run}",
+            cwd=tmp_path, env=ONE_THREAD)
+    recipe = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["udm"]
+    assert recipe["process"]["parametrization"] == "velocity" and recipe["shape"] == [3, 32, 32]
