@@ -351,6 +351,8 @@ def test_knobs_that_a_setting_does_not_read_are_refused():
         Heun(churn=0.0, churn_max=1.0)
 
 
+# covered by default: test_distill_cli::test_a_student_samples_with_its_own_sampler_and_refuses_what_it_did_not_learn (a flow model through udm-train/sample/eval); Heun's NFE in test_heun_counts_two_evaluations_per_step_and_one_into_the_data
+@pytest.mark.slow
 def test_flow_trains_and_samples_through_the_console_scripts(tmp_path):
     """process=flow end to end on the 8x8 digits, with a step count the checkpoint interval does not divide: the
     checkpoint is the last step's (with both weight sets), and udm-sample's Heun counts its network evaluations."""

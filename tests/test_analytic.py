@@ -192,6 +192,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# covered by default: test_moments_are_cached_beside_the_checkpoint (estimated once, then read), test_contract (analytic_ddim prepared on a model), test_cli's udm-sample
+@pytest.mark.slow
 def test_udm_sample_with_analytic_ddim_estimates_then_reads_the_moments(tmp_path, one_thread, capsys):
     from hydra import compose, initialize_config_dir
 

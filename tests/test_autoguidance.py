@@ -7,7 +7,7 @@ import torch
 
 from udm.errors import UdmError
 
-from .conftest import run_cli
+from .conftest import run_cli, train_in_process
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 SAMPLE = ("label=3", "n=2", "sampler.steps=3", "fast=plain", "progress=false")
@@ -15,14 +15,17 @@ SAMPLE = ("label=3", "n=2", "sampler.steps=3", "fast=plain", "progress=false")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny class-conditional digits model that keeps every checkpoint (step 2 and 4), as the README advises."""
+    """A tiny class-conditional digits model that keeps every checkpoint (step 2 and 4), as the README advises;
+    trained in this process (udm-sample and udm-eval run on it as subprocesses)."""
     tmp = tmp_path_factory.mktemp("autoguidance")
-    run_cli("udm-train", "experiment=digits_smoke", "data.condition=label", "net.num_classes=???",
-            "trainer.max_steps=4", "trainer.val_check_interval=2", "final_samples=0", "val_samples=0",
-            "callbacks.checkpoint.save_top_k=-1", f"hydra.run.dir={tmp / 'run'}", cwd=tmp, env=ONE_THREAD)
+    train_in_process("experiment=digits_smoke", "data.condition=label", "net.num_classes=???",
+                     "trainer.max_steps=4", "trainer.val_check_interval=2", "final_samples=0", "val_samples=0",
+                     "callbacks.checkpoint.save_top_k=-1", f"hydra.run.dir={tmp / 'run'}")
     return tmp, tmp / "run"
 
 
+# covered by default: test_guidance::test_autoguidance_takes_the_guide_model_for_the_weak_branch and test_guidance::test_class_conditional_sampling_through_the_console_script
+@pytest.mark.slow
 def test_autoguidance_through_the_console_scripts(run):
     tmp, ckpts = run[0], run[1] / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "last.ckpt"]

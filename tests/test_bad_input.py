@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import run_cli
+from .conftest import run_cli, train_in_process
 
 
 def fails(script, *args, cwd, message):
@@ -19,9 +19,10 @@ def fails(script, *args, cwd, message):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
+    """A tiny trained checkpoint for the refusals below; trained in this process (the refusals run as subprocesses)."""
     tmp = tmp_path_factory.mktemp("bad")
     run = tmp / "run"
-    run_cli("udm-train", "experiment=digits_smoke", "trainer.max_steps=2", "final_samples=0", f"hydra.run.dir={run}", cwd=tmp)
+    train_in_process("experiment=digits_smoke", "trainer.max_steps=2", "final_samples=0", f"hydra.run.dir={run}")
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -67,6 +68,8 @@ def test_checkpoint_from_another_process_or_net(tmp_path, ckpt):
           message="net.channels: checkpoint has 16, config has 32")
 
 
+# covered by default: test_reliability::test_bad_input_is_one_clear_message[images-of-five-dims|images-out-of-range|empty-image-folder]
+@pytest.mark.slow
 def test_data_of_the_wrong_shape_or_range(tmp_path):
     bad_shape = tmp_path / "five_d.npy"
     np.save(bad_shape, np.zeros((4, 1, 1, 8, 8), dtype=np.float32))

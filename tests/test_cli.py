@@ -59,12 +59,16 @@ def test_sample_writes_grid_and_tensor_and_is_reproducible(trained):
     assert len(list((run / "samples").glob("ddim-5steps-n12-seed0*.png"))) == 2
 
 
+# covered by default: test_sample_writes_grid_and_tensor_and_is_reproducible (udm-sample ckpt=RUN_FOLDER); DDPM in test_sampling
+@pytest.mark.slow
 def test_ddpm_sampler_from_a_run_folder(trained):
     tmp, run, _ = trained
     proc = run_cli("udm-sample", f"ckpt={run}", "n=4", "sampler=ddpm", "out_dir=" + str(tmp / "ddpm"), cwd=tmp)
     assert "1000 steps" in proc.stdout and list((tmp / "ddpm").glob("ddpm-1000steps-n4-seed0.png"))
 
 
+# covered by default: test_reliability::test_training_is_bit_identical_with_or_without_loader_workers (two runs, one seed)
+@pytest.mark.slow
 def test_training_is_reproducible_from_the_seed(trained, tmp_path):
     _, run, _ = trained
     again, _ = train(tmp_path, "again", "trainer.log_every_n_steps=1")
@@ -74,6 +78,8 @@ def test_training_is_reproducible_from_the_seed(trained, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+# covered by default: test_reliability::test_a_killed_run_resumes_to_the_uninterrupted_weights (resume=, "resuming from")
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     _, run, _ = trained
     resumed, proc = train(tmp_path, "resumed", f"resume={run}", "trainer.max_steps=30")
@@ -118,13 +124,15 @@ def test_readme_custom_corruption_trains_and_samples(tmp_path):
     assert ckpt["udm"]["process"]["_target_"] == "fade.Fade"
 
 
-def test_cold_restoration_from_given_images(trained, tmp_path):
+def test_cold_restoration_from_given_images(tmp_path):
     import numpy as np
 
     from udm.data import Digits
 
     run = tmp_path / "blur"
-    run_cli("udm-train", *SMOKE, "process=blur", "sampler=improved", f"hydra.run.dir={run}", cwd=tmp_path)
+    # 2 steps and no sample grids: each grid is 50 improved-sampler steps of blur, and restoring needs no trained model
+    run_cli("udm-train", *SMOKE, "process=blur", "sampler=improved", "trainer.max_steps=2", "trainer.val_check_interval=2",
+            "val_samples=0", "final_samples=0", f"hydra.run.dir={run}", cwd=tmp_path)
     data = Digits()
     data.setup()
     clean = tmp_path / "clean.npy"
@@ -142,7 +150,7 @@ def test_cold_restoration_from_given_images(trained, tmp_path):
 def test_multirun_over_processes(tmp_path):
     sweep = tmp_path / "sweep"
     run_cli("udm-train", "-m", *SMOKE, "process=gaussian,blur,inpaint,pixelate", "trainer.max_steps=2",
-            "trainer.val_check_interval=2", "final_samples=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+            "trainer.val_check_interval=2", "val_samples=0", "final_samples=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     done = sorted(p.parent.parent.name for p in sweep.glob("*/checkpoints/last.ckpt"))
     assert len(done) == 4
     assert [d.split("_")[0] for d in done] == ["0", "1", "2", "3"]

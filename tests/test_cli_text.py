@@ -10,17 +10,21 @@ from hydra.utils import instantiate
 from udm.data.text import PUNCTUATION
 from udm.metrics.text import text_metrics
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
 
 TINY = ["net.hidden=32", "net.layers=1", "net.heads=2", "trainer.max_steps=3", "trainer.val_check_interval=3",
         "trainer.limit_val_batches=1", "val_samples=2", "final_samples=2"]
 TEMPLATE = "朝辭白帝彩雲間，＿＿＿＿＿＿＿。兩岸猿聲啼不住，輕舟已過萬重山。"
 
 
-def tiny_run(tmp_path_factory, experiment):
+def tiny_run(tmp_path_factory, experiment, in_process=False):
     tmp = tmp_path_factory.mktemp(experiment)
     run = tmp / "run"
-    proc = run_cli("udm-train", f"experiment={experiment}", *TINY, f"hydra.run.dir={run}", cwd=tmp)
+    if in_process:  # spares a start-up; udm-generate still runs on the run as a subprocess
+        proc = run_main("udm-train", f"experiment={experiment}", *TINY, f"hydra.run.dir={run}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    else:
+        proc = run_cli("udm-train", f"experiment={experiment}", *TINY, f"hydra.run.dir={run}", cwd=tmp)
     return tmp, run, proc
 
 
@@ -31,7 +35,7 @@ def mask_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def replace_run(tmp_path_factory):
-    return tiny_run(tmp_path_factory, "quatrain_replace")
+    return tiny_run(tmp_path_factory, "quatrain_replace", in_process=True)  # mask_run is the udm-train subprocess
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +78,15 @@ def test_training_writes_text_samples_and_a_checkpoint_with_the_tokenizer(poem_r
     assert (run / "samples" / "step000003.txt").is_file()
 
 
-@pytest.mark.parametrize("tps", [1, 4])
+@pytest.mark.parametrize("poem_run, tps", [
+    ("mask_run", 1),
+    # covered by default: [replace_run-4] (several tokens per step) and test_infilling_keeps_the_template_characters[mask_run]
+    pytest.param("mask_run", 4, marks=pytest.mark.slow),
+    # covered by default: [mask_run-1] (one token per step, the same seed again) and [replace_run-4] (the replace process)
+    pytest.param("replace_run", 1, marks=pytest.mark.slow),
+    ("replace_run", 4),
+    *(pytest.param("uniform_run", tps, marks=pytest.mark.slow) for tps in (1, 4)),  # uniform: test_uniform.py
+], indirect=["poem_run"])
 def test_generate_prints_writes_and_measures(poem_run, tps, training_texts):
     tmp, run, _ = poem_run
     proc = run_cli("udm-generate", f"ckpt={run}", "n=6", f"tokens_per_step={tps}", cwd=tmp)
@@ -97,6 +109,12 @@ def test_generate_prints_writes_and_measures(poem_run, tps, training_texts):
     assert txt2 != txt and open(txt2, encoding="utf-8").read().splitlines() == texts  # same seed, new file
 
 
+@pytest.mark.parametrize("poem_run", [
+    "mask_run",
+    # covered by default: [mask_run] (infilling through udm-generate); the random order in test_discrete's oracle tests
+    pytest.param("replace_run", marks=pytest.mark.slow),
+    pytest.param("uniform_run", marks=pytest.mark.slow),  # uniform: test_uniform.py
+], indirect=True)
 def test_infilling_keeps_the_template_characters(poem_run, training_texts):
     tmp, run, _ = poem_run
     order = "confidence" if "mask" in str(run) else "random"
@@ -115,6 +133,8 @@ def test_infilling_keeps_the_template_characters(poem_run, training_texts):
     assert report["metrics"]["form_accuracy"] == sum(not PUNCTUATION.intersection(t[8:15]) for t in texts) / 4
 
 
+# covered by default: test_remasking (the loop, blocks, margin order and output cache in process) and [mask_run-1] (udm-generate)
+@pytest.mark.slow
 def test_generate_with_remasking_loop_and_blocks(mask_run):
     """ReMDM with its loop, line-by-line blocks and the margin order through udm-generate: quatrain-length texts, and
     every step of the grid (32 + 4 loop steps) either called the time-free net or reused its output."""
@@ -139,7 +159,7 @@ def test_generate_with_remasking_loop_and_blocks(mask_run):
 )
 def test_bad_generate_requests(mask_run, args, message):
     tmp, run, _ = mask_run
-    proc = run_cli("udm-generate", f"ckpt={run}", *args, cwd=tmp, check=False)
+    proc = run_main("udm-generate", f"ckpt={run}", *args)  # in this process: a refusal needs no 8 s start-up
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
@@ -152,11 +172,13 @@ def test_image_and_text_checkpoints_point_to_the_right_script(mask_run):
 def test_training_on_an_empty_text_file_is_refused(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n", encoding="utf-8")
-    proc = run_cli("udm-train", "experiment=quatrain_mask", "data=text_file", f"data.path={empty}", *TINY,
-                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+    proc = run_main("udm-train", "experiment=quatrain_mask", "data=text_file", f"data.path={empty}", *TINY,
+                    f"hydra.run.dir={tmp_path / 'run'}")  # in this process: a refusal needs no 8 s start-up
     assert proc.returncode != 0 and "holds no text" in proc.stderr and "Traceback" not in proc.stderr
 
 
+# covered by default: test_text_lengths::test_a_subword_tokenizer_trains_and_generates_variable_text_end_to_end (data=text_file), [mask_run] tests
+@pytest.mark.slow
 def test_a_user_text_file_of_five_character_quatrains_trains_and_generates(tmp_path):
     poems = ["白日依山盡，黃河入海流。欲窮千里目，更上一層樓。", "床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。",
              "千山鳥飛絕，萬徑人蹤滅。孤舟蓑笠翁，獨釣寒江雪。", "紅豆生南國，春來發幾枝。願君多采擷，此物最相思。"] * 8

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import run_cli
+from .conftest import run_cli, train_in_process
 
 FAST = ["final_samples=0", "val_samples=0", "callbacks.progress=null"]
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
+    """A tiny flow teacher, trained in this process; the students are distilled and sampled by subprocesses."""
     tmp = tmp_path_factory.mktemp("distill")
     run = tmp / "teacher"
-    run_cli("udm-train", "experiment=digits_smoke", "process=flow", "trainer.max_steps=12", *FAST,
-            f"hydra.run.dir={run}", cwd=tmp)
+    train_in_process("experiment=digits_smoke", "process=flow", "trainer.max_steps=12", *FAST, f"hydra.run.dir={run}")
     return tmp, run
 
 
@@ -83,13 +83,17 @@ def test_a_student_samples_with_its_own_sampler_and_refuses_what_it_did_not_lear
 
 @pytest.fixture(scope="module")
 def consistency(teacher):
+    """A consistency student, distilled in this process (the default suite's udm-train distill=... subprocess is the
+    progressive student's, above)."""
     tmp, teacher_run = teacher
     run = tmp / "consistency"
-    run_cli("udm-train", "experiment=distill_mnist_consistency", f"teacher={teacher_run}", "distill.steps_per_round=3",
-            *FAST, f"hydra.run.dir={run}", cwd=tmp)
+    train_in_process("experiment=distill_mnist_consistency", f"teacher={teacher_run}", "distill.steps_per_round=3", *FAST,
+                     f"hydra.run.dir={run}")
     return run
 
 
+# covered by default: test_a_student_samples_with_its_own_sampler_and_refuses_what_it_did_not_learn (distillation through the scripts), test_distill::test_a_consistency_student_samples_by_the_baseline_step_at_any_steps
+@pytest.mark.slow
 def test_consistency_distillation_samples_by_the_naive_step_at_any_steps(teacher, consistency):
     tmp, run = teacher[0], consistency
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

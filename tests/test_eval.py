@@ -18,7 +18,7 @@ from udm.jobs.train import build_recipe, fill_from_data
 from udm.metrics.fid import frechet_distance, kernel_distance
 from udm.metrics.text import text_metrics
 
-from .conftest import compose_train, run_cli
+from .conftest import compose_train, run_cli, run_main, train_in_process
 from .test_cli import SMOKE
 
 DIGITS = {"_target_": "udm.data.Digits", "image_size": 8, "channels": 1, "batch_size": 64, "test_fraction": 0.1, "split_seed": 0}
@@ -58,9 +58,10 @@ def extractor(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A smoke run to evaluate, trained in this process (one thread: the module's autouse fixture); udm-eval runs as a subprocess."""
     tmp = tmp_path_factory.mktemp("eval")
     run = tmp / "run"
-    run_cli("udm-train", *SMOKE, f"hydra.run.dir={run}", "final_samples=0", cwd=tmp, env=ONE_THREAD)
+    train_in_process(*SMOKE, f"hydra.run.dir={run}", "final_samples=0")
     return tmp, run
 
 
@@ -144,7 +145,7 @@ def fake_checkpoint(path: Path, *overrides: str, experiment: str = "digits_smoke
 
 def test_bits_per_dim_of_a_cold_process_is_refused_clearly(tmp_path):
     ckpt = fake_checkpoint(tmp_path / "blur.ckpt", "process=blur")
-    proc = run_cli("udm-eval", f"ckpt={ckpt}", "n=4", "metrics=[bpd]", cwd=tmp_path, check=False, env=ONE_THREAD)
+    proc = run_main("udm-eval", f"ckpt={ckpt}", "n=4", "metrics=[bpd]")  # a refusal: in this process, spared a start-up
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "metrics asks for bpd, but bits/dim applies to Gaussian processes" in proc.stderr and "Blur(" in proc.stderr
 
@@ -269,6 +270,8 @@ def test_a_new_metric_is_one_class_and_one_yaml_file(tmp_path, capsys):
     assert "mean px" in out["header"] and out["rows"][0][out["header"].index("mean px")] == f"{report['mean_pixel']:.4f}"
 
 
+# covered by default: test_text_conditions::test_eval_scores_author_accuracy_against_the_classifier_and_real_texts (udm-eval labels=all guidance=2); test_guidance's console and class-accuracy tests
+@pytest.mark.slow
 def test_a_class_conditional_checkpoint_gets_class_accuracy_under_guidance(tmp_path, extractor):
     cache, _ = extractor
     run = tmp_path / "run"

@@ -16,7 +16,7 @@ from udm.nets.transformer import Transformer
 from udm.processes import Gaussian, TokenMask
 from udm.samplers import DDIM
 
-from .conftest import run_cli
+from .conftest import run_cli, train_in_process
 
 
 def unet() -> UNet:
@@ -125,9 +125,9 @@ def test_compiled_net_matches_eager():
 
 
 def test_udm_sample_plain_is_exact_and_default_is_close(tmp_path):
-    run = tmp_path / "run"
-    run_cli("udm-train", "experiment=digits_smoke", "trainer.max_steps=5", "trainer.val_check_interval=5", "val_samples=0",
-            "final_samples=0", f"hydra.run.dir={run}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    run = tmp_path / "run"  # trained in this process: what is tested is udm-sample's fast= path
+    train_in_process("experiment=digits_smoke", "trainer.max_steps=5", "trainer.val_check_interval=5", "val_samples=0",
+                     "final_samples=0", f"hydra.run.dir={run}")
     outs = {}
     for fast in ("plain", "auto"):
         proc = run_cli("udm-sample", f"ckpt={run}", "n=8", "sampler.steps=10", f"fast={fast}", f"out_dir={tmp_path / fast}",

@@ -11,7 +11,7 @@ from udm.processes import Blur, Gaussian, TokenMask, TokenReplace, TokenUniform,
 from udm.samplers import DDIM, DDPM, DPMSolver, Guidance, Improved, Mixed, Sampler
 from udm.samplers.loop import reverse_loop
 
-from .conftest import compose_train
+from .conftest import compose_train, train_in_process
 
 
 def two_branch(out_c, out_u):
@@ -133,11 +133,9 @@ def test_a_cold_prior_degrades_held_out_images_of_the_requested_class(tmp_path):
     from udm.jobs.conditions import prior_labels
     from udm.models import open_model
 
-    from .conftest import run_cli
-
-    run = tmp_path / "run"
-    run_cli("udm-train", "experiment=digits_smoke", "process=blur", "data.condition=label", "trainer.max_steps=2",
-            "trainer.val_check_interval=2", "val_samples=0", "final_samples=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    run = tmp_path / "run"  # trained in this process: what is tested is the opened model's references
+    train_in_process("experiment=digits_smoke", "process=blur", "data.condition=label", "trainer.max_steps=2",
+                     "trainer.val_check_interval=2", "val_samples=0", "final_samples=0", f"hydra.run.dir={run}")
     model = open_model(run, "cpu")
     data = model.data("test")
     labels = torch.tensor([3, 3, 7, 0, 9, 7])

@@ -88,6 +88,8 @@ def test_folders_that_are_not_one_sub_folder_per_class_are_refused(folder, tmp_p
         ArrayFile(path=str(tmp_path / "x.npy"), condition="label")
 
 
+# covered by default: test_labels_follow_the_sorted_sub_folders_and_split_with_their_images (recipe), test_guidance::test_class_conditional_sampling_through_the_console_script
+@pytest.mark.slow
 def test_a_folder_trained_model_samples_its_classes_through_the_console_scripts(folder, tmp_path):
     run, one_thread = tmp_path / "run", {"OMP_NUM_THREADS": "1"}
     run_cli("udm-train", "experiment=digits_smoke", "data=image_folder", f"data.path={folder}", "data.image_size=8",

@@ -14,7 +14,7 @@ from udm.nets import ConvDecoder, ConvEncoder, IdentityCoder, TokenEmbedding, To
 from udm.processes import Gaussian, Latent
 from udm.samplers import DDIM, DDPM, DPMSolver
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
 
 
 def pair(**kw):
@@ -142,7 +142,7 @@ def load_parts(latent):
 
 
 def test_frozen_stage_refuses_missing_or_foreign_autoencoders(tmp_path):
-    proc = run_cli("udm-train", *SMOKE, "process.stage=frozen", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path, check=False)
+    proc = run_main("udm-train", *SMOKE, "process.stage=frozen", f"hydra.run.dir={tmp_path / 'a'}")  # a refusal: in this process
     assert proc.returncode == 2 and "autoencoder_ckpt" in proc.stderr and "Traceback" not in proc.stderr
     pixel = tmp_path / "pixel.ckpt"  # a udm checkpoint of a pixel-space model: no encoder to read
     torch.save({"state_dict": {"net.w": torch.zeros(1)}, "udm": {"process": {"_target_": "udm.processes.Gaussian"}}}, pixel)

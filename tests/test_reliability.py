@@ -12,11 +12,9 @@ console scripts run in this process (`run_main`), which spares a 5 s import per 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -27,41 +25,20 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
-from udm import cli
 from udm.jobs.train import fill_from_data
 from udm.callbacks import AtomicCheckpointIO
 
-from .conftest import BIN, compose_train, run_cli
+from .conftest import BIN, compose_train, run_cli, run_main
 
 EPOCH = 25  # digits: 1,617 training images in batches of 64 (the last, partial one dropped)
 STEP_LR = "scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:10,gamma:0.8}"
 RESUMABLE = ["experiment=digits_smoke", "trainer.max_steps=50", f"trainer.val_check_interval={EPOCH}",
              "trainer.log_every_n_steps=1", "final_samples=8", STEP_LR]
-MAINS = {"udm-train": cli.train_main, "udm-sample": cli.sample_main, "udm-generate": cli.generate_main,
-         "udm-eval": cli.eval_main, "udm-compare": cli.compare_main, "udm-features": cli.features_main}
-
-
-def run_main(script: str, *args: str) -> SimpleNamespace:
-    """A console script run in this process: its exit code and what it wrote to stdout and stderr."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with mock.patch.object(sys, "argv", [script, *args]), mock.patch.dict(os.environ, {"PYTHONWARNINGS": "ignore"}), \
-            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            MAINS[script]()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
-
-
 def popen_train(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([str(BIN / "udm-train"), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -109,10 +86,13 @@ def tree_hash(*folders: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """An uninterrupted run (no workers, every checkpoint kept); the same run with 2 loader workers
-    SIGKILLed after its first checkpoint; and that run started again with the same command + resume=last."""
+    SIGKILLed after its first checkpoint; and that run started again with the same command + resume=last.
+    The killed run and its resume=last are subprocesses (the process boundary is the point); the reference and the
+    resume in place run in this process, which spares two start-ups."""
     tmp = tmp_path_factory.mktemp("interrupted")
     reference = tmp / "reference"
-    run_cli("udm-train", *RESUMABLE, "callbacks.checkpoint.save_top_k=-1", f"hydra.run.dir={reference}", cwd=tmp)
+    proc = run_main("udm-train", *RESUMABLE, "callbacks.checkpoint.save_top_k=-1", f"hydra.run.dir={reference}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     command = [*RESUMABLE, "data.num_workers=2"]
     killed, resumed = tmp / "runs" / "killed", tmp / "runs" / "resumed"
     proc = popen_train(*command, f"hydra.run.dir={killed}", cwd=tmp)
@@ -125,7 +105,8 @@ def interrupted(tmp_path_factory):
     same = tmp / "same"  # the README's "same command plus resume=" when the command set the folder: resumed in place
     shutil.copytree(killed, same)
     before_resume = losses(same)
-    run_cli("udm-train", *command, f"hydra.run.dir={same}", f"resume={same}", cwd=tmp)
+    proc = run_main("udm-train", *command, f"hydra.run.dir={same}", f"resume={same}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return SimpleNamespace(reference=reference, killed=killed, resumed=resumed, again=again, same=same,
                            before_resume=before_resume)
 

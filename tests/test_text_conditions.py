@@ -21,7 +21,7 @@ from udm.nets import Transformer
 from udm.samplers import Guidance
 from udm.processes import TokenMask
 
-from .conftest import run_cli
+from .conftest import run_cli, train_in_process
 
 AUTHORS = {"甲": "山水雲月風花雪", "乙": "金玉龍鳳宮殿城", "丙": "江河湖海舟帆波", "丁": "松竹梅蘭菊草木"}
 
@@ -178,12 +178,15 @@ TINY = ["net.hidden=32", "net.layers=1", "net.heads=2", "trainer.max_steps=3", "
 
 @pytest.fixture(scope="module")
 def author_run(tmp_path_factory, poems_file):
+    """A tiny author-conditioned run, trained in this process; udm-generate and udm-eval run on it as subprocesses."""
     tmp = tmp_path_factory.mktemp("author")
-    run_cli("udm-train", "experiment=quatrain_author", f"data.path={poems_file[0]}", "net.num_classes=3", *TINY,
-            f"hydra.run.dir={tmp / 'run'}", cwd=tmp)
+    train_in_process("experiment=quatrain_author", f"data.path={poems_file[0]}", "net.num_classes=3", *TINY,
+                     f"hydra.run.dir={tmp / 'run'}")
     return tmp, tmp / "run"
 
 
+# covered by default: test_eval_scores_author_accuracy_against_the_classifier_and_real_texts (guided author sampling through udm-eval)
+@pytest.mark.slow
 def test_generate_for_an_author_with_guidance(author_run):
     tmp, run = author_run
     out = run_cli("udm-generate", f"ckpt={run}", "author=甲", "guidance=2", "n=3", f"out_dir={tmp / 'g'}", cwd=tmp)

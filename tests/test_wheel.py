@@ -174,6 +174,8 @@ def test_udm_sample_from_outside_the_repository(venv, work, image_run):
     assert torch.load(tensor, weights_only=True).shape == (4, 1, 8, 8)
 
 
+# covered by default: test_udm_train_from_outside_the_repository and test_udm_sample_from_outside_the_repository (the wheel's scripts), test_cli_text (text)
+@pytest.mark.slow
 def test_udm_train_and_generate_text_from_outside_the_repository(venv, work, text_run):
     lines = (text_run / "samples.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2 and all(len(line) == QUATRAIN_CHARS for line in lines)
