@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main, train_in_process
 
 SMOKE = ["experiment=digits_smoke"]
 
@@ -131,8 +131,8 @@ def test_cold_restoration_from_given_images(tmp_path):
 
     run = tmp_path / "blur"
     # 2 steps and no sample grids: each grid is 50 improved-sampler steps of blur, and restoring needs no trained model
-    run_cli("udm-train", *SMOKE, "process=blur", "sampler=improved", "trainer.max_steps=2", "trainer.val_check_interval=2",
-            "val_samples=0", "final_samples=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    train_in_process(*SMOKE, "process=blur", "sampler=improved", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                     "val_samples=0", "final_samples=0", f"hydra.run.dir={run}")
     data = Digits()
     data.setup()
     clean = tmp_path / "clean.npy"
@@ -143,7 +143,7 @@ def test_cold_restoration_from_given_images(tmp_path):
     assert restored.shape == (6, 1, 8, 8)
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((3, 1, 9, 9), dtype=np.float32))
-    bad = run_cli("udm-sample", f"ckpt={run}", f"input={wrong}", cwd=tmp_path, check=False)
+    bad = run_main("udm-sample", f"ckpt={run}", f"input={wrong}")
     assert bad.returncode != 0 and "this checkpoint needs [1, 8, 8]" in bad.stderr and "Traceback" not in bad.stderr
 
 

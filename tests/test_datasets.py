@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from tests.cifar_files import NAMES, write_cifar
-from tests.conftest import compose_train, run_cli
+from tests.conftest import compose_train, run_cli, train_in_process
 from udm.data import CIFAR10, ImageFolder
 from udm.errors import UdmError
 from udm.jobs.train import fill_from_data
@@ -125,8 +125,7 @@ def test_the_cifar10_ddpm_recipe_is_the_papers_35_7m_parameter_unet():
 def test_cifar10_ddpm_smoke_trains_samples_and_evaluates_through_the_console_scripts(tmp_path, cifar):
     folder, _, _ = cifar
     run = tmp_path / "run"
-    run_cli("udm-train", "experiment=cifar10_ddpm_smoke", f"data.path={folder}", f"hydra.run.dir={run}",
-            cwd=tmp_path, env=ONE_THREAD)
+    train_in_process("experiment=cifar10_ddpm_smoke", f"data.path={folder}", f"hydra.run.dir={run}")
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "samples.png").is_file()
     proc = run_cli("udm-eval", f"ckpt={run}", "n=8", "metrics=[fid]", "sampler.steps=4", "extractor.epochs=1",
                    f"cache_dir={tmp_path / 'cache'}", "progress=false", cwd=tmp_path, env=ONE_THREAD)
@@ -142,7 +141,6 @@ def test_the_flow_matching_counterpart_shares_the_ddpm_recipe_but_the_process(tm
     assert flow.process.time_density == "uniform" and not flow.process.clip_denoised and flow.trainer.max_steps == 400_000
     folder, _, _ = cifar
     run = tmp_path / "flow"
-    run_cli("udm-train", "experiment=cifar10_flow_smoke", f"data.path={folder}", f"hydra.run.dir={run}",
-            cwd=tmp_path, env=ONE_THREAD)
+    train_in_process("experiment=cifar10_flow_smoke", f"data.path={folder}", f"hydra.run.dir={run}")
     recipe = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["udm"]
     assert recipe["process"]["parametrization"] == "velocity" and recipe["shape"] == [3, 32, 32]

@@ -8,14 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import train_in_process
 from tests.test_text_lengths import ENGLISH, bpe_folder
 from udm.data import HFImages, HFText
 from udm.data.tokenizers import encode
 from udm.errors import UdmError
 
 datasets = pytest.importorskip("datasets")
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 NAMES = ["zero", "one", "two"]
 
 
@@ -86,10 +85,10 @@ def test_udm_train_reads_a_saved_image_dataset_offline(tmp_path):
     splits, _, _ = image_splits()
     splits.save_to_disk(str(tmp_path / "saved"))
     run = tmp_path / "run"
-    run_cli("udm-train", "experiment=digits_smoke", "data=hf", f"data.path={tmp_path / 'saved'}", "data.column=img",
+    train_in_process("experiment=digits_smoke", "data=hf", f"data.path={tmp_path / 'saved'}", "data.column=img",
             "data.label_column=fine", "data.condition=label", "data.test_split=test", "data.image_size=8",
             "net.attention_resolutions=[4]", "trainer.max_steps=4", "trainer.val_check_interval=4", "val_samples=4",
-            "final_samples=4", f"hydra.run.dir={run}", cwd=tmp_path, env=ONE_THREAD)
+            "final_samples=4", f"hydra.run.dir={run}")
     from udm.models import open_model
 
     model = open_model(run)

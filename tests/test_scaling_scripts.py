@@ -31,6 +31,7 @@ def test_gpu_script_compares_same_sized_nets_on_the_cpu():
     assert all(r["images_per_s"] > 0 for r in rows.values())
 
 
+@pytest.mark.slow  # a script that measures; its numbers are in the README (Scaling up)
 def test_loader_benchmark_reports_every_rate():
     result = run_script("experiments/scaling/loader.py", "--images", "1200", "--batch", "32", "--batches", "5",
                         "--folder-images", "12")
