@@ -9,6 +9,7 @@ Grids: udm's t is diffusers' timestep + 1 (alphas_cumprod[k] = alphabar_{k+1}). 
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,7 +82,7 @@ def test_the_folder_opens_with_its_scheduler_process(pipeline):
                                        "parametrization": {"epsilon": "eps", "v_prediction": "v"}[prediction],
                                        "clip_denoised": True, "beta_start": 1e-4, "beta_end": 0.02}
     assert model.shape == [3, 8, 8] and model.modality == "image" and model.condition is None
-    assert model.run_dir == pipeline.resolve()  # samples are written beside the model
+    assert model.run_dir == Path("runs", "pretrained", "pipeline").resolve()  # never into the shared folder
 
 
 def test_net_sees_the_diffusers_timestep(pipeline):

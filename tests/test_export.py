@@ -1,6 +1,8 @@
 """udm-export: a checkpoint to the sharing format (model.safetensors + udm.yaml) and back, bit for bit: the same
 weights, the same samples from the same seed, a text model's tokenizer with it; and what it refuses."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -12,7 +14,7 @@ from udm.jobs.train import build_recipe, fill_from_data
 from udm.models import open_model
 from udm.samplers import DDIM
 
-from .conftest import compose_train, run_cli
+from .conftest import compose_train, run_cli, train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +22,8 @@ def exported(tmp_path_factory):
     """A tiny trained digits run, and its export through the console script."""
     tmp = tmp_path_factory.mktemp("export")
     run, out = tmp / "run", tmp / "shared" / "digits"
-    run_cli("udm-train", "experiment=digits_smoke", "trainer.max_steps=2", "trainer.val_check_interval=2", "val_samples=0",
-            "final_samples=0", f"hydra.run.dir={run}", cwd=tmp)
+    train_in_process("experiment=digits_smoke", "trainer.max_steps=2", "trainer.val_check_interval=2", "val_samples=0",
+                     "final_samples=0", f"hydra.run.dir={run}")
     proc = run_cli("udm-export", f"ckpt={run}", f"out={out}", cwd=tmp)
     assert f"written to {out}" in proc.stdout
     return tmp, run, out
@@ -44,7 +46,7 @@ def test_the_export_reloads_bit_for_bit(exported):
     assert same_state(original.net, shared.net) and same_state(original.process, shared.process)
     assert shared.recipe == original.recipe and shared.global_step == original.global_step == 2
     assert torch.equal(ddim_samples(original), ddim_samples(shared))
-    assert shared.run_dir == out.resolve()
+    assert shared.run_dir == (Path("runs") / "pretrained" / out.name).resolve()  # outputs never go into the export
 
 
 def test_udm_sample_reads_the_export_as_the_run(exported):

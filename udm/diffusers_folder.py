@@ -17,9 +17,10 @@ The scheduler config becomes udm's Gaussian process (udm.processes.Gaussian):
     beta_schedule         linear, scaled_linear (with beta_start, beta_end), squaredcos_cap_v2 -> cosine (Improved
                           DDPM's betas, the same numbers)
     prediction_type       epsilon -> eps, v_prediction -> v, sample -> x0
-    clip_sample           clip_denoised (with clip_sample_range 1: udm clips x0_hat to [-1, 1])
+    clip_sample           clip_denoised (with clip_sample_range 1: udm clips x0_hat to [-1, 1]); absent, True for
+                          DDPM's and DDIM's schedulers (their default) and False for the others, which never clip
 
-keys it does not set take DDPMScheduler's defaults, as diffusers does. Refused, naming the key: trained_betas,
+other keys it does not set take DDPMScheduler's defaults, as diffusers does. Refused, naming the key: trained_betas,
 rescale_betas_zero_snr, thresholding, timestep_type other than discrete, other beta schedules and prediction types,
 schedulers of another family (VE, flow matching); UNets with a class embedding (num_class_embeds,
 class_embed_type) or an output of other than in_channels channels (learned variances). The keys that choose how to
@@ -48,6 +49,7 @@ VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMu
                  "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler")
 DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
             "prediction_type": "epsilon", "clip_sample": True, "clip_sample_range": 1.0}  # DDPMScheduler's
+CLIPPING_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")  # those whose clip_sample defaults to True
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 UNSUPPORTED = {  # key: (the value udm can represent, why another one is refused)
@@ -134,7 +136,9 @@ def process_config(scheduler: dict[str, Any], source: Path | str) -> dict[str, A
         if scheduler.get(key) not in (None, allowed):
             raise UdmError(f"{source}: {key}={scheduler[key]!r} asks for {what}, which udm's Gaussian process cannot "
                            f"represent (it takes {key}={allowed!r})")
-    get = {**DEFAULTS, **{k: v for k, v in scheduler.items() if k in DEFAULTS}}.__getitem__
+    # clip_sample defaults to True only in the schedulers that have the key (DDPM's, DDIM's); the others never clip
+    defaults = {**DEFAULTS, "clip_sample": kind in CLIPPING_SCHEDULERS}
+    get = {**defaults, **{k: v for k, v in scheduler.items() if k in DEFAULTS}}.__getitem__
     if get("beta_schedule") not in BETA_SCHEDULES:
         raise UdmError(f"{source}: beta_schedule={get('beta_schedule')!r} is not one udm represents; it reads "
                        f"{', '.join(BETA_SCHEDULES)}")

@@ -102,6 +102,8 @@ class FastNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
             out = self.run(x, t, cond)
+        if self.compiled is not None and self.compile_mode == "reduce-overhead":
+            out = out.clone()  # a CUDA graph's output buffer is overwritten by its next replay; samplers keep outputs
         return out.float() if out.is_floating_point() else out
 
     def run(self, x: Tensor, t: Tensor, cond=None) -> Tensor:

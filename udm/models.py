@@ -81,10 +81,11 @@ class TrainedModel:
 
     @property
     def run_dir(self) -> Path:
-        """The run folder: the checkpoint's folder's parent for <run>/checkpoints/last.ckpt; an export or diffusers
-        folder is its own."""
+        """The run folder: the checkpoint's folder's parent for <run>/checkpoints/last.ckpt. An export or diffusers
+        folder is a model someone shared (or a hub cache snapshot), not a run: what is made from it (samples/,
+        eval/) goes to runs/pretrained/<its name> under the working directory, never into that folder."""
         path = self.checkpoint_path.resolve()
-        return path if path.is_dir() else path.parent.parent
+        return Path("runs", "pretrained", path.name).resolve() if path.is_dir() else path.parent.parent
 
     def data(self, stage: str = "test"):
         """The checkpoint's data module, set up for `stage` ('fit' gives train and test)."""

@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from udm.callbacks import PREVIOUS_CONFIG, SaveOnSignal
 from udm.checkpoint import CHECKPOINT_KEY, build_from_checkpoint, check_compatible, find_checkpoint, load_checkpoint
-from udm.diffusers_folder import NET_TARGET as DIFFUSERS_NET
 from udm.distill.module import DistillationModule
 from udm.errors import UdmError
 from udm.jobs.outputs import check_output_folder
@@ -200,12 +199,14 @@ def open_teacher(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def refuse_pretrained_net(net: DictConfig) -> None:
-    """net=diffusers_unet samples a pretrained diffusers UNet (udm-sample ckpt=DIR); fine-tuning it would train under
-    process=..., not the process its scheduler config names, so it is refused rather than trained wrongly."""
-    if net.get("_target_") == DIFFUSERS_NET:
-        raise UdmError("net=diffusers_unet is a pretrained diffusers UNet to sample as it is "
-                       "(udm-sample ckpt=DIR); udm-train does not fine-tune it yet, since its process "
-                       "must be the one its scheduler config names; train net=unet instead")
+    """A net class that declares itself not trainable (trainable = False: a pretrained diffusers UNet, whose process is
+    its scheduler's, not the command line's) is refused rather than trained wrongly."""
+    from hydra.utils import get_class
+
+    if not getattr(get_class(net._target_), "trainable", True):
+        raise UdmError(f"net={net._target_} is a pretrained net to sample as it is (udm-sample ckpt=DIR); udm-train "
+                       f"does not fine-tune it yet, since its process must be the one its scheduler config names; "
+                       f"train net=unet instead")
 
 
 def train_in(cfg: DictConfig) -> dict[str, Any]:

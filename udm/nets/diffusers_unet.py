@@ -21,6 +21,9 @@ class DiffusersUNet(nn.Module):
     path: a pipeline folder (its unet/) or a UNet folder, with config.json and diffusion_pytorch_model.safetensors.
     """
 
+    # sampled as it is: udm-train would train it under the command line's process, not the one its scheduler names
+    trainable = False
+
     def __init__(self, path: str):
         super().__init__()
         try:
