@@ -144,3 +144,33 @@ def test_the_flow_matching_counterpart_shares_the_ddpm_recipe_but_the_process(tm
     train_in_process("experiment=cifar10_flow_smoke", f"data.path={folder}", f"hydra.run.dir={run}")
     recipe = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["udm"]
     assert recipe["process"]["parametrization"] == "velocity" and recipe["shape"] == [3, 32, 32]
+
+
+def test_a_real_fit_routes_training_batches_through_the_flips(cifar):
+    import lightning as L
+
+    folder, _, _ = cifar
+
+    class Spy(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w, self.seen = torch.nn.Parameter(torch.zeros(())), []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch[0].clone())
+            return self.w * batch[0].mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data, spy = CIFAR10(str(folder), batch_size=16, flip=True, condition="label"), Spy()
+    torch.manual_seed(0)
+    L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(spy, datamodule=data)
+    train = data.train.flatten(1)
+    flips = 0
+    for image in torch.cat(spy.seen):
+        as_is, mirrored = (train == image.flatten()).all(1).any(), (train == image.flip(-1).flatten()).all(1).any()
+        assert as_is or mirrored  # a training image, whole, one way or the other
+        flips += int(mirrored and not as_is)
+    assert 4 <= flips <= 28  # 32 images, each mirrored with probability 1/2

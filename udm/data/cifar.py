@@ -81,9 +81,12 @@ class CIFAR10(ImageData):
     def __init__(self, path: str, image_size: int = 32, channels: int = 3, **kwargs):
         if channels != 3:
             raise UdmError(f"CIFAR-10 images are RGB: data.channels must be 3, got {channels}")
+        given = sorted({"test_fraction", "split_seed"} & set(kwargs))
+        if given:
+            raise UdmError(f"data=cifar10 keeps CIFAR-10's own split (the test batch held out), so {', '.join(given)} "
+                           f"does not apply")
         super().__init__(image_size=image_size, channels=channels, **kwargs)
         self.path = Path(path).expanduser()
-        self.n_train: int | None = None
         self._labels: Tensor | None = None
 
     def read(self) -> tuple[Tensor, Tensor]:
@@ -92,7 +95,7 @@ class CIFAR10(ImageData):
             raise UdmError(f"data.path={str(self.path)!r} is not a folder; data=cifar10 reads CIFAR-10's python batches "
                            f"folder (cifar-10-batches-py, unpacked from cifar-10-python.tar.gz)")
         parts = [batch_images(read_batch(self.path / name), self.path / name) for name in (*TRAIN_BATCHES, TEST_BATCH)]
-        self.n_train = sum(len(labels) for _, labels in parts[:-1])
+        self.n_train = sum(len(labels) for _, labels in parts[:-1])  # CIFAR-10's split: the test batch is held out
         meta = self.path / "batches.meta"
         if meta.is_file():
             names = read_batch(meta).get("label_names")
@@ -107,9 +110,3 @@ class CIFAR10(ImageData):
 
     def load_labels(self) -> Tensor:
         return self._labels if self._labels is not None else self.read()[1]
-
-    def split_indices(self, n: int) -> tuple[Tensor, Tensor]:
-        """CIFAR-10's own split: the data batches train, the test batch is held out."""
-        if self.n_train is None:
-            self.read()
-        return torch.arange(self.n_train), torch.arange(self.n_train, n)

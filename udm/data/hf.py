@@ -30,6 +30,15 @@ from udm.data.text import TextFile
 from udm.errors import UdmError
 
 
+def datasets_module():
+    try:
+        import datasets
+    except ImportError:
+        raise UdmError("data=hf and data=hf_text read with the datasets package: pip install 'udm[hf]' "
+                       "(or pip install datasets)") from None
+    return datasets
+
+
 @contextmanager
 def hub_off():
     """datasets with the hub switched off while it reads (its own flag, restored after), so no read can fetch."""
@@ -45,7 +54,7 @@ def hub_off():
 
 def open_splits(path: Path) -> Any:
     """The datasets.DatasetDict (or Dataset) stored at path, read locally."""
-    import datasets
+    datasets = datasets_module()
 
     if not path.is_dir():
         raise UdmError(f"data.path={str(path)!r} is not a folder; data=hf reads a dataset saved with save_to_disk, or "
@@ -88,8 +97,11 @@ def pixels(item: Any, size: int, mode: str, where: str) -> np.ndarray:
         array = np.asarray(item)
         if array.dtype.kind not in "biuf" or array.ndim not in (2, 3):
             raise UdmError(f"{where} is not an image: an array of {array.dtype} with shape {list(array.shape)}")
-        if array.dtype.kind == "f":
-            array = np.clip(np.rint(array * 255 if array.max() <= 1 else array), 0, 255)
+        if array.dtype.kind == "f":  # float pixels are read as [0, 1] (what datasets' Array features hold)
+            if array.min() < 0 or array.max() > 1:
+                raise UdmError(f"{where} holds float pixels in [{array.min():.3g}, {array.max():.3g}]; udm reads float "
+                               f"images as [0, 1] (store uint8 pixels or scale them)")
+            array = np.rint(array * 255)
         item = Image.fromarray(array.astype(np.uint8))
     if not isinstance(item, Image.Image):
         raise UdmError(f"{where} is not an image but a {type(item).__name__}; data.column names the image column")
@@ -109,7 +121,6 @@ class HFImages(ImageData):
             raise UdmError(f"data.channels must be 1 or 3 for images, got {channels}")
         self.path, self.column, self.label_column = Path(path).expanduser(), column, label_column
         self.split, self.test_split = split, test_split
-        self.n_train: int | None = None
         self._rows: tuple[Tensor, Tensor | None] | None = None
 
     def parts(self) -> list:
@@ -138,7 +149,8 @@ class HFImages(ImageData):
                 names = getattr(part.features[self.label_column], "names", None)
                 if names:
                     self.class_names = list(names)
-        self.n_train = len(parts[0])
+        if self.test_split is not None:  # the named split is held out; else test_fraction of `split`
+            self.n_train = len(parts[0])
         if len(arrays) == 0:
             raise UdmError(f"the dataset at {str(self.path)!r} holds no images")
         images = np.stack(arrays).reshape(len(arrays), self.image_size, self.image_size, self.channels)
@@ -154,14 +166,6 @@ class HFImages(ImageData):
 
     def load_labels(self) -> Tensor | None:
         return self.read()[1] if self.condition == "label" else None
-
-    def split_indices(self, n: int) -> tuple[Tensor, Tensor]:
-        """The named held-out split when there is one; otherwise test_fraction of the training split."""
-        if self.test_split is None:
-            return super().split_indices(n)
-        if self.n_train is None:
-            self.read()
-        return torch.arange(self.n_train), torch.arange(self.n_train, n)
 
 
 class HFText(TextFile):
@@ -180,8 +184,10 @@ class HFText(TextFile):
         part = pick_split(open_splits(self.path), self.split, "data.split", self.path)
         check_column(part, self.column, "data.column", self.path)
         texts = part[self.column]
-        if texts and not isinstance(texts[0], str):
-            raise UdmError(f"data.column={self.column!r} holds {type(texts[0]).__name__} values, not text")
+        bad = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+        if bad is not None:
+            raise UdmError(f"data.column={self.column!r}: row {bad} holds {type(texts[bad]).__name__}, not text "
+                           f"(empty rows must be empty strings, not null)")
         return texts
 
     def read(self) -> str:

@@ -124,8 +124,13 @@ class ImageData(InMemoryData):
                 raise UdmError(f"data.condition=label needs class labels, and {type(self).__name__} data has none")
             self.train_cond, self.test_cond = self.labels()
 
+    n_train: int | None = None  # set by load() of a source with a held-out split of its own: rows n_train.. are it
+
     def split_indices(self, n: int) -> tuple[Tensor, Tensor]:
-        """(train, test) rows of the n loaded images: a seeded permutation whose first test_fraction is held out."""
+        """(train, test) rows of the n loaded images: the source's own split where it has one (the first n_train
+        rows train, the rest are held out), else a seeded permutation whose first test_fraction is held out."""
+        if self.n_train is not None:
+            return torch.arange(self.n_train), torch.arange(self.n_train, n)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         n_test = max(1, round(n * self.test_fraction))
         return order[n_test:], order[:n_test]
