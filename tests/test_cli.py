@@ -110,8 +110,8 @@ def test_readme_custom_corruption_trains_and_samples(tmp_path):
     commands = re.findall(r"PYTHONPATH=\. (udm-\w+) (.*)", readme)
     (train_args, sample_args) = [args.split() for _, args in commands]
     train_args = [a for a in train_args if not a.startswith("trainer.max_steps")] + [
-        "trainer.max_steps=10", "trainer.val_check_interval=10", "trainer.limit_val_batches=1",
-        "net.channels=16", "net.channel_mult=[1,2]", "net.attention_resolutions=[4]", "final_samples=8",
+        "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "val_samples=0",
+        "net.channels=16", "net.channel_mult=[1,2]", "net.attention_resolutions=[4]", "final_samples=0",
         f"hydra.run.dir={work / 'run'}",
     ]
     env = {"PYTHONPATH": str(work)}

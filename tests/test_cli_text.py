@@ -104,7 +104,7 @@ def test_generate_prints_writes_and_measures(poem_run, tps, training_texts):
     assert report["metrics"]["form_accuracy"] == sum(map(quatrain_form, texts)) / 6
     if tps > 1:
         return
-    again = run_cli("udm-generate", f"ckpt={run}", "n=6", f"tokens_per_step={tps}", cwd=tmp)
+    again = run_main("udm-generate", f"ckpt={run}", "n=6", f"tokens_per_step={tps}")  # in this process: the same seed
     txt2 = next(line.split(" to ")[-1] for line in again.stdout.splitlines() if "texts written to" in line)
     assert txt2 != txt and open(txt2, encoding="utf-8").read().splitlines() == texts  # same seed, new file
 

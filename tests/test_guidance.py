@@ -251,11 +251,11 @@ def test_label_requests_are_checked_against_the_checkpoint():
 
 
 def test_class_conditional_sampling_through_the_console_script(tmp_path):
-    from .conftest import run_cli
+    from .conftest import run_cli, run_main
 
-    run = tmp_path / "run"
-    run_cli("udm-train", "experiment=digits_smoke", "data.condition=label", "net.num_classes=???", "trainer.max_steps=6",
-            "trainer.val_check_interval=3", "final_samples=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    run = tmp_path / "run"  # trained in this process; the sampling below is the console script's
+    train_in_process("experiment=digits_smoke", "data.condition=label", "net.num_classes=???", "trainer.max_steps=6",
+                     "trainer.val_check_interval=3", "final_samples=0", f"hydra.run.dir={run}")
     proc = run_cli("udm-sample", f"ckpt={run}", "labels=all", "n=2", "guidance=2", "sampler.steps=4", "fast=plain",
                    f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
     tensor = next((tmp_path / "out").glob("*labels-all-w2.pt"))
@@ -265,7 +265,7 @@ def test_class_conditional_sampling_through_the_console_script(tmp_path):
     from PIL import Image
 
     assert Image.open(grid).size == ((2 + 2 * 10) * 8, (2 + 10 * 10) * 8)  # 2 columns, one row per class, upscaled 8x
-    bad = run_cli("udm-sample", f"ckpt={run}", "label=12", cwd=tmp_path, check=False)
+    bad = run_main("udm-sample", f"ckpt={run}", "label=12")
     assert bad.returncode == 2 and "label=12: this model knows the classes 0..9" in bad.stderr
 
 

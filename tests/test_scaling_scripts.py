@@ -20,6 +20,7 @@ def run_script(*args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a script for a GPU machine, checked here at toy size on the CPU (12 s)
 def test_gpu_script_compares_same_sized_nets_on_the_cpu():
     pytest.importorskip("diffusers")
     result = run_script("experiments/scaling/gpu.py", "--device", "cpu", "--quick", "--variants", "fp32,fast",

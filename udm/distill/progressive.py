@@ -64,11 +64,14 @@ def check_space(process, space: str) -> None:
 
 
 def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[int], generator: torch.Generator | None = None,
-                     cond=None, space: str = "x_s") -> Tensor:
+                     cond=None, space: str = "x_s", weight: str = "none") -> Tensor:
     """The distillation loss on a batch of data: each sample draws one student step (teacher_times[2i] -> [2i + 2],
-    the data after the last) and x_t = F_t(x0, eps) at its start. `teacher_times` is the teacher's grid of 2N steps."""
+    the data after the last) and x_t = F_t(x0, eps) at its start. `teacher_times` is the teacher's grid of 2N steps.
+    weight="step" (space x_s) divides each sample's error by the size of the teacher's step, mean((x_s* - x_t)^2):
+    every step of the grid then counts alike, whether the process moves far or little there."""
     check_distillable(process, "progressive distillation")
     check_space(process, space)
+    check_weight(space, weight)
     if len(teacher_times) < 2 or len(teacher_times) % 2:
         raise ValueError(f"the teacher's grid must have an even number >= 2 of steps, got {len(teacher_times)}")
     grid = time_tensor(list(teacher_times) + [0], device=x0.device)
@@ -80,13 +83,25 @@ def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[
         x, tt, mm, ss, c = x_t[rows], t[rows], m[rows], s[rows], rows_of(cond, rows)
         target = teacher_target(process, teacher, x, tt, mm, ss, c)
         if space == "x_s":
-            return squared_error(inverse_step(process, student, x, tt, ss, c), target)
+            error = squared_error(inverse_step(process, student, x, tt, ss, c), target)
+            return error / squared_error(target, x).clamp(min=1e-8) if weight == "step" else error
         x0_student = process.x0_hat(process.predict(student, x, tt, c), x, tt)
         a, b = process.coefficients(tt)
-        weight = (a.pow(2) / b.pow(2)).clamp(min=1.0).to(x0.dtype)  # truncated SNR: max(SNR_t, 1)
-        return weight * squared_error(x0_student, process.x0_reaching(x, tt, target, ss))
+        snr_weight = (a.pow(2) / b.pow(2)).clamp(min=1.0).to(x0.dtype)  # truncated SNR: max(SNR_t, 1)
+        return snr_weight * squared_error(x0_student, process.x0_reaching(x, tt, target, ss))
 
     return by_end(s, losses)
+
+
+WEIGHTS = ("none", "step")
+
+
+def check_weight(space: str, weight: str) -> None:
+    if weight not in WEIGHTS:
+        raise UdmError(f"weight={weight!r}: progressive distillation weighs the loss by none or step (each sample's "
+                       f"error relative to the teacher's step)")
+    if weight == "step" and space != "x_s":
+        raise UdmError("weight=step weighs the loss between states (space=x_s); space=x0 has its truncated-SNR weight")
 
 
 def rows_of(cond, rows: Tensor):
@@ -153,14 +168,14 @@ class Progressive:
     needs_target = False  # no EMA target: each round's teacher is the last round's student
 
     def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, space: str = "x_s",
-                 steps_per_round: int = 800, **unknown):
+                 steps_per_round: int = 800, weight: str = "none", **unknown):
         refuse_unknown(unknown, "progressive distillation")
         ratio = teacher_steps / student_steps if student_steps >= 1 else 0
         if type(teacher_steps) is not int or type(student_steps) is not int or ratio < 2 or not math.log2(ratio).is_integer():
             raise UdmError(f"progressive distillation halves the steps every round: teacher_steps / student_steps must "
                            f"be 2, 4, 8, ...; got teacher_steps={teacher_steps}, student_steps={student_steps}")
         self.sampler_config, self.sampler = teacher_sampler(sampler, teacher_steps, "progressive distillation")
-        self.space = space
+        self.space, self.weight = space, weight
         self.steps_per_round = check_round_length(steps_per_round)
         self.teacher_steps, self.student_steps = teacher_steps, student_steps
         self.rounds = int(math.log2(ratio))
@@ -169,6 +184,7 @@ class Progressive:
         """Refuse, before training, a process or grid the rounds cannot use."""
         check_distillable(process, "progressive distillation")
         check_space(process, self.space)
+        check_weight(self.space, self.weight)
         self.sampler.check(process)
         for r in range(self.rounds):
             teacher, student = self.times(process, r)
@@ -191,4 +207,5 @@ class Progressive:
         return grid(process, 2 * self.steps(round)), grid(process, self.steps(round))
 
     def loss(self, process, student, teacher, x0: Tensor, round: int, generator=None, cond=None, target=None) -> Tensor:
-        return progressive_loss(process, student, teacher, x0, self.times(process, round)[0], generator, cond, self.space)
+        return progressive_loss(process, student, teacher, x0, self.times(process, round)[0], generator, cond, self.space,
+                                self.weight)
