@@ -175,6 +175,35 @@ def test_the_x0_space_loss_is_the_truncated_snr_weighted_regression_onto_x0_star
         progressive_loss(Blur(T=4), Tiny(64), Tiny(64), torch.zeros(2, 1, 8, 8), [4, 2], space="x0")
 
 
+def test_the_step_weight_divides_each_error_by_the_teachers_step():
+    """weight=step: a student off the target by delta in every element of x_s has loss delta^2 / mean((x_s* - x_t)^2)
+    per sample (one grid step here, so every sample's step is known in closed form); the ideal student still 0."""
+    process = Affine(vp_linear(1000), T=1000, parametrization="x0", scale_input=False)
+    teacher = exact_denoiser(process)
+    grid = [1000, 500]
+    x0 = 0.3 + 0.5 * torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t, m, s = torch.full((8,), 1000), torch.full((8,), 500), torch.full((8,), 0)
+    g = torch.Generator().manual_seed(1)
+    torch.randint(0, 1, (8,), generator=g)  # progressive_loss's draws with the same seed: the step, then the noise
+    x_t = process(x0, t, process.sample_noise(x0, g))
+    target = teacher_target(process, teacher, x_t, t, m, s)
+
+    def ideal(x, tt):
+        return process.x0_reaching(x, tt, teacher_target(process, teacher, x, tt, m, s), s)
+
+    def off(x, tt):  # at s = 0 the step lands on x0_hat itself: off by 0.1 in x0_hat is off by 0.1 in x_s
+        return ideal(x, tt) + 0.1
+
+    assert float(progressive_loss(process, ideal, teacher, x0, grid, torch.Generator().manual_seed(1), weight="step")) < 1e-24
+    loss = progressive_loss(process, off, teacher, x0, grid, torch.Generator().manual_seed(1), weight="step")
+    expected = (0.01 / (target - x_t).pow(2).mean(1)).mean()
+    torch.testing.assert_close(float(loss), float(expected), rtol=1e-9, atol=0)
+    with pytest.raises(UdmError, match="weight=step weighs the loss between states"):
+        progressive_loss(process, off, teacher, x0, grid, space="x0", weight="step")
+    with pytest.raises(UdmError, match="weight='snr'"):
+        Progressive({"_target_": "udm.samplers.DDIM"}, 4, 2, weight="snr").check(process)
+
+
 def test_the_rounds_halve_the_steps_on_nested_grids_only():
     flow = Affine(Flow(), T=1000, parametrization="velocity")
     rounds = Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=16, student_steps=2)
