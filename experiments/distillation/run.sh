@@ -36,6 +36,10 @@ if [[ " $PARTS " == *" distill "* ]]; then
   timed "$RUNS/progressive_blur_long" udm-train experiment=distill_mnist_blur \
     teacher="$RUNS/progressive_blur/checkpoints/student-8steps.ckpt" distill.teacher_steps=8 distill.student_steps=4 \
     distill.steps_per_round=1600
+  # round 2 again (800 steps), each sample's error relative to the teacher's step (distill.weight=step)
+  timed "$RUNS/progressive_blur_step" udm-train experiment=distill_mnist_blur \
+    teacher="$RUNS/progressive_blur/checkpoints/student-8steps.ckpt" distill.teacher_steps=8 distill.student_steps=4 \
+    distill.weight=step
 fi
 if [[ " $PARTS " == *" eval "* ]]; then
   for steps in 1000 50 20 8 4 2 1; do evaluate "$RUNS/teacher_flow" sampler=euler sampler.steps=$steps; done
@@ -49,6 +53,7 @@ if [[ " $PARTS " == *" eval "* ]]; then
   evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" sampler.steps=1
   for seed in 0 1 2; do  # the blur bar (4-step student against the teacher at 50) on three draws of 500 samples
     evaluate "$RUNS/progressive_blur_long" seed=$seed
+    evaluate "$RUNS/progressive_blur_step" seed=$seed
     [ "$seed" = 0 ] && continue
     evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" seed=$seed
     evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=50 seed=$seed

@@ -18,7 +18,8 @@ from udm.grid import side_by_side
 FAMILIES = {  # family: (teacher run, [(method, student run)])
     "flow": ("teacher_flow", [("progressive", "progressive_flow"), ("progressive", "progressive_flow_1"),
                               ("consistency", "consistency_flow")]),
-    "blur": ("teacher_blur", [("progressive", "progressive_blur"), ("progressive", "progressive_blur_long")]),
+    "blur": ("teacher_blur", [("progressive", "progressive_blur"), ("progressive", "progressive_blur_long"),
+                              ("progressive", "progressive_blur_step")]),
 }
 
 
@@ -89,7 +90,8 @@ def main(runs: Path, out: Path) -> None:
     blur = {"teacher, improved 50": grid(runs, "teacher_blur", "sampler=improved", "sampler.steps=50"),
             "teacher, improved 4": grid(runs, "teacher_blur", "sampler=improved", "sampler.steps=4"),
             "progressive, 4": grid(runs, "progressive_blur/checkpoints/student-4steps.ckpt"),
-            "progressive, 4 (longer round 2)": grid(runs, "progressive_blur_long")}
+            "progressive, 4 (longer round 2)": grid(runs, "progressive_blur_long"),
+            "progressive, 4 (round 2, step weight)": grid(runs, "progressive_blur_step")}
     side_by_side(blur, out / "samples_blur.png")
 
 
