@@ -102,6 +102,10 @@ def test_an_image_folder_of_any_size_is_resized_on_its_shorter_side_and_centre_c
     assert torch.allclose(crop[:, :, 2:-2], torch.tensor([-1.0, 1.0, -1.0])[:, None, None].expand(3, 20, 16), atol=1e-6)
     with pytest.raises(UdmError, match="alpha.png is 64x64, expected 20x20"):
         ImageFolder(str(tmp_path), image_size=20, resize=False).load()
+    squashed = ImageFolder(str(tmp_path), image_size=20, crop="squash").load()[2]  # 80x40 -> 20x20: all three bands
+    assert squashed[0, 10, 1] > 0.9 and squashed[1, 10, 10] > 0.9 and squashed[2, 10, 18] > 0.9
+    with pytest.raises(UdmError, match="data.crop='fill'"):
+        ImageFolder(str(tmp_path), crop="fill")
 
 
 def test_the_cifar10_ddpm_recipe_is_the_papers_35_7m_parameter_unet():

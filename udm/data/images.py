@@ -215,12 +215,19 @@ def image_files(root: Path) -> list[Path]:
     return files
 
 
-def square(im, size: int, mode: str) -> np.ndarray:
-    """An image as uint8 pixels [size, size(, 3)]: converted to `mode` (L or RGB: palettes are
-    expanded, an alpha channel is dropped), its shorter side resized to `size` (PIL bicubic, which filters over the whole footprint when shrinking), then the centre size x size cut out."""
+CROPS = ("center", "squash")
+
+
+def square(im, size: int, mode: str, crop: str = "center") -> np.ndarray:
+    """An image as uint8 pixels [size, size(, 3)], converted to `mode` (L or RGB: palettes are expanded, an alpha
+    channel is dropped). crop="center": its shorter side resized to `size`, then the centre size x size cut out;
+    "squash": resized to size x size whatever its aspect. Resizing is PIL's bicubic, which filters over the whole
+    footprint when shrinking."""
     from PIL import Image
 
     im = im.convert(mode)
+    if crop == "squash":
+        return np.asarray(im.resize((size, size), Image.BICUBIC) if im.size != (size, size) else im, dtype=np.uint8)
     w, h = im.size
     scale = size / min(w, h)
     w, h = max(size, round(w * scale)), max(size, round(h * scale))
@@ -250,8 +257,9 @@ def folder_classes(root: Path, files: list[Path]) -> tuple[list[str], Tensor]:
 
 class ImageFolder(ImageData):
     """Every image under `path` (recursively), converted to `channels` (1 = L, 3 = RGB) and made square at
-    `image_size`: the shorter side resized to it, the centre cut out (udm.data.images.square). resize=False
-    refuses any image not already image_size x image_size instead.
+    `image_size`: crop="center" resizes the shorter side to it and cuts out the centre, crop="squash" resizes to
+    image_size x image_size whatever the aspect (udm.data.images.square). resize=False refuses any image not already
+    image_size x image_size instead.
 
     With condition=label, path holds one sub-folder per class (path/cat/..., path/dog/...): labels 0..K-1
     follow the sorted sub-folder names, which the checkpoint's recipe records.
@@ -259,9 +267,12 @@ class ImageFolder(ImageData):
 
     name = "image_folder"
 
-    def __init__(self, path: str, image_size: int = 32, channels: int = 3, resize: bool = True, **kwargs):
+    def __init__(self, path: str, image_size: int = 32, channels: int = 3, resize: bool = True, crop: str = "center",
+                 **kwargs):
         super().__init__(image_size=image_size, channels=channels, **kwargs)
-        self.path, self.resize = Path(path).expanduser(), resize
+        if crop not in CROPS:
+            raise UdmError(f"data.crop={crop!r}: an image folder's images are made square by {' or '.join(CROPS)}")
+        self.path, self.resize, self.crop = Path(path).expanduser(), resize, crop
 
     def load_labels(self) -> Tensor | None:
         """Each image's class (its sub-folder), only under condition=label: unlabelled use reads the folder as
@@ -286,7 +297,7 @@ class ImageFolder(ImageData):
                 with Image.open(f) as im:
                     if not self.resize and im.size != size:
                         raise UdmError(f"image {f} is {im.size[0]}x{im.size[1]}, expected {size[0]}x{size[1]}")
-                    arrays.append(square(im, self.image_size, mode))
+                    arrays.append(square(im, self.image_size, mode, self.crop))
             except (UnidentifiedImageError, OSError) as e:
                 raise UdmError(f"cannot read image {f}: {e}") from None
         pixels = np.stack(arrays).reshape(len(arrays), *size, self.channels).transpose(0, 3, 1, 2)
