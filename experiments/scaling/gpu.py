@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from benchmark import DiffusersNet, count_flops  # noqa: E402  (the FLOP counter with SDPA's CPU kernels)
+from benchmark import DiffusersNet, net_flops  # noqa: E402  (FLOPs counted with SDPA's CPU kernels too)
 
 T = 1000
 FULL = dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,), dropout=0.1, groups=32)
@@ -101,13 +101,14 @@ def peak_memory(fn, device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-def prepared(net: nn.Module, variant: dict) -> tuple[nn.Module, str]:
-    """(the net as the variant runs it, a note): NHWC weights, compiled where asked (a failure: eager, noted)."""
+def prepared(net: nn.Module, variant: dict) -> nn.Module:
+    """The net as the variant runs it: NHWC weights, compiled where asked (a compile that fails is caught by the
+    row, which reruns it eagerly and says so in its note)."""
     if variant["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
     if variant["compile"] is None:
-        return net, ""
-    return torch.compile(net, mode=variant["compile"]), ""
+        return net
+    return torch.compile(net, mode=variant["compile"])
 
 
 def autocast(device: torch.device, variant: dict):
@@ -123,7 +124,7 @@ def inputs(batch: int, device: torch.device, seed: int = 0) -> dict[str, Tensor]
 
 
 def train_row(net: nn.Module, batch: dict, variant: dict, device: torch.device, args) -> dict:
-    model, note = prepared(net, variant)
+    model = prepared(net, variant)
     x_t = batch["x_t"].contiguous(memory_format=torch.channels_last) if variant["channels_last"] else batch["x_t"]
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-4)
     net.train()
@@ -142,7 +143,7 @@ def train_row(net: nn.Module, batch: dict, variant: dict, device: torch.device, 
         if variant["compile"] is None:
             raise
         return {**train_row(net, batch, {**variant, "compile": None}, device, args), "note": f"compile failed: {e!s:.200}"}
-    return {"images_per_s": len(x_t) / statistics.median(seconds), "seconds": seconds, "peak_gib": peak_memory(step, device), "note": note}
+    return {"images_per_s": len(x_t) / statistics.median(seconds), "seconds": seconds, "peak_gib": peak_memory(step, device), "note": ""}
 
 
 def ddim(impl: str, model: nn.Module, x_T: Tensor, steps: int, device: torch.device, variant: dict):
@@ -176,7 +177,7 @@ def ddim(impl: str, model: nn.Module, x_T: Tensor, steps: int, device: torch.dev
 
 def sample_row(impl: str, net: nn.Module, variant: dict, device: torch.device, args) -> dict:
     net.eval()
-    model, note = prepared(net, variant)
+    model = prepared(net, variant)
     x_T = torch.randn(args.sample_batch, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
     if variant["channels_last"]:
         x_T = x_T.contiguous(memory_format=torch.channels_last)
@@ -188,17 +189,7 @@ def sample_row(impl: str, net: nn.Module, variant: dict, device: torch.device, a
             raise
         return {**sample_row(impl, net, {**variant, "compile": None}, device, args), "note": f"compile failed: {e!s:.200}"}
     return {"images_per_s": args.sample_batch / statistics.median(seconds), "seconds": seconds,
-            "peak_gib": peak_memory(sample, device), "steps": args.steps, "note": note}
-
-
-def flops_per_image(net: nn.Module) -> dict[str, float]:
-    """FLOPs of one forward and one training step (forward + backward) per image, counted on the CPU at batch 2."""
-    net = copy.deepcopy(net).cpu().float()
-    batch = inputs(2, torch.device("cpu"))
-    with torch.no_grad():
-        forward = count_flops(lambda: net(batch["x_t"], batch["t"]))
-    step = count_flops(lambda: F.mse_loss(net(batch["x_t"], batch["t"]), batch["eps"]).backward())
-    return {"forward": forward / 2, "train_step": step / 2}
+            "peak_gib": peak_memory(sample, device), "steps": args.steps, "note": ""}
 
 
 def udm_train_seconds(experiment: str, steps: int, devices: int, data: Path, folder: Path) -> float:
@@ -264,7 +255,7 @@ def main() -> dict:
               "torch": torch.__version__, "gpus": torch.cuda.device_count(), "batch": args.batch, "sample_batch": args.sample_batch,
               "tf32": device.type == "cuda", "size": size,
               "params": {k: sum(p.numel() for p in n.parameters()) for k, n in nets.items()},
-              "flops_per_image": {k: flops_per_image(n) for k, n in nets.items()}, "rows": []}
+              "flops_per_image": {k: net_flops(n, inputs(2, torch.device("cpu"))) for k, n in nets.items()}, "rows": []}
     batch = inputs(args.batch, device)
     for name in args.variants.split(","):
         variant = VARIANTS[name]
