@@ -110,3 +110,16 @@ def recipe_modality(recipe: dict[str, Any]) -> str:
     if "modality" in recipe:
         return recipe["modality"]
     return "text" if "tokenizer" in recipe else "image" if len(recipe["shape"]) == 3 else "points"
+
+
+def load_cached(path: Path, fmt: str, the: str, a: str, advice: str) -> dict[str, Any]:
+    """A file udm caches (a feature extractor, a fluency judge, Inception statistics) read with weights_only=True:
+    its dict when it holds `fmt`, else one UdmError naming it ("cannot read {the} ...", "... is not {a} ...") and
+    `advice`."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise UdmError(f"cannot read {the} {path} ({type(e).__name__}); {advice}") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise UdmError(f"{path} is not {a} ({fmt}); {advice}")
+    return payload

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from udm.jobs.epochs import fit_epochs
 from udm.jobs.outputs import check_output_folder
+from udm.checkpoint import load_cached
 from udm.errors import UdmError
 from udm.models import pick_device
 from udm.nets.classifier import Classifier
@@ -133,13 +134,8 @@ def save_atomically(payload: dict[str, Any], path: Path) -> None:
 def load_extractor(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     """The cached classifier (eval mode) and its record (accuracy, settings, data), read with weights_only=True."""
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise UdmError(f"cannot read the FID feature extractor {path} ({type(e).__name__}); delete it or run "
-                       f"udm-features with retrain=true") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UdmError(f"{path} is not a udm FID feature extractor ({FORMAT}); delete it or run udm-features with retrain=true")
+    payload = load_cached(path, FORMAT, "the FID feature extractor", "a udm FID feature extractor",
+                          "delete it or run udm-features with retrain=true")
     net = instantiate(payload["net"])
     net.load_state_dict(payload["state_dict"])
     info = {k: v for k, v in payload.items() if k != "state_dict"}

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from udm.data.tokenizers import tokenizer_state
+from udm.checkpoint import load_cached
 from udm.errors import UdmError
 from udm.jobs.features import cache_path as keyed_path
 from udm.jobs.features import default_cache_dir, save_atomically
@@ -100,12 +101,7 @@ def load_judge(path: str | Path) -> tuple[CausalLM, dict[str, Any]]:
     weights_only=True."""
     path = Path(path)
     advice = "delete it or run udm-features with data=<the same data> retrain=true"
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise UdmError(f"cannot read the fluency judge {path} ({type(e).__name__}); {advice}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UdmError(f"{path} is not a udm fluency judge ({FORMAT}); {advice}")
+    payload = load_cached(path, FORMAT, "the fluency judge", "a udm fluency judge", advice)
     try:
         judge = instantiate(payload["net"])
         judge.load_state_dict(payload["state_dict"])

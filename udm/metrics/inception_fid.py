@@ -25,10 +25,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import torch
 from rich.progress import track
 from torch import Tensor
 
+from udm.checkpoint import load_cached
 from udm.errors import UdmError
 from udm.metrics.base import Context, Metric, Row, fmt
 from udm.metrics.inception import FIDInceptionV3, find_weights, load_inception, to_uint8
@@ -81,12 +81,7 @@ def statistics_path(data_cfg: dict, train_images: int, weights_id: str, cache_di
 
 
 def load_statistics(path: Path) -> dict[str, Tensor]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise UdmError(f"cannot read the cached Inception statistics {path} ({type(e).__name__}); delete it") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UdmError(f"{path} is not udm's cached Inception statistics ({FORMAT}); delete it")
+    payload = load_cached(path, FORMAT, "the cached Inception statistics", "udm's cached Inception statistics", "delete it")
     return {k: payload[k] for k in REFERENCE}
 
 
