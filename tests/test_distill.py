@@ -40,6 +40,36 @@ def test_with_an_exact_teacher_the_target_is_the_teachers_two_steps(schedule):
         torch.testing.assert_close(inverse_step(process, student, x_t, t, s), target, rtol=0, atol=1e-12)
 
 
+def test_with_factor_k_the_target_is_the_teachers_k_steps():
+    """One student step for four of the teacher's: the target is DDIM's four steps, and a student predicting the x0
+    that reaches it has zero loss under progressive_loss(factor=4) while the teacher itself does not."""
+    process = Affine(vp_linear(1000), T=1000, parametrization="x0", scale_input=False)
+    teacher = exact_denoiser(process)
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(16, 8, generator=g, dtype=torch.float64)
+    times = [900, 800, 650, 500, 300]
+    ddim = DDIM(steps=None)
+    ddim.grid = Explicit(times)
+    states = []
+    ddim(process, teacher, x_t, callback=lambda step: states.append(step.x_s))
+    target = teacher_target(process, teacher, x_t, *(torch.full((16,), v) for v in times))
+    torch.testing.assert_close(target, states[3], rtol=0, atol=1e-12)
+
+    grid = [1000, 875, 750, 625, 500, 375, 250, 125]
+
+    def ideal(x, t):
+        i = torch.tensor([grid.index(int(v)) for v in t])
+        ends = torch.tensor(grid + [0])
+        path = [ends[i + j] for j in range(5)]
+        return process.x0_reaching(x, t, teacher_target(process, teacher, x, *path), path[-1])
+
+    x0 = 0.3 + 0.5 * torch.randn(32, 8, dtype=torch.float64)
+    assert float(progressive_loss(process, ideal, teacher, x0, grid, torch.Generator().manual_seed(1), factor=4)) < 1e-20
+    assert float(progressive_loss(process, teacher, teacher, x0, grid, torch.Generator().manual_seed(1), factor=4)) > 1e-6
+    with pytest.raises(ValueError, match="multiple >= 4 of steps"):
+        progressive_loss(process, teacher, teacher, x0, grid[:6], factor=4)
+
+
 def test_a_student_that_predicts_the_target_has_zero_loss():
     process = Affine(vp_linear(1000), T=1000, parametrization="x0", scale_input=False)
     teacher = exact_denoiser(process)
@@ -110,7 +140,7 @@ class NoInverse(Blur):
 
 
 def test_distillation_refuses_what_it_cannot_do():
-    with pytest.raises(ValueError, match="even number"):
+    with pytest.raises(ValueError, match="multiple >= 2 of steps"):
         progressive_loss(Affine(Flow(), T=10, parametrization="x0"), Tiny(4), Tiny(4), torch.zeros(2, 4), [10, 5, 2])
     with pytest.raises(UdmError, match="progressive distillation .*needs an inverse.*NoInverse"):
         progressive_loss(NoInverse(T=4), Tiny(64), Tiny(64), torch.zeros(2, 1, 8, 8), [4, 2])
@@ -216,10 +246,24 @@ def test_the_rounds_halve_the_steps_on_nested_grids_only():
     nested = Progressive({"_target_": "udm.samplers.Euler", "grid": "solver_time"}, 16, 2)  # log-SNR grids do not nest
     with pytest.raises(UdmError, match="every other time.*grid=uniform"):
         nested.check(Affine(vp_linear(1000), T=1000, parametrization="eps"))
-    with pytest.raises(UdmError, match="halves the steps.*teacher_steps=12"):
+    with pytest.raises(UdmError, match="divides the steps by factor=2.*teacher_steps=12"):
         Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=12, student_steps=2)
     with pytest.raises(UdmError, match="inverse step.*Heun"):
         Progressive({"_target_": "udm.samplers.Heun"}, teacher_steps=16, student_steps=2)
+    by_four = Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=16, student_steps=4, factor=4)
+    assert by_four.rounds == 1 and by_four.steps(0) == 4
+    teacher, student = by_four.times(flow, 0)
+    assert len(teacher) == 16 and student == teacher[::4]
+    by_four.check(flow)
+    with pytest.raises(UdmError, match="every 4th time"):
+        Progressive({"_target_": "udm.samplers.Euler", "grid": "solver_time"}, 16, 4, factor=4).check(
+            Affine(vp_linear(1000), T=1000, parametrization="eps"))
+    assert Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=64, student_steps=1, factor=4).rounds == 3
+    with pytest.raises(UdmError, match="factor=4 every round: .*4, 16, ...; got teacher_steps=16, student_steps=2"):
+        Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=16, student_steps=2, factor=4)
+    for factor in (1, 2.0, "4"):
+        with pytest.raises(UdmError, match="factor is the number of teacher steps"):
+            Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=16, student_steps=4, factor=factor)
     with pytest.raises(UdmError, match="inverse step.*DDIM"):
         Consistency({"_target_": "udm.samplers.DDIM", "eta": 1.0}, teacher_steps=16)
 
@@ -279,3 +323,23 @@ def test_a_distillation_config_refuses_what_its_objective_cannot_use():
     with pytest.raises(UdmError, match="distilled for 2 steps; it cannot teach with distill.teacher_steps=4"):
         distillation(cfg, PROGRESSIVE)
     assert distillation(compose_train("experiment=distill_mnist", "teacher=T"), {}).rounds == 3
+
+
+def test_a_resume_continues_the_same_rounds_only():
+    """A distillation resumes with its method, teacher steps, round length and factor; a checkpoint written before
+    `factor` existed was a halving one."""
+    from pathlib import Path
+
+    from udm.distill.progressive import entry
+    from udm.jobs.train import check_same_distillation
+
+    halving = Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=16, student_steps=4)
+    quartering = Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=16, student_steps=4, factor=4)
+    written = entry(halving, 0)
+    assert written["factor"] == 2 and written["steps"] == 8 and entry(quartering, 0)["steps"] == 4
+    check_same_distillation(Path("run"), written, halving)
+    check_same_distillation(Path("run"), {k: v for k, v in written.items() if k != "factor"}, halving)
+    with pytest.raises(UdmError, match="factor=2; this command asks for .*factor=4: resume it with the command"):
+        check_same_distillation(Path("run"), written, quartering)
+    with pytest.raises(UdmError, match="a model's training \\(no teacher\\)"):
+        check_same_distillation(Path("run"), None, halving)

@@ -68,7 +68,7 @@ class DistillationModule(DiffusionModule):
             self.round.fill_(due)
             self.sampler = self.student_sampler()
             self.print(f"udm-train: distillation round {due + 1} of {self.objective.rounds}: "
-                       f"{2 * self.objective.steps(due)} teacher steps -> {self.objective.steps(due)}")
+                       f"{self.objective.factor * self.objective.steps(due)} teacher steps -> {self.objective.steps(due)}")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         step, last = self.global_step, self.steps_per_round * (self.objective.rounds - 1)

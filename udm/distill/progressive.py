@@ -15,12 +15,13 @@ x_s = c x0 + (b_s / b_t) x_t with c = a_s - a_t b_s / b_t, so the loss is c^2 ||
 fade the high-noise steps of a fine grid (c^2 ~ 1/N^2 there).
 
 Rounds halve the steps: the teacher of round r samples in 2N_r steps and its student in N_r = N_0 / 2^r, and the
-student of one round is the teacher of the next (udm.distill.module).
+student of one round is the teacher of the next (udm.distill.module). `factor` k > 2 lets one student step stand for
+k teacher steps t -> m_1 -> ... -> m_{k-1} -> s (the same loss, x_s* after k teacher steps): fewer rounds, so fewer
+students whose errors the next round inherits, for k teacher evaluations per training sample instead of two.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
@@ -42,9 +43,14 @@ def inverse_step(process, model, x_t: Tensor, t: Tensor, s: Tensor, cond=None) -
 
 
 @torch.no_grad()
-def teacher_target(process, teacher, x_t: Tensor, t: Tensor, m: Tensor, s: Tensor, cond=None) -> Tensor:
-    """x_s* of two teacher steps t -> m -> s."""
-    return inverse_step(process, teacher, inverse_step(process, teacher, x_t, t, m, cond), m, s, cond)
+def teacher_target(process, teacher, x_t: Tensor, *times: Tensor, cond=None) -> Tensor:
+    """x_s* of the teacher's steps through `times` = (t, m_1, ..., s): two steps t -> m -> s in a halving round."""
+    if len(times) < 2:
+        raise ValueError("the teacher's steps need a start and an end time")
+    x = x_t
+    for start, end in zip(times[:-1], times[1:]):
+        x = inverse_step(process, teacher, x, start, end, cond)
+    return x
 
 
 def check_distillable(process, method: str) -> None:
@@ -64,24 +70,27 @@ def check_space(process, space: str) -> None:
 
 
 def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[int], generator: torch.Generator | None = None,
-                     cond=None, space: str = "x_s", weight: str = "none") -> Tensor:
-    """The distillation loss on a batch of data: each sample draws one student step (teacher_times[2i] -> [2i + 2],
-    the data after the last) and x_t = F_t(x0, eps) at its start. `teacher_times` is the teacher's grid of 2N steps.
-    weight="step" (space x_s) divides each sample's error by the size of the teacher's step, mean((x_s* - x_t)^2):
-    every step of the grid then counts alike, whether the process moves far or little there."""
+                     cond=None, space: str = "x_s", weight: str = "none", factor: int = 2) -> Tensor:
+    """The distillation loss on a batch of data: each sample draws one student step (teacher_times[k i] -> [k i + k],
+    the data after the last; k = `factor`, 2 in a halving round) and x_t = F_t(x0, eps) at its start. `teacher_times`
+    is the teacher's grid of k N steps. weight="step" (space x_s) divides each sample's error by the size of the
+    teacher's step, mean((x_s* - x_t)^2): every step of the grid then counts alike, whether the process moves far or
+    little there."""
     check_distillable(process, "progressive distillation")
     check_space(process, space)
     check_weight(space, weight)
-    if len(teacher_times) < 2 or len(teacher_times) % 2:
-        raise ValueError(f"the teacher's grid must have an even number >= 2 of steps, got {len(teacher_times)}")
+    if factor < 2 or len(teacher_times) < factor or len(teacher_times) % factor:
+        raise ValueError(f"the teacher's grid must have a multiple >= {factor} of steps ({factor} per student step), "
+                         f"got {len(teacher_times)}")
     grid = time_tensor(list(teacher_times) + [0], device=x0.device)
-    i = 2 * torch.randint(0, len(teacher_times) // 2, (x0.shape[0],), generator=generator, device=x0.device)
-    t, m, s = grid[i], grid[i + 1], grid[i + 2]
+    i = factor * torch.randint(0, len(teacher_times) // factor, (x0.shape[0],), generator=generator, device=x0.device)
+    times = [grid[i + j] for j in range(factor + 1)]  # t, m_1, ..., s of each sample
+    t, s = times[0], times[-1]
     x_t = process(x0, t, process.sample_noise(x0, generator))
 
     def losses(rows: Tensor) -> Tensor:
-        x, tt, mm, ss, c = x_t[rows], t[rows], m[rows], s[rows], rows_of(cond, rows)
-        target = teacher_target(process, teacher, x, tt, mm, ss, c)
+        x, tt, ss, c = x_t[rows], t[rows], s[rows], rows_of(cond, rows)
+        target = teacher_target(process, teacher, x, *(time[rows] for time in times), cond=c)
         if space == "x_s":
             error = squared_error(inverse_step(process, student, x, tt, ss, c), target)
             return error / squared_error(target, x).clamp(min=1e-8) if weight == "step" else error
@@ -155,30 +164,35 @@ def check_round_length(steps: int) -> int:
 def entry(objective, round: int) -> dict:
     """What a student checkpoint records of its distillation (the recipe's `distilled`)."""
     return {"method": objective.method, "steps": objective.steps(round), "teacher_steps": objective.teacher_steps,
-            "steps_per_round": objective.steps_per_round, "sampler": objective.student_sampler(round)}
+            "steps_per_round": objective.steps_per_round, "factor": getattr(objective, "factor", None),
+            "sampler": objective.student_sampler(round)}
 
 
 class Progressive:
     """The rounds of progressive distillation: the first teacher samples with `sampler` at `teacher_steps`, every
-    round halves the steps, the last student takes `student_steps`. `sampler` is a udm sampler built on the inverse
-    step (Euler, DDIM at eta = 0, Improved) whose grid at N steps is its grid at 2N steps taken every other time
-    (the uniform grid is). Each round trains `steps_per_round` steps."""
+    round divides the steps by `factor` (2: halves them, Salimans & Ho), the last student takes `student_steps`.
+    `sampler` is a udm sampler built on the inverse step (Euler, DDIM at eta = 0, Improved) whose grid at N steps is
+    its grid at k N steps taken every k-th time (the uniform grid is). Each round trains `steps_per_round` steps."""
 
     method = "progressive"
     needs_target = False  # no EMA target: each round's teacher is the last round's student
 
     def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, space: str = "x_s",
-                 steps_per_round: int = 800, weight: str = "none", **unknown):
+                 steps_per_round: int = 800, weight: str = "none", factor: int = 2, **unknown):
         refuse_unknown(unknown, "progressive distillation")
-        ratio = teacher_steps / student_steps if student_steps >= 1 else 0
-        if type(teacher_steps) is not int or type(student_steps) is not int or ratio < 2 or not math.log2(ratio).is_integer():
-            raise UdmError(f"progressive distillation halves the steps every round: teacher_steps / student_steps must "
-                           f"be 2, 4, 8, ...; got teacher_steps={teacher_steps}, student_steps={student_steps}")
+        if type(factor) is not int or factor < 2:
+            raise UdmError(f"factor is the number of teacher steps one student step stands for, a whole number >= 2 "
+                           f"(2 halves the steps every round); got {factor!r}")
+        rounds = rounds_between(teacher_steps, student_steps, factor)
+        if rounds is None:
+            raise UdmError(f"progressive distillation divides the steps by factor={factor} every round: teacher_steps / "
+                           f"student_steps must be {factor}, {factor ** 2}, ...; got teacher_steps={teacher_steps}, "
+                           f"student_steps={student_steps}")
         self.sampler_config, self.sampler = teacher_sampler(sampler, teacher_steps, "progressive distillation")
-        self.space, self.weight = space, weight
+        self.space, self.weight, self.factor = space, weight, factor
         self.steps_per_round = check_round_length(steps_per_round)
         self.teacher_steps, self.student_steps = teacher_steps, student_steps
-        self.rounds = int(math.log2(ratio))
+        self.rounds = rounds
 
     def check(self, process) -> None:
         """Refuse, before training, a process or grid the rounds cannot use."""
@@ -188,14 +202,14 @@ class Progressive:
         self.sampler.check(process)
         for r in range(self.rounds):
             teacher, student = self.times(process, r)
-            if teacher[::2] != student:
+            if teacher[::self.factor] != student:
                 raise UdmError(f"the {type(self.sampler.grid).__name__} grid at {len(student)} steps is not its grid at "
-                               f"{len(teacher)} steps taken every other time, so one student step cannot stand for two "
-                               f"of the teacher's; use grid=uniform")
+                               f"{len(teacher)} steps taken every {ordinal(self.factor)} time, so one student step "
+                               f"cannot stand for {self.factor} of the teacher's; use grid=uniform")
 
     def steps(self, round: int) -> int:
         """The student's steps in round `round` (0-based)."""
-        return self.teacher_steps // 2 ** (round + 1)
+        return self.teacher_steps // self.factor ** (round + 1)
 
     def student_sampler(self, round: int) -> dict:
         """The config of the sampler the student of round `round` samples with: the teacher's at its steps."""
@@ -204,8 +218,22 @@ class Progressive:
     def times(self, process, round: int) -> tuple[list, list]:
         """(the teacher's grid, the student's grid) of round `round`."""
         grid = self.sampler.grid
-        return grid(process, 2 * self.steps(round)), grid(process, self.steps(round))
+        return grid(process, self.factor * self.steps(round)), grid(process, self.steps(round))
 
     def loss(self, process, student, teacher, x0: Tensor, round: int, generator=None, cond=None, target=None) -> Tensor:
         return progressive_loss(process, student, teacher, x0, self.times(process, round)[0], generator, cond, self.space,
-                                self.weight)
+                                self.weight, self.factor)
+
+
+def rounds_between(teacher_steps, student_steps, factor: int) -> int | None:
+    """r with teacher_steps = student_steps * factor^r, r >= 1; None where there is none."""
+    if type(teacher_steps) is not int or type(student_steps) is not int or student_steps < 1:
+        return None
+    rounds, steps = 0, teacher_steps
+    while steps > student_steps and steps % factor == 0:
+        steps, rounds = steps // factor, rounds + 1
+    return rounds if steps == student_steps and rounds >= 1 else None
+
+
+def ordinal(k: int) -> str:
+    return "other" if k == 2 else f"{k}th"
