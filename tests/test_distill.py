@@ -339,7 +339,63 @@ def test_a_resume_continues_the_same_rounds_only():
     assert written["factor"] == 2 and written["steps"] == 8 and entry(quartering, 0)["steps"] == 4
     check_same_distillation(Path("run"), written, halving)
     check_same_distillation(Path("run"), {k: v for k, v in written.items() if k != "factor"}, halving)
-    with pytest.raises(UdmError, match="factor=2; this command asks for .*factor=4: resume it with the command"):
+    with pytest.raises(UdmError, match="factor=2, states=forward; this command asks for .*factor=4, states=forward: resume it"):
         check_same_distillation(Path("run"), written, quartering)
     with pytest.raises(UdmError, match="a model's training \\(no teacher\\)"):
         check_same_distillation(Path("run"), None, halving)
+
+
+def test_teacher_states_are_the_states_the_teachers_sampler_visits_from_the_prior():
+    """states=teacher: each sample's x_t is where the teacher's own sampler, started from x_T ~ p(x_T) (the same draw),
+    stands at that sample's time; a cold prior's fresh noise is in it, which F_t(x0, 0) never has."""
+    from udm.distill.progressive import start_states
+    from udm.samplers import Improved
+    from udm.samplers.grids import time_tensor
+
+    torch.manual_seed(0)
+    process = Blur(T=20, prior_noise=0.01)
+    teacher = Tiny(64).double()
+    x0 = torch.rand(6, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    times = [20, 15, 10, 5]
+    grid, i = time_tensor(times + [0]), torch.tensor([0, 1, 2, 3, 2, 0])
+    x_t = start_states(process, teacher, x0, grid, i, "teacher", torch.Generator().manual_seed(7))
+
+    sampler = Improved(steps=None)
+    sampler.grid = Explicit(times)
+    visited = [process.prior(x0, torch.Generator().manual_seed(7))]
+    sampler(process, teacher, visited[0], callback=lambda step: visited.append(step.x_s))
+    for row, k in enumerate(i.tolist()):
+        torch.testing.assert_close(x_t[row], visited[k][row], rtol=0, atol=1e-12)
+
+    forward = start_states(process, teacher, x0, grid, i, "forward")
+    torch.testing.assert_close(forward, process.degrade(x0, grid[i]), rtol=0, atol=0)
+    assert float((x_t[0] - forward[0]).abs().max()) > 1e-3  # the prior's noise, at T
+    with pytest.raises(UdmError, match="states='prior'"):
+        start_states(process, teacher, x0, grid, i, "prior")
+    with pytest.raises(UdmError, match="from the prior at T=20; this grid starts at 15"):
+        start_states(process, teacher, x0, time_tensor([15, 10, 0]), torch.tensor([0, 1]), "teacher")
+    with pytest.raises(UdmError, match="states='prior'"):
+        Progressive({"_target_": "udm.samplers.Improved"}, 16, 4, states="prior")
+    with pytest.raises(UdmError, match="states='prior'"):
+        Consistency({"_target_": "udm.samplers.Improved"}, 16, states="prior")
+
+
+@pytest.mark.parametrize("objective", ["progressive", "consistency"])
+def test_a_distillation_step_on_teacher_states_lowers_the_loss(objective):
+    torch.manual_seed(0)
+    process = Blur(T=20)
+    x0 = torch.rand(16, 1, 8, 8) * 2 - 1
+    teacher = Tiny(64)
+    student, target = copy.deepcopy(teacher), copy.deepcopy(teacher)
+
+    def loss():
+        g = torch.Generator().manual_seed(3)
+        if objective == "progressive":
+            return progressive_loss(process, student, teacher, x0, [20, 15, 10, 5], g, states="teacher")
+        return consistency_loss(process, student, target, teacher, x0, [20, 15, 10, 5], g, states="teacher")
+
+    before = loss()
+    optimizer = torch.optim.SGD(student.parameters(), lr=1e-3 / (1 + float(before)))
+    before.backward()
+    optimizer.step()
+    assert float(loss()) < float(before)

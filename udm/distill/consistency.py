@@ -18,18 +18,21 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from udm.distill.progressive import by_end, check_distillable, check_round_length, refuse_unknown, inverse_step, rows_of, squared_error, teacher_sampler
+from udm.distill.progressive import (by_end, check_distillable, check_round_length, check_states, inverse_step, refuse_unknown,
+                                    rows_of, squared_error, start_states, teacher_sampler)
 from udm.errors import UdmError
 from udm.samplers.grids import time_tensor
 
 
-def consistency_loss(process, student, target, teacher, x0: Tensor, teacher_times: list, generator=None, cond=None) -> Tensor:
-    """The loss on a batch of data over the teacher's grid `teacher_times` (t_N > ... > t_1, the data t_0 = 0 after)."""
+def consistency_loss(process, student, target, teacher, x0: Tensor, teacher_times: list, generator=None, cond=None,
+                     states: str = "forward") -> Tensor:
+    """The loss on a batch of data over the teacher's grid `teacher_times` (t_N > ... > t_1, the data t_0 = 0 after);
+    `states`: where x_t comes from (udm.distill.progressive.start_states)."""
     check_distillable(process, "consistency distillation")
     grid = time_tensor(list(teacher_times) + [0], device=x0.device)
     i = torch.randint(0, len(teacher_times), (x0.shape[0],), generator=generator, device=x0.device)
     t, s = grid[i], grid[i + 1]
-    x_t = process(x0, t, process.sample_noise(x0, generator))
+    x_t = start_states(process, teacher, x0, grid, i, states, generator, cond)
 
     def losses(rows: Tensor) -> Tensor:
         x, tt, ss, c = x_t[rows], t[rows], s[rows], rows_of(cond, rows)
@@ -51,7 +54,7 @@ class Consistency:
     needs_target = True  # the EMA of the student, theta-
 
     def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, target_decay: float = 0.95,
-                 steps_per_round: int = 2400, **unknown):
+                 steps_per_round: int = 2400, states: str = "forward", **unknown):
         refuse_unknown(unknown, "consistency distillation")
         if type(teacher_steps) is not int or teacher_steps < 1 or type(student_steps) is not int or student_steps < 1:
             raise UdmError(f"teacher_steps and student_steps are whole numbers >= 1, got {teacher_steps}, {student_steps}")
@@ -60,6 +63,8 @@ class Consistency:
         self.sampler_config, self.sampler = teacher_sampler(sampler, teacher_steps, "consistency distillation")
         self.teacher_steps, self.student_steps = teacher_steps, student_steps
         self.target_decay = target_decay
+        check_states(states)
+        self.states = states
         self.steps_per_round = check_round_length(steps_per_round)  # one round: the whole distillation
 
     def check(self, process) -> None:
@@ -75,7 +80,7 @@ class Consistency:
 
     def loss(self, process, student, teacher, x0: Tensor, round: int = 0, generator=None, cond=None, target=None) -> Tensor:
         times = self.sampler.timesteps(process)
-        return consistency_loss(process, student, target, teacher, x0, times, generator, cond)
+        return consistency_loss(process, student, target, teacher, x0, times, generator, cond, self.states)
 
     @torch.no_grad()
     def update_target(self, target, student) -> None:

@@ -53,6 +53,36 @@ def teacher_target(process, teacher, x_t: Tensor, *times: Tensor, cond=None) -> 
     return x
 
 
+STATES = ("forward", "teacher")
+
+
+def check_states(states: str) -> None:
+    if states not in STATES:
+        raise UdmError(f"states={states!r}: a distillation draws its x_t from the forward process (forward) or from the "
+                       f"teacher's sampler run from the prior (teacher)")
+
+
+def start_states(process, teacher, x0: Tensor, grid: Tensor, i: Tensor, states: str = "forward",
+                 generator: torch.Generator | None = None, cond=None) -> Tensor:
+    """x_t at t = grid[i] for each sample. states="forward": F_t(x0, eps), as a model trains. states="teacher": the
+    states sampling visits, the teacher's inverse steps on `grid` from x_T ~ p(x_T) (drawn with x0 as the prior's
+    reference data) down to grid[i]. They differ where the prior is not the forward process's x_T (a cold process's
+    prior adds fresh noise that every later state carries) and wherever the teacher is not exact."""
+    check_states(states)
+    if states == "forward":
+        return process(x0, grid[i], process.sample_noise(x0, generator))
+    if int(grid[0]) != process.T:
+        raise UdmError(f"states=teacher runs the teacher's sampler from the prior at T={process.T}; this grid starts at "
+                       f"{int(grid[0])}")
+    x = process.prior(x0, generator)
+    with torch.no_grad():
+        for j in range(int(i.max())):
+            rows = (i > j).nonzero().squeeze(1)  # the samples that start after grid[j]
+            t, s = grid[j].expand(len(rows)), grid[j + 1].expand(len(rows))
+            x[rows] = inverse_step(process, teacher, x[rows], t, s, rows_of(cond, rows))
+    return x
+
+
 def check_distillable(process, method: str) -> None:
     """Distillation compares real-valued states reached by deterministic (inverse) steps."""
     require(process, "invertible", f"{method} (the inverse step)", "distil an invertible process")
@@ -70,12 +100,12 @@ def check_space(process, space: str) -> None:
 
 
 def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[int], generator: torch.Generator | None = None,
-                     cond=None, space: str = "x_s", weight: str = "none", factor: int = 2) -> Tensor:
+                     cond=None, space: str = "x_s", weight: str = "none", factor: int = 2, states: str = "forward") -> Tensor:
     """The distillation loss on a batch of data: each sample draws one student step (teacher_times[k i] -> [k i + k],
     the data after the last; k = `factor`, 2 in a halving round) and x_t = F_t(x0, eps) at its start. `teacher_times`
     is the teacher's grid of k N steps. weight="step" (space x_s) divides each sample's error by the size of the
     teacher's step, mean((x_s* - x_t)^2): every step of the grid then counts alike, whether the process moves far or
-    little there."""
+    little there. `states`: where x_t comes from (start_states)."""
     check_distillable(process, "progressive distillation")
     check_space(process, space)
     check_weight(space, weight)
@@ -86,7 +116,7 @@ def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[
     i = factor * torch.randint(0, len(teacher_times) // factor, (x0.shape[0],), generator=generator, device=x0.device)
     times = [grid[i + j] for j in range(factor + 1)]  # t, m_1, ..., s of each sample
     t, s = times[0], times[-1]
-    x_t = process(x0, t, process.sample_noise(x0, generator))
+    x_t = start_states(process, teacher, x0, grid, i, states, generator, cond)
 
     def losses(rows: Tensor) -> Tensor:
         x, tt, ss, c = x_t[rows], t[rows], s[rows], rows_of(cond, rows)
@@ -165,6 +195,7 @@ def entry(objective, round: int) -> dict:
     """What a student checkpoint records of its distillation (the recipe's `distilled`)."""
     return {"method": objective.method, "steps": objective.steps(round), "teacher_steps": objective.teacher_steps,
             "steps_per_round": objective.steps_per_round, "factor": getattr(objective, "factor", None),
+            "states": objective.states,
             "sampler": objective.student_sampler(round)}
 
 
@@ -178,7 +209,7 @@ class Progressive:
     needs_target = False  # no EMA target: each round's teacher is the last round's student
 
     def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, space: str = "x_s",
-                 steps_per_round: int = 800, weight: str = "none", factor: int = 2, **unknown):
+                 steps_per_round: int = 800, weight: str = "none", factor: int = 2, states: str = "forward", **unknown):
         refuse_unknown(unknown, "progressive distillation")
         if type(factor) is not int or factor < 2:
             raise UdmError(f"factor is the number of teacher steps one student step stands for, a whole number >= 2 "
@@ -189,7 +220,8 @@ class Progressive:
                            f"student_steps must be {factor}, {factor ** 2}, ...; got teacher_steps={teacher_steps}, "
                            f"student_steps={student_steps}")
         self.sampler_config, self.sampler = teacher_sampler(sampler, teacher_steps, "progressive distillation")
-        self.space, self.weight, self.factor = space, weight, factor
+        check_states(states)
+        self.space, self.weight, self.factor, self.states = space, weight, factor, states
         self.steps_per_round = check_round_length(steps_per_round)
         self.teacher_steps, self.student_steps = teacher_steps, student_steps
         self.rounds = rounds
@@ -222,7 +254,7 @@ class Progressive:
 
     def loss(self, process, student, teacher, x0: Tensor, round: int, generator=None, cond=None, target=None) -> Tensor:
         return progressive_loss(process, student, teacher, x0, self.times(process, round)[0], generator, cond, self.space,
-                                self.weight, self.factor)
+                                self.weight, self.factor, self.states)
 
 
 def rounds_between(teacher_steps, student_steps, factor: int) -> int | None:
