@@ -234,6 +234,35 @@ def test_the_step_weight_divides_each_error_by_the_teachers_step():
         Progressive({"_target_": "udm.samplers.DDIM"}, 4, 2, weight="snr").check(process)
 
 
+def test_the_l1_norm_takes_the_absolute_error():
+    """norm=l1: a student off the target by 0.1 + 0.2 u (u in {0, 1} per element) at the last step has loss
+    mean|.| = 0.1 + 0.2 mean(u), where l2 gives its square; the step weight divides by mean|x_s* - x_t|."""
+    process = Affine(vp_linear(1000), T=1000, parametrization="x0", scale_input=False)
+    teacher = exact_denoiser(process)
+    x0 = 0.3 + 0.5 * torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    u = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    t, m, s = torch.full((8,), 1000), torch.full((8,), 500), torch.full((8,), 0)
+
+    def off(x, tt):
+        return process.x0_reaching(x, tt, teacher_target(process, teacher, x, tt, m, s), s) + 0.1 + 0.2 * u
+
+    def loss(**kwargs):
+        return float(progressive_loss(process, off, teacher, x0, [1000, 500], torch.Generator().manual_seed(1), **kwargs))
+
+    torch.testing.assert_close(loss(norm="l1"), 0.2, rtol=1e-9, atol=0)
+    torch.testing.assert_close(loss(), (0.01 + 0.09) / 2, rtol=1e-9, atol=0)
+    g = torch.Generator().manual_seed(1)
+    torch.randint(0, 1, (8,), generator=g)
+    x_t = process(x0, t, process.sample_noise(x0, g))
+    expected = (0.2 / (teacher_target(process, teacher, x_t, t, m, s) - x_t).abs().mean(1)).mean()
+    torch.testing.assert_close(loss(norm="l1", weight="step"), float(expected), rtol=1e-9, atol=0)
+    for objective in (lambda: Progressive({"_target_": "udm.samplers.DDIM"}, 4, 2, norm="huber"),
+                      lambda: Consistency({"_target_": "udm.samplers.DDIM"}, 4, norm="huber"),
+                      lambda: progressive_loss(process, off, teacher, x0, [1000, 500], norm="huber")):
+        with pytest.raises(UdmError, match="norm='huber': a distillation's error is l2 \\(squared\\) or l1"):
+            objective()
+
+
 def test_the_rounds_halve_the_steps_on_nested_grids_only():
     flow = Affine(Flow(), T=1000, parametrization="velocity")
     rounds = Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=16, student_steps=2)
@@ -339,7 +368,7 @@ def test_a_resume_continues_the_same_rounds_only():
     assert written["factor"] == 2 and written["steps"] == 8 and entry(quartering, 0)["steps"] == 4
     check_same_distillation(Path("run"), written, halving)
     check_same_distillation(Path("run"), {k: v for k, v in written.items() if k != "factor"}, halving)
-    with pytest.raises(UdmError, match="factor=2, states=forward; this command asks for .*factor=4, states=forward: resume it"):
+    with pytest.raises(UdmError, match="factor=2, states=forward, norm=l2; this command asks for .*factor=4, states=forward, norm=l2: resume it"):
         check_same_distillation(Path("run"), written, quartering)
     with pytest.raises(UdmError, match="a model's training \\(no teacher\\)"):
         check_same_distillation(Path("run"), None, halving)
@@ -380,8 +409,9 @@ def test_teacher_states_are_the_states_the_teachers_sampler_visits_from_the_prio
         Consistency({"_target_": "udm.samplers.Improved"}, 16, states="prior")
 
 
+@pytest.mark.parametrize("norm", ["l2", "l1"])
 @pytest.mark.parametrize("objective", ["progressive", "consistency"])
-def test_a_distillation_step_on_teacher_states_lowers_the_loss(objective):
+def test_a_distillation_step_on_teacher_states_lowers_the_loss(objective, norm):
     torch.manual_seed(0)
     process = Blur(T=20)
     x0 = torch.rand(16, 1, 8, 8) * 2 - 1
@@ -391,8 +421,8 @@ def test_a_distillation_step_on_teacher_states_lowers_the_loss(objective):
     def loss():
         g = torch.Generator().manual_seed(3)
         if objective == "progressive":
-            return progressive_loss(process, student, teacher, x0, [20, 15, 10, 5], g, states="teacher")
-        return consistency_loss(process, student, target, teacher, x0, [20, 15, 10, 5], g, states="teacher")
+            return progressive_loss(process, student, teacher, x0, [20, 15, 10, 5], g, states="teacher", norm=norm)
+        return consistency_loss(process, student, target, teacher, x0, [20, 15, 10, 5], g, states="teacher", norm=norm)
 
     before = loss()
     optimizer = torch.optim.SGD(student.parameters(), lr=1e-3 / (1 + float(before)))

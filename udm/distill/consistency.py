@@ -18,17 +18,18 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from udm.distill.progressive import (by_end, check_distillable, check_round_length, check_states, inverse_step, refuse_unknown,
-                                    rows_of, squared_error, start_states, teacher_sampler)
+from udm.distill.progressive import (by_end, check_distillable, check_norm, check_round_length, check_states, error, inverse_step,
+                                    refuse_unknown, rows_of, start_states, teacher_sampler)
 from udm.errors import UdmError
 from udm.samplers.grids import time_tensor
 
 
 def consistency_loss(process, student, target, teacher, x0: Tensor, teacher_times: list, generator=None, cond=None,
-                     states: str = "forward") -> Tensor:
+                     states: str = "forward", norm: str = "l2") -> Tensor:
     """The loss on a batch of data over the teacher's grid `teacher_times` (t_N > ... > t_1, the data t_0 = 0 after);
-    `states`: where x_t comes from (udm.distill.progressive.start_states)."""
+    `states`: where x_t comes from (udm.distill.progressive.start_states); `norm`: the error, l2 (squared) or l1."""
     check_distillable(process, "consistency distillation")
+    check_norm(norm)
     grid = time_tensor(list(teacher_times) + [0], device=x0.device)
     i = torch.randint(0, len(teacher_times), (x0.shape[0],), generator=generator, device=x0.device)
     t, s = grid[i], grid[i + 1]
@@ -40,7 +41,7 @@ def consistency_loss(process, student, target, teacher, x0: Tensor, teacher_time
             x_s = inverse_step(process, teacher, x, tt, ss, c)
             # at s = 0 the teacher's step has reached the data end; elsewhere the target is the EMA student's x0 there
             reference = x_s if bool((ss == 0).all()) else process.x0_hat(process.predict(target, x_s, ss, c), x_s, ss)
-        return squared_error(process.x0_hat(process.predict(student, x, tt, c), x, tt), reference)
+        return error(process.x0_hat(process.predict(student, x, tt, c), x, tt), reference, norm)
 
     return by_end(s, losses)
 
@@ -54,7 +55,8 @@ class Consistency:
     needs_target = True  # the EMA of the student, theta-
 
     def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, target_decay: float = 0.95,
-                 steps_per_round: int = 2400, states: str = "forward", **unknown):
+                 steps_per_round: int = 2400, states: str = "forward",
+                 norm: str = "l2", **unknown):
         refuse_unknown(unknown, "consistency distillation")
         if type(teacher_steps) is not int or teacher_steps < 1 or type(student_steps) is not int or student_steps < 1:
             raise UdmError(f"teacher_steps and student_steps are whole numbers >= 1, got {teacher_steps}, {student_steps}")
@@ -64,7 +66,8 @@ class Consistency:
         self.teacher_steps, self.student_steps = teacher_steps, student_steps
         self.target_decay = target_decay
         check_states(states)
-        self.states = states
+        check_norm(norm)
+        self.states, self.norm = states, norm
         self.steps_per_round = check_round_length(steps_per_round)  # one round: the whole distillation
 
     def check(self, process) -> None:
@@ -80,7 +83,7 @@ class Consistency:
 
     def loss(self, process, student, teacher, x0: Tensor, round: int = 0, generator=None, cond=None, target=None) -> Tensor:
         times = self.sampler.timesteps(process)
-        return consistency_loss(process, student, target, teacher, x0, times, generator, cond, self.states)
+        return consistency_loss(process, student, target, teacher, x0, times, generator, cond, self.states, self.norm)
 
     @torch.no_grad()
     def update_target(self, target, student) -> None:

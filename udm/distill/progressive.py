@@ -100,13 +100,15 @@ def check_space(process, space: str) -> None:
 
 
 def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[int], generator: torch.Generator | None = None,
-                     cond=None, space: str = "x_s", weight: str = "none", factor: int = 2, states: str = "forward") -> Tensor:
+                     cond=None, space: str = "x_s", weight: str = "none", factor: int = 2, states: str = "forward",
+                     norm: str = "l2") -> Tensor:
     """The distillation loss on a batch of data: each sample draws one student step (teacher_times[k i] -> [k i + k],
     the data after the last; k = `factor`, 2 in a halving round) and x_t = F_t(x0, eps) at its start. `teacher_times`
     is the teacher's grid of k N steps. weight="step" (space x_s) divides each sample's error by the size of the
     teacher's step, mean((x_s* - x_t)^2): every step of the grid then counts alike, whether the process moves far or
-    little there. `states`: where x_t comes from (start_states)."""
+    little there. `states`: where x_t comes from (start_states); `norm`: the error, l2 (squared) or l1."""
     check_distillable(process, "progressive distillation")
+    check_norm(norm)
     check_space(process, space)
     check_weight(space, weight)
     if factor < 2 or len(teacher_times) < factor or len(teacher_times) % factor:
@@ -122,12 +124,12 @@ def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[
         x, tt, ss, c = x_t[rows], t[rows], s[rows], rows_of(cond, rows)
         target = teacher_target(process, teacher, x, *(time[rows] for time in times), cond=c)
         if space == "x_s":
-            error = squared_error(inverse_step(process, student, x, tt, ss, c), target)
-            return error / squared_error(target, x).clamp(min=1e-8) if weight == "step" else error
+            distance = error(inverse_step(process, student, x, tt, ss, c), target, norm)
+            return distance / error(target, x, norm).clamp(min=1e-8) if weight == "step" else distance
         x0_student = process.x0_hat(process.predict(student, x, tt, c), x, tt)
         a, b = process.coefficients(tt)
         snr_weight = (a.pow(2) / b.pow(2)).clamp(min=1.0).to(x0.dtype)  # truncated SNR: max(SNR_t, 1)
-        return snr_weight * squared_error(x0_student, process.x0_reaching(x, tt, target, ss))
+        return snr_weight * error(x0_student, process.x0_reaching(x, tt, target, ss), norm)
 
     return by_end(s, losses)
 
@@ -150,6 +152,19 @@ def rows_of(cond, rows: Tensor):
 def squared_error(a: Tensor, b: Tensor) -> Tensor:
     """Per sample: the mean of (a - b)^2 over its elements."""
     return (a - b).pow(2).flatten(1).mean(1)
+
+
+NORMS = ("l2", "l1")
+
+
+def check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise UdmError(f"norm={norm!r}: a distillation's error is l2 (squared) or l1 (absolute)")
+
+
+def error(a: Tensor, b: Tensor, norm: str = "l2") -> Tensor:
+    """Per sample: the mean of (a - b)^2 (l2) or |a - b| (l1) over its elements."""
+    return squared_error(a, b) if norm == "l2" else (a - b).abs().flatten(1).mean(1)
 
 
 def by_end(s: Tensor, losses) -> Tensor:
@@ -195,7 +210,7 @@ def entry(objective, round: int) -> dict:
     """What a student checkpoint records of its distillation (the recipe's `distilled`)."""
     return {"method": objective.method, "steps": objective.steps(round), "teacher_steps": objective.teacher_steps,
             "steps_per_round": objective.steps_per_round, "factor": getattr(objective, "factor", None),
-            "states": objective.states,
+            "states": objective.states, "norm": objective.norm,
             "sampler": objective.student_sampler(round)}
 
 
@@ -209,7 +224,8 @@ class Progressive:
     needs_target = False  # no EMA target: each round's teacher is the last round's student
 
     def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, space: str = "x_s",
-                 steps_per_round: int = 800, weight: str = "none", factor: int = 2, states: str = "forward", **unknown):
+                 steps_per_round: int = 800, weight: str = "none", factor: int = 2, states: str = "forward",
+                 norm: str = "l2", **unknown):
         refuse_unknown(unknown, "progressive distillation")
         if type(factor) is not int or factor < 2:
             raise UdmError(f"factor is the number of teacher steps one student step stands for, a whole number >= 2 "
@@ -221,7 +237,8 @@ class Progressive:
                            f"student_steps={student_steps}")
         self.sampler_config, self.sampler = teacher_sampler(sampler, teacher_steps, "progressive distillation")
         check_states(states)
-        self.space, self.weight, self.factor, self.states = space, weight, factor, states
+        check_norm(norm)
+        self.space, self.weight, self.factor, self.states, self.norm = space, weight, factor, states, norm
         self.steps_per_round = check_round_length(steps_per_round)
         self.teacher_steps, self.student_steps = teacher_steps, student_steps
         self.rounds = rounds
@@ -254,7 +271,7 @@ class Progressive:
 
     def loss(self, process, student, teacher, x0: Tensor, round: int, generator=None, cond=None, target=None) -> Tensor:
         return progressive_loss(process, student, teacher, x0, self.times(process, round)[0], generator, cond, self.space,
-                                self.weight, self.factor, self.states)
+                                self.weight, self.factor, self.states, self.norm)
 
 
 def rounds_between(teacher_steps, student_steps, factor: int) -> int | None:

@@ -138,12 +138,12 @@ def distillation(cfg: DictConfig, teacher: dict[str, Any]):
 
 def check_same_distillation(path: Path, distilled: dict | None, objective) -> None:
     """A resumed run continues the same training: a distillation with its method and rounds, a model without one."""
-    keys = ("method", "teacher_steps", "steps_per_round", "factor", "states")
+    keys = ("method", "teacher_steps", "steps_per_round", "factor", "states", "norm")
     was = {k: (distilled or {}).get(k) for k in keys}
     if was["method"] == "progressive" and was["factor"] is None:  # written before factor existed: halving rounds
         was["factor"] = 2
-    if was["method"] and was["states"] is None:  # written before states existed: the forward process's
-        was["states"] = "forward"
+    if was["method"]:  # written before states and norm existed: the forward process's states, the squared error
+        was["states"], was["norm"] = was["states"] or "forward", was["norm"] or "l2"
     now = {k: getattr(objective, k, None) for k in keys}
     if was != now:
         def say(d):
