@@ -132,3 +132,31 @@ def test_distillation_needs_a_teacher_and_a_method(teacher, consistency, args, m
     cfg = compose_train(*[a.replace("TEACHER", str(teacher[1])).replace("CONSISTENCY", str(consistency)) for a in args])
     with pytest.raises(UdmError, match=message):
         open_teacher(cfg)
+
+
+def test_a_student_can_start_from_other_weights_of_the_teachers_net(teacher):
+    """student=RUN: the student starts from those weights (an earlier student, say) while the teacher teaches; refused
+    without a teacher and for weights of another net."""
+    tmp, teacher_run = teacher
+    other = tmp / "other"
+    train_in_process("experiment=digits_smoke", "process=flow", "trainer.max_steps=3", "seed=1", *FAST, f"hydra.run.dir={other}")
+    run = tmp / "from_other"
+    train_in_process("experiment=distill_mnist", f"teacher={teacher_run}", f"student={other}", "distill.teacher_steps=2",
+                     "distill.student_steps=1", "distill.steps_per_round=1", *FAST, f"hydra.run.dir={run}")
+    last = run / "checkpoints" / "last.ckpt"
+    start, taught_by = weights(other / "checkpoints" / "last.ckpt", "net."), weights(teacher_run / "checkpoints" / "last.ckpt", "net.")
+    for key, value in weights(last, "teacher.").items():
+        torch.testing.assert_close(value, taught_by[key], rtol=0, atol=0)
+    student = weights(last, "net.")  # one Adam step from `other`: within (1 - b1) / sqrt(1 - b2) lr of it
+    assert max(float((student[k] - v).abs().max()) for k, v in start.items()) < 3.17 * 2e-4 * 1.01
+    assert max(float((student[k] - v).abs().max()) for k, v in taught_by.items()) > 10 * 3.17 * 2e-4
+
+    refused = run_main("udm-train", "experiment=digits_smoke", f"student={other}", *FAST, f"hydra.run.dir={tmp / 'r1'}")
+    assert refused.returncode != 0 and "it needs teacher=RUN and distill=" in refused.stderr
+    foreign = torch.load(other / "checkpoints" / "last.ckpt", weights_only=True)
+    foreign["udm"]["net"]["channels"] += 8
+    torch.save(foreign, tmp / "foreign.ckpt")
+    refused = run_main("udm-train", "experiment=distill_mnist", f"teacher={teacher_run}", f"student={tmp / 'foreign.ckpt'}",
+                       *FAST, f"hydra.run.dir={tmp / 'r2'}")
+    assert refused.returncode != 0 and "has another net than the teacher" in refused.stderr
+    assert not (tmp / "r2" / "checkpoints").exists()

@@ -40,6 +40,23 @@ if [[ " $PARTS " == *" distill "* ]]; then
   timed "$RUNS/progressive_blur_step" udm-train experiment=distill_mnist_blur \
     teacher="$RUNS/progressive_blur/checkpoints/student-8steps.ckpt" distill.teacher_steps=8 distill.student_steps=4 \
     distill.weight=step
+  # round 2 again (800 steps), the learning rate annealed to 0 on a cosine
+  timed "$RUNS/progressive_blur_cosine" udm-train experiment=distill_mnist_blur \
+    teacher="$RUNS/progressive_blur/checkpoints/student-8steps.ckpt" distill.teacher_steps=8 distill.student_steps=4 \
+    'scheduler={_target_:torch.optim.lr_scheduler.CosineAnnealingLR,_partial_:true,T_max:800}'
+  # 16 -> 4 in one round: one student step for four of the teacher's (distill.factor=4), 1,600 steps
+  timed "$RUNS/progressive_blur_factor4" udm-train experiment=distill_mnist_blur teacher="$RUNS/teacher_blur" \
+    distill.factor=4 distill.steps_per_round=1600
+  # x_t where the sampler stands (distill.states=teacher): round 2 alone, and both rounds from the teacher
+  timed "$RUNS/progressive_blur_states" udm-train experiment=distill_mnist_blur \
+    teacher="$RUNS/progressive_blur/checkpoints/student-8steps.ckpt" distill.teacher_steps=8 distill.student_steps=4 \
+    distill.states=teacher
+  timed "$RUNS/progressive_blur_states2" udm-train experiment=distill_mnist_blur teacher="$RUNS/teacher_blur" \
+    distill.states=teacher
+  # round 2 again (800 steps) with the absolute error (distill.norm=l1; the blur teacher trained on L1)
+  timed "$RUNS/progressive_blur_l1" udm-train experiment=distill_mnist_blur \
+    teacher="$RUNS/progressive_blur/checkpoints/student-8steps.ckpt" distill.teacher_steps=8 distill.student_steps=4 \
+    distill.norm=l1
 fi
 if [[ " $PARTS " == *" eval "* ]]; then
   for steps in 1000 50 20 8 4 2 1; do evaluate "$RUNS/teacher_flow" sampler=euler sampler.steps=$steps; done
@@ -54,6 +71,7 @@ if [[ " $PARTS " == *" eval "* ]]; then
   for seed in 0 1 2; do  # the blur bar (4-step student against the teacher at 50) on three draws of 500 samples
     evaluate "$RUNS/progressive_blur_long" seed=$seed
     evaluate "$RUNS/progressive_blur_step" seed=$seed
+    for run in cosine factor4 states states2 l1; do evaluate "$RUNS/progressive_blur_$run" seed=$seed; done
     [ "$seed" = 0 ] && continue
     evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" seed=$seed
     evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=50 seed=$seed

@@ -19,7 +19,9 @@ FAMILIES = {  # family: (teacher run, [(method, student run)])
     "flow": ("teacher_flow", [("progressive", "progressive_flow"), ("progressive", "progressive_flow_1"),
                               ("consistency", "consistency_flow")]),
     "blur": ("teacher_blur", [("progressive", "progressive_blur"), ("progressive", "progressive_blur_long"),
-                              ("progressive", "progressive_blur_step")]),
+                              ("progressive", "progressive_blur_step"), ("progressive", "progressive_blur_cosine"),
+                              ("progressive", "progressive_blur_factor4"), ("progressive", "progressive_blur_states"),
+                              ("progressive", "progressive_blur_states2"), ("progressive", "progressive_blur_l1")]),
 }
 
 

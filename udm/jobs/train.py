@@ -202,6 +202,23 @@ def open_teacher(cfg: DictConfig) -> dict[str, Any] | None:
     return checkpoint
 
 
+def student_start(cfg: DictConfig, teacher: dict[str, Any] | None) -> torch.nn.Module | None:
+    """student=RUN: the net a distillation's student starts from instead of a copy of the teacher (e.g. an earlier
+    round's student, taught now by the first teacher); it must have the teacher's process and net."""
+    path = cfg.get("student")
+    if not path:
+        return None
+    if teacher is None:
+        raise UdmError(f"student={path} sets where a distillation's student starts; it needs teacher=RUN and "
+                       f"distill=... (to continue a model's training, use resume=)")
+    checkpoint = load_checkpoint(path)
+    for key in ("process", "net"):
+        if checkpoint[CHECKPOINT_KEY][key] != teacher[CHECKPOINT_KEY][key]:
+            raise UdmError(f"student={path} has another {key} than the teacher {cfg.teacher}; a student starts from "
+                           f"weights of the teacher's own process and net")
+    return build_from_checkpoint(checkpoint)[1]
+
+
 def refuse_pretrained_net(net: DictConfig) -> None:
     """A net class that declares itself not trainable (trainable = False: a pretrained diffusers UNet, whose process is
     its scheduler's, not the command line's) is refused rather than trained wrongly."""
@@ -218,6 +235,7 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
     refuse_pretrained_net(cfg.net)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     teacher = open_teacher(cfg)
+    start = student_start(cfg, teacher)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     fill_from_data(cfg.process, datamodule.derived, "process")
@@ -267,6 +285,8 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
         condition_dropout=cfg.get("condition_dropout", 0.0),
         **distilling,
     )
+    if start is not None:  # the teacher was copied from `net` above; the student alone starts elsewhere
+        module.net.load_state_dict(start.state_dict())
     if cfg.val_samples or cfg.get("final_samples", 0):  # a sampler that does not fit the process fails now
         module.eval()
         module.generate(datamodule.test[:1])
