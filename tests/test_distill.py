@@ -411,18 +411,20 @@ def test_teacher_states_are_the_states_the_teachers_sampler_visits_from_the_prio
 
 @pytest.mark.parametrize("norm", ["l2", "l1"])
 @pytest.mark.parametrize("objective", ["progressive", "consistency"])
-def test_a_distillation_step_on_teacher_states_lowers_the_loss(objective, norm):
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_a_distillation_step_on_teacher_states_lowers_the_loss(name, objective, norm):
     torch.manual_seed(0)
-    process = Blur(T=20)
+    process = PROCESSES[name]()
     x0 = torch.rand(16, 1, 8, 8) * 2 - 1
-    teacher = Tiny(64)
+    teacher = Tiny(state_size(process, x0))
     student, target = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    grid = [1000, 750, 500, 250] if process.T == 1000 else [20, 15, 10, 5]
 
     def loss():
         g = torch.Generator().manual_seed(3)
         if objective == "progressive":
-            return progressive_loss(process, student, teacher, x0, [20, 15, 10, 5], g, states="teacher", norm=norm)
-        return consistency_loss(process, student, target, teacher, x0, [20, 15, 10, 5], g, states="teacher", norm=norm)
+            return progressive_loss(process, student, teacher, x0, grid, g, states="teacher", norm=norm)
+        return consistency_loss(process, student, target, teacher, x0, grid, g, states="teacher", norm=norm)
 
     before = loss()
     optimizer = torch.optim.SGD(student.parameters(), lr=1e-3 / (1 + float(before)))

@@ -103,10 +103,10 @@ def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[
                      cond=None, space: str = "x_s", weight: str = "none", factor: int = 2, states: str = "forward",
                      norm: str = "l2") -> Tensor:
     """The distillation loss on a batch of data: each sample draws one student step (teacher_times[k i] -> [k i + k],
-    the data after the last; k = `factor`, 2 in a halving round) and x_t = F_t(x0, eps) at its start. `teacher_times`
+    the data after the last; k = `factor`, 2 in a halving round) and x_t at its start (start_states). `teacher_times`
     is the teacher's grid of k N steps. weight="step" (space x_s) divides each sample's error by the size of the
     teacher's step, mean((x_s* - x_t)^2): every step of the grid then counts alike, whether the process moves far or
-    little there. `states`: where x_t comes from (start_states); `norm`: the error, l2 (squared) or l1."""
+    little there. `states`: where x_t comes from; `norm`: the error, l2 (squared) or l1."""
     check_distillable(process, "progressive distillation")
     check_norm(norm)
     check_space(process, space)
