@@ -57,6 +57,9 @@ if [[ " $PARTS " == *" distill "* ]]; then
   timed "$RUNS/progressive_blur_l1" udm-train experiment=distill_mnist_blur \
     teacher="$RUNS/progressive_blur/checkpoints/student-8steps.ckpt" distill.teacher_steps=8 distill.student_steps=4 \
     distill.norm=l1
+  # 16 -> 4 in one round (distill.factor=4) taught by the teacher, the student starting from round 1's 8-step student
+  timed "$RUNS/progressive_blur_from8" udm-train experiment=distill_mnist_blur teacher="$RUNS/teacher_blur" \
+    student="$RUNS/progressive_blur/checkpoints/student-8steps.ckpt" distill.factor=4 distill.steps_per_round=1600
 fi
 if [[ " $PARTS " == *" eval "* ]]; then
   for steps in 1000 50 20 8 4 2 1; do evaluate "$RUNS/teacher_flow" sampler=euler sampler.steps=$steps; done
@@ -66,12 +69,13 @@ if [[ " $PARTS " == *" eval "* ]]; then
   evaluate "$RUNS/progressive_flow/checkpoints/student-2steps.ckpt" sampler.steps=1   # fewer steps than distilled for
   for steps in 50 32 20 16 8 4 2 1; do evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=$steps; done
   for steps in 8 4; do evaluate "$RUNS/progressive_blur/checkpoints/student-${steps}steps.ckpt"; done
+  evaluate "$RUNS/progressive_blur_states2/checkpoints/student-8steps.ckpt"   # round 1 on the teacher's states
   evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" sampler.steps=2
   evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" sampler.steps=1
   for seed in 0 1 2; do  # the blur bar (4-step student against the teacher at 50) on three draws of 500 samples
     evaluate "$RUNS/progressive_blur_long" seed=$seed
     evaluate "$RUNS/progressive_blur_step" seed=$seed
-    for run in cosine factor4 states states2 l1; do evaluate "$RUNS/progressive_blur_$run" seed=$seed; done
+    for run in cosine factor4 states states2 l1 from8; do evaluate "$RUNS/progressive_blur_$run" seed=$seed; done
     [ "$seed" = 0 ] && continue
     evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" seed=$seed
     evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=50 seed=$seed

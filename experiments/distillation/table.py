@@ -21,7 +21,8 @@ FAMILIES = {  # family: (teacher run, [(method, student run)])
     "blur": ("teacher_blur", [("progressive", "progressive_blur"), ("progressive", "progressive_blur_long"),
                               ("progressive", "progressive_blur_step"), ("progressive", "progressive_blur_cosine"),
                               ("progressive", "progressive_blur_factor4"), ("progressive", "progressive_blur_states"),
-                              ("progressive", "progressive_blur_states2"), ("progressive", "progressive_blur_l1")]),
+                              ("progressive", "progressive_blur_states2"), ("progressive", "progressive_blur_l1"),
+                              ("progressive", "progressive_blur_from8")]),
 }
 
 
@@ -92,8 +93,10 @@ def main(runs: Path, out: Path) -> None:
     blur = {"teacher, improved 50": grid(runs, "teacher_blur", "sampler=improved", "sampler.steps=50"),
             "teacher, improved 4": grid(runs, "teacher_blur", "sampler=improved", "sampler.steps=4"),
             "progressive, 4": grid(runs, "progressive_blur/checkpoints/student-4steps.ckpt"),
-            "progressive, 4 (longer round 2)": grid(runs, "progressive_blur_long"),
-            "progressive, 4 (round 2, step weight)": grid(runs, "progressive_blur_step")}
+            "progressive, 4 (round 2, step weight)": grid(runs, "progressive_blur_step"),
+            "progressive, 4 (teacher states)": grid(runs, "progressive_blur_states2"),
+            "progressive, 4 (16 -> 4 in one round)": grid(runs, "progressive_blur_factor4"),
+            "progressive, 4 (16 -> 4 from the 8-step student)": grid(runs, "progressive_blur_from8")}
     side_by_side(blur, out / "samples_blur.png")
 
 
