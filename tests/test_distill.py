@@ -29,7 +29,7 @@ def test_with_an_exact_teacher_the_target_is_the_teachers_two_steps(schedule):
     x_t = torch.randn(16, 8, generator=g, dtype=torch.float64)
     for t_int, m_int, s_int in ((900, 700, 500), (300, 150, 0)):
         t, m, s = (torch.full((16,), v) for v in (t_int, m_int, s_int))
-        target = teacher_target(process, teacher, x_t, t, m, s)
+        target = teacher_target(process, teacher, x_t, [t, m, s])
         ddim = DDIM(steps=None)
         ddim.grid = Explicit([t_int, m_int] + ([s_int] if s_int else []))
         states = []
@@ -52,7 +52,7 @@ def test_with_factor_k_the_target_is_the_teachers_k_steps():
     ddim.grid = Explicit(times)
     states = []
     ddim(process, teacher, x_t, callback=lambda step: states.append(step.x_s))
-    target = teacher_target(process, teacher, x_t, *(torch.full((16,), v) for v in times))
+    target = teacher_target(process, teacher, x_t, [torch.full((16,), v) for v in times])
     torch.testing.assert_close(target, states[3], rtol=0, atol=1e-12)
 
     grid = [1000, 875, 750, 625, 500, 375, 250, 125]
@@ -61,7 +61,7 @@ def test_with_factor_k_the_target_is_the_teachers_k_steps():
         i = torch.tensor([grid.index(int(v)) for v in t])
         ends = torch.tensor(grid + [0])
         path = [ends[i + j] for j in range(5)]
-        return process.x0_reaching(x, t, teacher_target(process, teacher, x, *path), path[-1])
+        return process.x0_reaching(x, t, teacher_target(process, teacher, x, path), path[-1])
 
     x0 = 0.3 + 0.5 * torch.randn(32, 8, dtype=torch.float64)
     assert float(progressive_loss(process, ideal, teacher, x0, grid, torch.Generator().manual_seed(1), factor=4)) < 1e-20
@@ -79,7 +79,7 @@ def test_a_student_that_predicts_the_target_has_zero_loss():
         i = torch.tensor([grid.index(int(v)) for v in t])
         times = torch.tensor(grid + [0])
         m, s = times[i + 1], times[i + 2]
-        return process.x0_reaching(x_t, t, teacher_target(process, teacher, x_t, t, m, s), s)
+        return process.x0_reaching(x_t, t, teacher_target(process, teacher, x_t, [t, m, s]), s)
 
     x0 = 0.3 + 0.5 * torch.randn(32, 8, dtype=torch.float64)
     loss = progressive_loss(process, ideal, teacher, x0, grid, torch.Generator().manual_seed(1))
@@ -193,7 +193,7 @@ def test_the_x0_space_loss_is_the_truncated_snr_weighted_regression_onto_x0_star
     t, s = torch.full((8,), 1000), torch.full((8,), 0)
 
     def ideal(x_t, tt):
-        return process.x0_reaching(x_t, tt, teacher_target(process, teacher, x_t, tt, torch.full_like(tt, 500), s), s)
+        return process.x0_reaching(x_t, tt, teacher_target(process, teacher, x_t, [tt, torch.full_like(tt, 500), s]), s)
 
     assert float(progressive_loss(process, ideal, teacher, x0, grid, torch.Generator().manual_seed(1), space="x0")) < 1e-24
     off = lambda x_t, tt: ideal(x_t, tt) + 0.1  # noqa: E731
@@ -216,10 +216,10 @@ def test_the_step_weight_divides_each_error_by_the_teachers_step():
     g = torch.Generator().manual_seed(1)
     torch.randint(0, 1, (8,), generator=g)  # progressive_loss's draws with the same seed: the step, then the noise
     x_t = process(x0, t, process.sample_noise(x0, g))
-    target = teacher_target(process, teacher, x_t, t, m, s)
+    target = teacher_target(process, teacher, x_t, [t, m, s])
 
     def ideal(x, tt):
-        return process.x0_reaching(x, tt, teacher_target(process, teacher, x, tt, m, s), s)
+        return process.x0_reaching(x, tt, teacher_target(process, teacher, x, [tt, m, s]), s)
 
     def off(x, tt):  # at s = 0 the step lands on x0_hat itself: off by 0.1 in x0_hat is off by 0.1 in x_s
         return ideal(x, tt) + 0.1
@@ -244,7 +244,7 @@ def test_the_l1_norm_takes_the_absolute_error():
     t, m, s = torch.full((8,), 1000), torch.full((8,), 500), torch.full((8,), 0)
 
     def off(x, tt):
-        return process.x0_reaching(x, tt, teacher_target(process, teacher, x, tt, m, s), s) + 0.1 + 0.2 * u
+        return process.x0_reaching(x, tt, teacher_target(process, teacher, x, [tt, m, s]), s) + 0.1 + 0.2 * u
 
     def loss(**kwargs):
         return float(progressive_loss(process, off, teacher, x0, [1000, 500], torch.Generator().manual_seed(1), **kwargs))
@@ -254,7 +254,7 @@ def test_the_l1_norm_takes_the_absolute_error():
     g = torch.Generator().manual_seed(1)
     torch.randint(0, 1, (8,), generator=g)
     x_t = process(x0, t, process.sample_noise(x0, g))
-    expected = (0.2 / (teacher_target(process, teacher, x_t, t, m, s) - x_t).abs().mean(1)).mean()
+    expected = (0.2 / (teacher_target(process, teacher, x_t, [t, m, s]) - x_t).abs().mean(1)).mean()
     torch.testing.assert_close(loss(norm="l1", weight="step"), float(expected), rtol=1e-9, atol=0)
     for objective in (lambda: Progressive({"_target_": "udm.samplers.DDIM"}, 4, 2, norm="huber"),
                       lambda: Consistency({"_target_": "udm.samplers.DDIM"}, 4, norm="huber"),
@@ -284,7 +284,7 @@ def test_the_rounds_halve_the_steps_on_nested_grids_only():
     teacher, student = by_four.times(flow, 0)
     assert len(teacher) == 16 and student == teacher[::4]
     by_four.check(flow)
-    with pytest.raises(UdmError, match="every 4th time"):
+    with pytest.raises(UdmError, match="every 4-th time"):
         Progressive({"_target_": "udm.samplers.Euler", "grid": "solver_time"}, 16, 4, factor=4).check(
             Affine(vp_linear(1000), T=1000, parametrization="eps"))
     assert Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=64, student_steps=1, factor=4).rounds == 3
@@ -367,9 +367,18 @@ def test_a_resume_continues_the_same_rounds_only():
     written = entry(halving, 0)
     assert written["factor"] == 2 and written["steps"] == 8 and entry(quartering, 0)["steps"] == 4
     check_same_distillation(Path("run"), written, halving)
-    check_same_distillation(Path("run"), {k: v for k, v in written.items() if k != "factor"}, halving)
+    old = {k: v for k, v in written.items() if k not in ("factor", "states", "norm")}  # written before these keys
+    check_same_distillation(Path("run"), old, halving)
     with pytest.raises(UdmError, match="factor=2, states=forward, norm=l2; this command asks for .*factor=4, states=forward, norm=l2: resume it"):
         check_same_distillation(Path("run"), written, quartering)
+    for key, value in (("states", "teacher"), ("norm", "l1")):
+        changed = Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=16, student_steps=4, **{key: value})
+        with pytest.raises(UdmError, match=f"asks for .*{key}={value}"):
+            check_same_distillation(Path("run"), old, changed)
+    consistency = Consistency({"_target_": "udm.samplers.Euler"}, teacher_steps=16, norm="l1")
+    check_same_distillation(Path("run"), entry(consistency, 0), consistency)
+    with pytest.raises(UdmError, match="norm=l2; this command asks for .*norm=l1"):
+        check_same_distillation(Path("run"), {k: v for k, v in entry(consistency, 0).items() if k != "norm"}, consistency)
     with pytest.raises(UdmError, match="a model's training \\(no teacher\\)"):
         check_same_distillation(Path("run"), None, halving)
 
@@ -431,3 +440,35 @@ def test_a_distillation_step_on_teacher_states_lowers_the_loss(name, objective, 
     before.backward()
     optimizer.step()
     assert float(loss()) < float(before)
+
+
+def test_the_objectives_pass_their_knobs_to_the_loss():
+    """Progressive(factor, states, norm).loss is progressive_loss with those settings on its round's grid, and not the
+    defaults'; Consistency(states, norm).loss likewise."""
+    torch.manual_seed(0)
+    process = Blur(T=16)
+    x0 = torch.rand(8, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    teacher = Tiny(64).double()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rounds = Progressive({"_target_": "udm.samplers.Improved"}, teacher_steps=16, student_steps=4, factor=4,
+                         states="teacher", norm="l1")
+    grid = rounds.times(process, 0)[0]
+    assert len(grid) == 16
+
+    def g():
+        return torch.Generator().manual_seed(5)
+
+    ours = rounds.loss(process, student, teacher, x0, 0, g())
+    torch.testing.assert_close(ours, progressive_loss(process, student, teacher, x0, grid, g(), factor=4,
+                                                      states="teacher", norm="l1"), rtol=0, atol=0)
+    assert not torch.isclose(ours, progressive_loss(process, student, teacher, x0, grid, g()))
+    target = copy.deepcopy(teacher)
+    cd = Consistency({"_target_": "udm.samplers.Improved"}, teacher_steps=8, states="teacher", norm="l1")
+    times = cd.sampler.timesteps(process)
+    ours = cd.loss(process, student, teacher, x0, 0, g(), target=target)
+    torch.testing.assert_close(ours, consistency_loss(process, student, target, teacher, x0, times, g(),
+                                                      states="teacher", norm="l1"), rtol=0, atol=0)
+    assert not torch.isclose(ours, consistency_loss(process, student, target, teacher, x0, times, g()))

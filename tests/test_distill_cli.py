@@ -151,6 +151,13 @@ def test_a_student_can_start_from_other_weights_of_the_teachers_net(teacher):
     assert max(float((student[k] - v).abs().max()) for k, v in start.items()) < 3.17 * 2e-4 * 1.01
     assert max(float((student[k] - v).abs().max()) for k, v in taught_by.items()) > 10 * 3.17 * 2e-4
 
+    assert torch.load(last, weights_only=True)["udm"]["distilled"]["start"] == str(other / "checkpoints" / "last.ckpt")
+    consistency = tmp / "consistency_from_other"  # its EMA target starts as the student, from `other`
+    train_in_process("experiment=distill_mnist_consistency", f"teacher={teacher_run}", f"student={other}",
+                     "distill.steps_per_round=1", *FAST, f"hydra.run.dir={consistency}")
+    ema = weights(consistency / "checkpoints" / "last.ckpt", "target.")
+    assert max(float((ema[k] - v).abs().max()) for k, v in start.items()) < 3.17 * 2e-4
+
     refused = run_main("udm-train", "experiment=digits_smoke", f"student={other}", *FAST, f"hydra.run.dir={tmp / 'r1'}")
     assert refused.returncode != 0 and "it needs teacher=RUN and distill=" in refused.stderr
     foreign = torch.load(other / "checkpoints" / "last.ckpt", weights_only=True)

@@ -1,11 +1,13 @@
 """Consistency distillation (Song et al. 2023) written once over x0_hat, for every invertible process.
 
 The consistency function is the student's x0_hat, f(x_t, t) = D_S(x_t, t). On the teacher's grid t_N > ... > t_1 > t_0 = 0
-each training sample draws one pair (t_{n+1}, t_n), corrupts x_{t_{n+1}} = F(x0, eps), takes one teacher inverse step
-to x^_{t_n}, and asks the student for the same x0 from both points:
+each training sample draws one pair (t_{n+1}, t_n), corrupts x_{t_{n+1}} = F(x0, eps) (or, with states="teacher",
+takes the state the teacher's sampler reaches there from the prior), takes one teacher inverse step to x^_{t_n}, and
+asks the student for the same x0 from both points:
 
     loss = || f_theta(x_{t_{n+1}}, t_{n+1}) - f_theta-(x^_{t_n}, t_n) ||^2,     f(x^_0, 0) = x^_0 (the data end)
 
+(squared by default; norm="l1" takes the absolute error)
 with theta- the exponential moving average of theta (decay `target_decay`, the paper's mu), held fixed in the loss.
 A consistency model samples by the baseline step (udm's naive sampler): x0 = f(x_T, T), then for each next time
 x_s = F_s(x0, fresh noise) and x0 = f(x_s, s); one step is one network evaluation and more steps refine.
@@ -18,8 +20,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from udm.distill.progressive import (by_end, check_distillable, check_norm, check_round_length, check_states, error, inverse_step,
-                                    refuse_unknown, rows_of, start_states, teacher_sampler)
+from udm.distill.progressive import (by_end, check_distillable, check_norm, check_round_length, check_starts_at_T,
+                                    check_states, error, inverse_step, refuse_unknown, rows_of, start_states,
+                                    teacher_sampler)
 from udm.errors import UdmError
 from udm.samplers.grids import time_tensor
 
@@ -73,6 +76,7 @@ class Consistency:
     def check(self, process) -> None:
         check_distillable(process, "consistency distillation")
         self.sampler.check(process)
+        check_starts_at_T(process, self.states, self.sampler.timesteps(process)[0])
 
     def steps(self, round: int) -> int:
         return self.student_steps

@@ -1,6 +1,6 @@
 """Distillation trained like any udm model: a DiffusionModule whose loss is a distillation objective.
 
-The student starts as a copy of the teacher's net and trains with Lightning's loop, optimizer, checkpoints and resume.
+The student starts as a copy of the teacher's net (or from the weights of `student=RUN`) and trains with Lightning's loop, optimizer, checkpoints and resume.
 Everything the objective keeps besides the student lives in the state dict, so a resumed run continues exactly:
 the teacher of the current round (`teacher.*`), the consistency target (`target.*`) and the round itself. Each round
 of progressive distillation runs distill.steps_per_round steps (trainer.max_steps is their sum); at its end the
@@ -25,15 +25,19 @@ from udm.lit import DiffusionModule
 
 class DistillationModule(DiffusionModule):
     """`objective`: udm.distill.Progressive or Consistency, whose rounds take objective.steps_per_round training
-    steps each (trainer.max_steps is their sum); `teacher_path`: the teacher's checkpoint (recorded)."""
+    steps each (trainer.max_steps is their sum); `teacher_path`: the teacher's checkpoint (recorded); the net given is
+    the teacher's, which the student copies unless `start` (a net of the same config, from `start_path`) is given."""
 
-    def __init__(self, *args, objective, teacher_path: str, **kwargs):
+    def __init__(self, *args, objective, teacher_path: str, start: torch.nn.Module | None = None,
+                 start_path: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.objective, self.teacher_path = objective, teacher_path
+        self.objective, self.teacher_path, self.start_path = objective, teacher_path, start_path
         self.steps_per_round = objective.steps_per_round
         self.total_steps = objective.rounds * objective.steps_per_round
         self.process.requires_grad_(False)  # the teacher's process: a latent one's coder stays the teacher's
         self.teacher = copy.deepcopy(self.net).requires_grad_(False).eval()
+        if start is not None:  # the student (and so the consistency target, its EMA) starts elsewhere
+            self.net.load_state_dict(start.state_dict())
         self.target = copy.deepcopy(self.net).requires_grad_(False).eval() if objective.needs_target else None
         self.register_buffer("round", torch.zeros((), dtype=torch.long))
         objective.check(self.process)
@@ -68,7 +72,7 @@ class DistillationModule(DiffusionModule):
             self.round.fill_(due)
             self.sampler = self.student_sampler()
             self.print(f"udm-train: distillation round {due + 1} of {self.objective.rounds}: "
-                       f"{self.objective.factor * self.objective.steps(due)} teacher steps -> {self.objective.steps(due)}")
+                       f"{getattr(self.objective, 'factor', 2) * self.objective.steps(due)} teacher steps -> {self.objective.steps(due)}")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         step, last = self.global_step, self.steps_per_round * (self.objective.rounds - 1)
@@ -79,4 +83,4 @@ class DistillationModule(DiffusionModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {**self.recipe, "distilled": {**entry(self.objective, int(self.round)),
-                                                                   "teacher": self.teacher_path}}
+                                                                   "teacher": self.teacher_path, "start": self.start_path}}

@@ -1,7 +1,7 @@
 """Progressive distillation (Salimans & Ho 2022) written once over x0_hat, for every invertible process.
 
 A student takes one inverse step t -> s where its teacher takes two, t -> m -> s (the teacher's grid has 2N steps,
-the student's the N even ones):
+the student's the N even ones; `factor` k generalises two to k, below):
 
     x_m  = F_m(D_T(x_t), F_t^{-1}(D_T(x_t), x_t))                   the teacher's deterministic (inverse) step
     x_s* = F_s(D_T(x_m), F_m^{-1}(D_T(x_m), x_m))                   and its second
@@ -22,7 +22,7 @@ students whose errors the next round inherits, for k teacher evaluations per tra
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from hydra.utils import instantiate
@@ -43,10 +43,11 @@ def inverse_step(process, model, x_t: Tensor, t: Tensor, s: Tensor, cond=None) -
 
 
 @torch.no_grad()
-def teacher_target(process, teacher, x_t: Tensor, *times: Tensor, cond=None) -> Tensor:
-    """x_s* of the teacher's steps through `times` = (t, m_1, ..., s): two steps t -> m -> s in a halving round."""
-    if len(times) < 2:
-        raise ValueError("the teacher's steps need a start and an end time")
+def teacher_target(process, teacher, x_t: Tensor, times: Sequence[Tensor], cond=None) -> Tensor:
+    """x_s* of the teacher's steps through `times` = [t, m_1, ..., s] (per-sample time tensors): two steps
+    t -> m -> s in a halving round, k in a round of factor k."""
+    if isinstance(times, Tensor) or len(times) < 2:
+        raise ValueError("times is a list of the teacher's step times, a start and an end at least")
     x = x_t
     for start, end in zip(times[:-1], times[1:]):
         x = inverse_step(process, teacher, x, start, end, cond)
@@ -62,6 +63,13 @@ def check_states(states: str) -> None:
                        f"teacher's sampler run from the prior (teacher)")
 
 
+def check_starts_at_T(process, states: str, first: int) -> None:
+    """states=teacher runs the teacher's sampler from the prior, so its grid must start at T."""
+    if states == "teacher" and int(first) != process.T:
+        raise UdmError(f"states=teacher runs the teacher's sampler from the prior at T={process.T}; this grid starts at "
+                       f"{int(first)}")
+
+
 def start_states(process, teacher, x0: Tensor, grid: Tensor, i: Tensor, states: str = "forward",
                  generator: torch.Generator | None = None, cond=None) -> Tensor:
     """x_t at t = grid[i] for each sample. states="forward": F_t(x0, eps), as a model trains. states="teacher": the
@@ -71,9 +79,7 @@ def start_states(process, teacher, x0: Tensor, grid: Tensor, i: Tensor, states: 
     check_states(states)
     if states == "forward":
         return process(x0, grid[i], process.sample_noise(x0, generator))
-    if int(grid[0]) != process.T:
-        raise UdmError(f"states=teacher runs the teacher's sampler from the prior at T={process.T}; this grid starts at "
-                       f"{int(grid[0])}")
+    check_starts_at_T(process, states, grid[0])
     x = process.prior(x0, generator)
     with torch.no_grad():
         for j in range(int(i.max())):
@@ -86,7 +92,7 @@ def start_states(process, teacher, x0: Tensor, grid: Tensor, i: Tensor, states: 
 def check_distillable(process, method: str) -> None:
     """Distillation compares real-valued states reached by deterministic (inverse) steps."""
     require(process, "invertible", f"{method} (the inverse step)", "distil an invertible process")
-    require(process, "real_valued", f"{method} (a squared error between states)",
+    require(process, "real_valued", f"{method} (an error between real-valued states)",
             "token processes are not distilled by this objective (see experiments/distillation/README.md)")
 
 
@@ -105,13 +111,15 @@ def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[
     """The distillation loss on a batch of data: each sample draws one student step (teacher_times[k i] -> [k i + k],
     the data after the last; k = `factor`, 2 in a halving round) and x_t at its start (start_states). `teacher_times`
     is the teacher's grid of k N steps. weight="step" (space x_s) divides each sample's error by the size of the
-    teacher's step, mean((x_s* - x_t)^2): every step of the grid then counts alike, whether the process moves far or
+    teacher's step, the same error between x_s* and x_t: every step of the grid then counts alike, whether the process moves far or
     little there. `states`: where x_t comes from; `norm`: the error, l2 (squared) or l1."""
     check_distillable(process, "progressive distillation")
     check_norm(norm)
     check_space(process, space)
     check_weight(space, weight)
-    if factor < 2 or len(teacher_times) < factor or len(teacher_times) % factor:
+    if type(factor) is not int or factor < 2:
+        raise ValueError(f"factor is the number of teacher steps per student step, a whole number >= 2; got {factor!r}")
+    if len(teacher_times) < factor or len(teacher_times) % factor:
         raise ValueError(f"the teacher's grid must have a multiple >= {factor} of steps ({factor} per student step), "
                          f"got {len(teacher_times)}")
     grid = time_tensor(list(teacher_times) + [0], device=x0.device)
@@ -122,7 +130,7 @@ def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[
 
     def losses(rows: Tensor) -> Tensor:
         x, tt, ss, c = x_t[rows], t[rows], s[rows], rows_of(cond, rows)
-        target = teacher_target(process, teacher, x, *(time[rows] for time in times), cond=c)
+        target = teacher_target(process, teacher, x, [time[rows] for time in times], c)
         if space == "x_s":
             distance = error(inverse_step(process, student, x, tt, ss, c), target, norm)
             return distance / error(target, x, norm).clamp(min=1e-8) if weight == "step" else distance
@@ -164,6 +172,7 @@ def check_norm(norm: str) -> None:
 
 def error(a: Tensor, b: Tensor, norm: str = "l2") -> Tensor:
     """Per sample: the mean of (a - b)^2 (l2) or |a - b| (l1) over its elements."""
+    check_norm(norm)
     return squared_error(a, b) if norm == "l2" else (a - b).abs().flatten(1).mean(1)
 
 
@@ -251,6 +260,7 @@ class Progressive:
         self.sampler.check(process)
         for r in range(self.rounds):
             teacher, student = self.times(process, r)
+            check_starts_at_T(process, self.states, teacher[0])
             if teacher[::self.factor] != student:
                 raise UdmError(f"the {type(self.sampler.grid).__name__} grid at {len(student)} steps is not its grid at "
                                f"{len(teacher)} steps taken every {ordinal(self.factor)} time, so one student step "
@@ -285,4 +295,4 @@ def rounds_between(teacher_steps, student_steps, factor: int) -> int | None:
 
 
 def ordinal(k: int) -> str:
-    return "other" if k == 2 else f"{k}th"
+    return "other" if k == 2 else f"{k}-th"

@@ -204,7 +204,8 @@ def open_teacher(cfg: DictConfig) -> dict[str, Any] | None:
 
 def student_start(cfg: DictConfig, teacher: dict[str, Any] | None) -> torch.nn.Module | None:
     """student=RUN: the net a distillation's student starts from instead of a copy of the teacher (e.g. an earlier
-    round's student, taught now by the first teacher); it must have the teacher's process and net."""
+    round's student, taught now by the first teacher); it must have the teacher's process, net and data shape. A
+    resumed run checks it too, and continues from its checkpoint's weights."""
     path = cfg.get("student")
     if not path:
         return None
@@ -212,7 +213,7 @@ def student_start(cfg: DictConfig, teacher: dict[str, Any] | None) -> torch.nn.M
         raise UdmError(f"student={path} sets where a distillation's student starts; it needs teacher=RUN and "
                        f"distill=... (to continue a model's training, use resume=)")
     checkpoint = load_checkpoint(path)
-    for key in ("process", "net"):
+    for key in ("process", "net", "shape"):
         if checkpoint[CHECKPOINT_KEY][key] != teacher[CHECKPOINT_KEY][key]:
             raise UdmError(f"student={path} has another {key} than the teacher {cfg.teacher}; a student starts from "
                            f"weights of the teacher's own process and net")
@@ -272,7 +273,9 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
     kind, distilling = DiffusionModule, {}
     if objective is not None:
         kind = DistillationModule
-        distilling = dict(objective=objective, teacher_path=str(find_checkpoint(cfg.teacher)))
+        distilling = dict(objective=objective, teacher_path=str(find_checkpoint(cfg.teacher)),
+                          start=None if ckpt_path is not None else start,  # a resumed run's weights are its checkpoint's
+                          start_path=str(find_checkpoint(cfg.student)) if start is not None else None)
     module = kind(
         process,
         net,
@@ -285,8 +288,6 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
         condition_dropout=cfg.get("condition_dropout", 0.0),
         **distilling,
     )
-    if start is not None:  # the teacher was copied from `net` above; the student alone starts elsewhere
-        module.net.load_state_dict(start.state_dict())
     if cfg.val_samples or cfg.get("final_samples", 0):  # a sampler that does not fit the process fails now
         module.eval()
         module.generate(datamodule.test[:1])
