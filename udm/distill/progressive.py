@@ -133,7 +133,12 @@ def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[
         target = teacher_target(process, teacher, x, [time[rows] for time in times], c)
         if space == "x_s":
             distance = error(inverse_step(process, student, x, tt, ss, c), target, norm)
-            return distance / error(target, x, norm).clamp(min=1e-8) if weight == "step" else distance
+            if weight != "step":
+                return distance
+            if target.shape != x.shape:
+                raise UdmError(f"weight=step divides by the teacher's step x_s* - x_t, which needs x_s and x_t of one "
+                               f"shape; {process.describe()}'s last step goes from a code to data: use weight=none")
+            return distance / error(target, x, norm).clamp(min=1e-8)
         x0_student = process.x0_hat(process.predict(student, x, tt, c), x, tt)
         a, b = process.coefficients(tt)
         snr_weight = (a.pow(2) / b.pow(2)).clamp(min=1.0).to(x0.dtype)  # truncated SNR: max(SNR_t, 1)
