@@ -7,8 +7,8 @@ asks the student for the same x0 from both points:
 
     loss = || f_theta(x_{t_{n+1}}, t_{n+1}) - f_theta-(x^_{t_n}, t_n) ||^2,     f(x^_0, 0) = x^_0 (the data end)
 
-(squared by default; norm="l1" takes the absolute error)
-with theta- the exponential moving average of theta (decay `target_decay`, the paper's mu), held fixed in the loss.
+with theta- the exponential moving average of theta (decay `target_decay`, the paper's mu), held fixed in the loss
+(the squared error by default; norm="l1" takes the absolute one).
 A consistency model samples by the baseline step (udm's naive sampler): x0 = f(x_T, T), then for each next time
 x_s = F_s(x0, fresh noise) and x0 = f(x_s, s); one step is one network evaluation and more steps refine.
 """
@@ -55,6 +55,7 @@ class Consistency:
 
     method = "consistency"
     rounds = 1
+    factor = None  # one round: no division of the teacher's steps
     needs_target = True  # the EMA of the student, theta-
 
     def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, target_decay: float = 0.95,

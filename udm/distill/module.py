@@ -1,6 +1,7 @@
 """Distillation trained like any udm model: a DiffusionModule whose loss is a distillation objective.
 
-The student starts as a copy of the teacher's net (or from the weights of `student=RUN`) and trains with Lightning's loop, optimizer, checkpoints and resume.
+The student starts as a copy of the teacher's net (or from the weights of `student=RUN`) and trains with Lightning's
+loop, optimizer, checkpoints and resume.
 Everything the objective keeps besides the student lives in the state dict, so a resumed run continues exactly:
 the teacher of the current round (`teacher.*`), the consistency target (`target.*`) and the round itself. Each round
 of progressive distillation runs distill.steps_per_round steps (trainer.max_steps is their sum); at its end the
@@ -72,7 +73,7 @@ class DistillationModule(DiffusionModule):
             self.round.fill_(due)
             self.sampler = self.student_sampler()
             self.print(f"udm-train: distillation round {due + 1} of {self.objective.rounds}: "
-                       f"{getattr(self.objective, 'factor', 2) * self.objective.steps(due)} teacher steps -> {self.objective.steps(due)}")
+                       f"{self.objective.steps(due - 1)} teacher steps -> {self.objective.steps(due)}")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         step, last = self.global_step, self.steps_per_round * (self.objective.rounds - 1)

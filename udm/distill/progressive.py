@@ -111,14 +111,13 @@ def progressive_loss(process, student, teacher, x0: Tensor, teacher_times: list[
     """The distillation loss on a batch of data: each sample draws one student step (teacher_times[k i] -> [k i + k],
     the data after the last; k = `factor`, 2 in a halving round) and x_t at its start (start_states). `teacher_times`
     is the teacher's grid of k N steps. weight="step" (space x_s) divides each sample's error by the size of the
-    teacher's step, the same error between x_s* and x_t: every step of the grid then counts alike, whether the process moves far or
-    little there. `states`: where x_t comes from; `norm`: the error, l2 (squared) or l1."""
+    teacher's step, the same error between x_s* and x_t: every step of the grid then counts alike, whether the process
+    moves far or little there. `states`: where x_t comes from; `norm`: the error, l2 (squared) or l1."""
     check_distillable(process, "progressive distillation")
     check_norm(norm)
     check_space(process, space)
     check_weight(space, weight)
-    if type(factor) is not int or factor < 2:
-        raise ValueError(f"factor is the number of teacher steps per student step, a whole number >= 2; got {factor!r}")
+    check_factor(factor)
     if len(teacher_times) < factor or len(teacher_times) % factor:
         raise ValueError(f"the teacher's grid must have a multiple >= {factor} of steps ({factor} per student step), "
                          f"got {len(teacher_times)}")
@@ -223,9 +222,8 @@ def check_round_length(steps: int) -> int:
 def entry(objective, round: int) -> dict:
     """What a student checkpoint records of its distillation (the recipe's `distilled`)."""
     return {"method": objective.method, "steps": objective.steps(round), "teacher_steps": objective.teacher_steps,
-            "steps_per_round": objective.steps_per_round, "factor": getattr(objective, "factor", None),
-            "states": objective.states, "norm": objective.norm,
-            "sampler": objective.student_sampler(round)}
+            "steps_per_round": objective.steps_per_round, "factor": objective.factor, "states": objective.states,
+            "norm": objective.norm, "sampler": objective.student_sampler(round)}
 
 
 class Progressive:
@@ -241,9 +239,7 @@ class Progressive:
                  steps_per_round: int = 800, weight: str = "none", factor: int = 2, states: str = "forward",
                  norm: str = "l2", **unknown):
         refuse_unknown(unknown, "progressive distillation")
-        if type(factor) is not int or factor < 2:
-            raise UdmError(f"factor is the number of teacher steps one student step stands for, a whole number >= 2 "
-                           f"(2 halves the steps every round); got {factor!r}")
+        check_factor(factor)
         rounds = rounds_between(teacher_steps, student_steps, factor)
         if rounds is None:
             raise UdmError(f"progressive distillation divides the steps by factor={factor} every round: teacher_steps / "
@@ -287,6 +283,12 @@ class Progressive:
     def loss(self, process, student, teacher, x0: Tensor, round: int, generator=None, cond=None, target=None) -> Tensor:
         return progressive_loss(process, student, teacher, x0, self.times(process, round)[0], generator, cond, self.space,
                                 self.weight, self.factor, self.states, self.norm)
+
+
+def check_factor(factor) -> None:
+    if type(factor) is not int or factor < 2:
+        raise UdmError(f"factor is the number of teacher steps one student step stands for, a whole number >= 2 "
+                       f"(2 halves the steps every round); got {factor!r}")
 
 
 def rounds_between(teacher_steps, student_steps, factor: int) -> int | None:

@@ -202,10 +202,10 @@ def open_teacher(cfg: DictConfig) -> dict[str, Any] | None:
     return checkpoint
 
 
-def student_start(cfg: DictConfig, teacher: dict[str, Any] | None) -> torch.nn.Module | None:
-    """student=RUN: the net a distillation's student starts from instead of a copy of the teacher (e.g. an earlier
-    round's student, taught now by the first teacher); it must have the teacher's process, net and data shape. A
-    resumed run checks it too, and continues from its checkpoint's weights."""
+def student_start(cfg: DictConfig, teacher: dict[str, Any] | None) -> tuple[torch.nn.Module, str] | None:
+    """student=RUN: (the net a distillation's student starts from instead of a copy of the teacher, its checkpoint's
+    path), e.g. an earlier round's student, taught now by the first teacher; it must have the teacher's process, net
+    and data shape. A resumed run checks it too, and continues from its checkpoint's weights."""
     path = cfg.get("student")
     if not path:
         return None
@@ -217,7 +217,7 @@ def student_start(cfg: DictConfig, teacher: dict[str, Any] | None) -> torch.nn.M
         if checkpoint[CHECKPOINT_KEY][key] != teacher[CHECKPOINT_KEY][key]:
             raise UdmError(f"student={path} has another {key} than the teacher {cfg.teacher}; a student starts from "
                            f"weights of the teacher's own process and net")
-    return build_from_checkpoint(checkpoint)[1]
+    return build_from_checkpoint(checkpoint)[1], str(find_checkpoint(path))
 
 
 def refuse_pretrained_net(net: DictConfig) -> None:
@@ -273,9 +273,9 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
     kind, distilling = DiffusionModule, {}
     if objective is not None:
         kind = DistillationModule
-        distilling = dict(objective=objective, teacher_path=str(find_checkpoint(cfg.teacher)),
-                          start=None if ckpt_path is not None else start,  # a resumed run's weights are its checkpoint's
-                          start_path=str(find_checkpoint(cfg.student)) if start is not None else None)
+        start_net, start_path = start or (None, None)
+        distilling = dict(objective=objective, teacher_path=str(find_checkpoint(cfg.teacher)), start_path=start_path,
+                          start=None if ckpt_path is not None else start_net)  # resumed: the checkpoint's weights
     module = kind(
         process,
         net,
