@@ -301,6 +301,12 @@ def test_the_rounds_halve_the_steps_on_nested_grids_only():
             Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=16, student_steps=4, factor=factor)
     with pytest.raises(UdmError, match="inverse step.*DDIM"):
         Consistency({"_target_": "udm.samplers.DDIM", "eta": 1.0}, teacher_steps=16)
+    blur = Blur(T=50, std_max=8.0)  # the power grid nests: t_i = round(T (i/n)^p) at i = k j is the grid at n/k
+    for factor in (2, 4):
+        on_power = Progressive({"_target_": "udm.samplers.Improved", "grid": "power", "power": 0.5}, 16, 4, factor=factor)
+        on_power.check(blur)
+        teacher, student = on_power.times(blur, on_power.rounds - 1)
+        assert student == teacher[::factor] == [50, 43, 35, 25]  # round(50 (i/4)^0.5)
 
 
 PROGRESSIVE = {"distilled": {"method": "progressive", "steps": 2, "teacher": "TEACHER",
@@ -310,7 +316,7 @@ CONSISTENCY = {"distilled": {"method": "consistency", "steps": 2, "sampler": {"_
 
 def test_a_progressive_student_takes_the_inverse_step_on_its_grid_and_no_more_steps():
     from udm.distill.recipe import check_student
-    from udm.samplers import AnalyticDPM, AnnealedLangevin, Euler, Heun, PredictorCorrector
+    from udm.samplers import AnalyticDPM, AnnealedLangevin, Euler, Heun, Improved, PredictorCorrector
 
     flow = Affine(Flow(), T=1000, parametrization="velocity")
     for fitting in (Euler(steps=2), Euler(steps=1), DDIM(steps=2)):  # DDIM at eta = 0 is the same step
@@ -326,6 +332,14 @@ def test_a_progressive_student_takes_the_inverse_step_on_its_grid_and_no_more_st
         with pytest.raises(UdmError, match=message):
             check_student(PROGRESSIVE, sampler, flow)
     check_student({}, Heun(steps=2), flow)  # a model that was not distilled takes any sampler
+    on_power = {"distilled": {"method": "progressive", "steps": 4, "teacher": "TEACHER",
+                              "sampler": {"_target_": "udm.samplers.Improved", "grid": "power", "power": 0.5, "steps": 4}}}
+    blur = Blur(T=50, std_max=8.0)
+    check_student(on_power, Improved(steps=4, grid="power", power=0.5), blur)
+    check_student(on_power, Improved(steps=2, grid="power", power=0.5), blur)  # fewer steps on the same grid
+    with pytest.raises(UdmError, match="learned its steps on the times \\[50, 43, 35, 25\\]; this sampler visits "
+                                       "\\[50, 38, 25, 12\\]: leave sampler.grid as the student's"):
+        check_student(on_power, Improved(steps=4), blur)
 
 
 def test_a_consistency_student_samples_by_the_baseline_step_at_any_steps():

@@ -40,7 +40,8 @@ def test_progressive_rounds_keep_every_student_and_resume_inside_a_round(teacher
     for steps in (8, 4, 2):
         recipe = torch.load(folder / f"student-{steps}steps.ckpt", weights_only=True)["udm"]
         assert recipe["distilled"]["steps"] == steps and recipe["distilled"]["method"] == "progressive"
-        assert recipe["distilled"]["sampler"] == {"_target_": "udm.samplers.Euler", "steps": steps}
+        assert recipe["distilled"]["sampler"] == {"_target_": "udm.samplers.Euler", "grid": "uniform", "power": 1.0,
+                                                  "steps": steps}
     last = torch.load(folder / "last.ckpt", weights_only=True)
     assert last["global_step"] == 9 and last["udm"]["distilled"]["steps"] == 2
     teacher_weights = weights(teacher_run / "checkpoints" / "last.ckpt", "net.")
@@ -79,6 +80,13 @@ def test_a_student_samples_with_its_own_sampler_and_refuses_what_it_did_not_lear
     assert run_main("udm-eval", f"ckpt={run}", "n=8", "metrics=[]", "progress=false").returncode == 0
     result = json.loads((run / "eval" / "student-euler-2steps-n8-seed0.json").read_text())
     assert result["nfe_per_sample"] == 2 and result["sampler_target"] == "udm.samplers.Euler"
+    # as a teacher, the student teaches on the grid it learned: another grid is refused before anything is written
+    proc = run_main("udm-train", "experiment=distill_mnist", f"teacher={run}", "distill.teacher_steps=2",
+                    "distill.student_steps=1", "distill.sampler.grid=power", "distill.sampler.power=0.5", *FAST,
+                    f"hydra.run.dir={tmp / 'regridded'}")
+    assert proc.returncode != 0 and "was distilled on the times" in proc.stderr
+    assert "give distill.sampler the teacher's grid (grid=uniform, power=1.0)" in proc.stderr
+    assert not (tmp / "regridded" / "checkpoints").exists()
 
 
 @pytest.fixture(scope="module")

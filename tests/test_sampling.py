@@ -5,8 +5,9 @@ import torch
 
 from udm.errors import UdmError
 from udm.processes import Gaussian
-from udm.samplers import (DDIM, DDPM, Baseline, DPMSolver, DPMSolver2M, Explicit, Inverse, Mixed, Sampler, SolverTime,
-                          Uniform)
+from udm.samplers import (DDIM, DDPM, Baseline, DPMSolver, DPMSolver2M, Euler, Explicit, Improved, Inverse, Mixed, Naive,
+                          Power, Sampler, SolverTime, Uniform)
+from udm.samplers.grids import grid_named
 
 
 def oracle(process, x0):
@@ -78,6 +79,44 @@ def test_timesteps_start_at_T_and_end_above_zero():
     assert Uniform()(p10, None, 3) == [3, 2, 1]
     # a sampler's grid is the one it runs on
     assert DDIM(steps=4).timesteps(p1000) == [1000, 750, 500, 250] and DDPM().timesteps(p10, 3) == [3, 2, 1]
+
+
+def test_the_power_grid_is_t_i_equal_start_times_i_over_n_to_the_power():
+    p50, p1000 = Gaussian(T=50), Gaussian(T=1000)
+    for steps in (1, 4, 7, 16, 50):  # power 1 is the uniform grid
+        assert Power(1.0)(p50, steps) == Uniform()(p50, steps)
+    assert Power(0.6)(p50, 4) == [50, 42, 33, 22]  # round(50 (i/4)^0.6)
+    assert Power(2.0)(p1000, 4) == [1000, 562, 250, 62]  # round(1000 (i/4)^2), 562.5 -> 562 (half to even)
+    assert Power(0.5)(p1000, 2, 400) == [400, 283]  # from a lower start
+    for power in (0.3, 0.6, 1.5, 2.0):  # nested: the grid at N is its grid at k N taken every k-th time
+        for n, k in ((4, 2), (4, 4), (2, 8), (5, 3)):
+            assert Power(power)(p1000, n) == Power(power)(p1000, k * n)[::k]
+    # rounding would repeat times: each later one moves down, the grid stays strictly decreasing and >= 1
+    assert Power(0.3)(p50, 50) == list(range(50, 0, -1))
+    ts = Power(3.0)(p50, 30)
+    assert len(ts) == 30 and ts[0] == 50 and ts[-1] >= 1 and all(a > b for a, b in zip(ts, ts[1:]))
+    # by name, through every sampler that takes a grid
+    assert Improved(steps=4, grid="power", power=0.6).timesteps(p50) == [50, 42, 33, 22]
+    assert Naive(steps=4, grid="power", power=0.6).timesteps(p50) == [50, 42, 33, 22]
+    assert Euler(steps=4, grid="power", power=2.0).timesteps(p1000) == [1000, 562, 250, 62]
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: Power(0.0), "exponent must be a number > 0, got 0.0"),
+        (lambda: Power(float("nan")), "exponent must be a number > 0"),
+        (lambda: Power("half"), "exponent must be a number > 0, got 'half'"),
+        (lambda: grid_named("uniform", power=0.5), r"power shapes the power grid only; grid='uniform' does not use it"),
+        (lambda: Improved(grid="karras", power=0.5), r"power shapes the power grid only; grid='karras'"),
+        (lambda: grid_named("power", rho=5.0), "rho shapes the Karras grid only; grid='power'"),
+        (lambda: grid_named(Uniform(), power=0.5), r"give them to the grid object"),
+    ],
+    ids=["zero", "nan", "text", "power-on-uniform", "power-on-karras", "rho-on-power", "power-with-object"],
+)
+def test_a_power_the_grid_cannot_use_is_refused(make, message):
+    with pytest.raises(UdmError, match=message):
+        make()
 
 
 def test_sampling_from_t_start_visits_only_steps_below_it():

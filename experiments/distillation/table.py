@@ -31,11 +31,19 @@ def evaluations(run: Path) -> list[dict]:
     seen, kept = set(), []
     for path in sorted((run / "eval").glob("*.json")) if (run / "eval").is_dir() else []:
         result = json.loads(path.read_text())
-        key = (Path(result["ckpt"]).name, result["sampler"], result["steps"], result["seed"])
+        key = (Path(result["ckpt"]).name, sampler_label(result), result["steps"], result["seed"])
         if "fid" in result and key not in seen:
             seen.add(key)
             kept.append(result)
     return kept
+
+
+def sampler_label(result: dict) -> str:
+    """The sampler's name, with its grid where that is not the uniform one (e.g. "improved, power 0.5")."""
+    grid = result.get("sampler_grid", "uniform")
+    if grid in (None, "uniform"):
+        return result["sampler"]
+    return f"{result['sampler']}, {grid} {result['sampler_power']}" if grid == "power" else f"{result['sampler']}, {grid}"
 
 
 def minutes(run: Path) -> str:
@@ -53,7 +61,7 @@ def rows(runs: Path, family: str) -> list[str]:
     teacher, students = FAMILIES[family]
     out = []
     for r in sorted(evaluations(runs / teacher), key=lambda r: (-r["steps"], r["seed"])):
-        out.append(f"| teacher ({r['sampler']}) | {r['nfe_per_sample']:.0f} | {r['seed']} | **{r['fid']:.2f}** | | "
+        out.append(f"| teacher ({sampler_label(r)}) | {r['nfe_per_sample']:.0f} | {r['seed']} | **{r['fid']:.2f}** | | "
                    f"{r['global_step']} training steps |")
     for method, run in students:
         for r in sorted(evaluations(runs / run), key=lambda r: (-r["steps"], r["seed"])):

@@ -43,6 +43,27 @@ def with_student_sampler(cfg: DictConfig, recipe: dict[str, Any], chosen_keys: s
     return cfg
 
 
+def grid_of(sampler: dict[str, Any]) -> str:
+    """A recorded sampler's grid as its config keys, e.g. "grid=power, power=0.5" (the sampler's default grid: its
+    target's name)."""
+    keys = [f"{k}={sampler[k]}" for k in ("grid", "rho", "power") if k in sampler]
+    return ", ".join(keys) or f"{sampler['_target_']}'s default grid"
+
+
+def check_taught_grid(recipe: dict[str, Any], sampler, process, teacher: str) -> None:
+    """A distilled teacher teaches on the times it learned: the distillation's sampler (at the teacher's steps) must
+    visit the times of the teacher's own sampler at those steps. Nothing to check for a teacher that was not distilled."""
+    distilled = recipe.get("distilled")
+    if distilled is None:
+        return
+    own = distilled["sampler"]
+    taught = list(sampler.timesteps(process))
+    learned = list(instantiate({**own, "steps": len(taught)}).timesteps(process))
+    if taught != learned:
+        raise UdmError(f"the teacher {teacher} was distilled on the times {learned}; distill.sampler visits {taught} at "
+                       f"{len(taught)} steps: give distill.sampler the teacher's grid ({grid_of(own)})")
+
+
 def check_student(recipe: dict[str, Any], sampler, process) -> None:
     """Refuse a sampler a distilled student was not distilled for (nothing to check on other checkpoints)."""
     distilled = recipe.get("distilled")
@@ -66,7 +87,7 @@ def check_student(recipe: dict[str, Any], sampler, process) -> None:
         learned = instantiate({**own, "steps": len(taken)}).timesteps(process)
         if list(taken) != list(learned):
             raise UdmError(f"this student learned its steps on the times {learned}; this sampler visits {list(taken)}: "
-                           f"leave sampler.grid as the student's")
+                           f"leave sampler.grid as the student's ({grid_of(own)})")
     elif method == "consistency" and (step.uses_inverse or step.second_order):
         raise UdmError(f"this student is a consistency model: it samples by the baseline step (redrawing x_s from "
                        f"its x0_hat), not by {type(sampler).__name__}'s deterministic step; sample it with {default}")

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from udm.callbacks import PREVIOUS_CONFIG, SaveOnSignal
 from udm.checkpoint import CHECKPOINT_KEY, build_from_checkpoint, check_compatible, find_checkpoint, load_checkpoint
 from udm.distill.module import DistillationModule
+from udm.distill.recipe import check_taught_grid
 from udm.errors import UdmError
 from udm.jobs.outputs import check_output_folder
 from udm.jobs.run_lock import run_lock
@@ -250,6 +251,7 @@ def train_in(cfg: DictConfig) -> dict[str, Any]:
             raise UdmError(f"the teacher {cfg.teacher} models data of shape {teacher[CHECKPOINT_KEY]['shape']}, "
                            f"these data have shape {list(datamodule.shape)}")
         process, net = build_from_checkpoint(teacher)
+        check_taught_grid(teacher[CHECKPOINT_KEY], objective.sampler, process, cfg.teacher)
         net.train()
     parts = process.parts_checkpoint() if process.capabilities.trainable_parts else None
     if parts:  # e.g. the encoding model's stage two: E and D from a stage-one run (the process itself reads no files)

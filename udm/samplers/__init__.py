@@ -7,7 +7,7 @@ a class with the same call) plus one YAML file in udm/conf/sampler/.
 
 from udm.samplers.analytic import AnalyticDPM, AnalyticStep
 from udm.samplers.cache import OutputCache
-from udm.samplers.grids import Explicit, Karras, LogSNR, SolverTime, Uniform
+from udm.samplers.grids import Explicit, Karras, LogSNR, Power, SolverTime, Uniform
 from udm.samplers.guidance import Guidance
 from udm.samplers.langevin import AnnealedLangevin, Langevin
 from udm.samplers.loop import Sampler, SamplerLike, Step, reverse_loop
@@ -19,6 +19,6 @@ from udm.samplers.steps import Baseline, Inverse, Mixed, Remasking, StepRule
 __all__ = [
     "DDIM", "DDPM", "AnalyticDPM", "AnalyticStep", "AnnealedLangevin", "Baseline", "DPMSolver", "DPMSolver2M",
     "DPMSolver3M", "Euler", "Heun", "HeunStep", "Karras", "LogSNR", "dpm_solver_3m",
-    "Explicit", "Guidance", "Improved", "Inverse", "Langevin", "Mixed", "Naive", "OutputCache", "PredictorCorrector", "ReMDM", "Remasking", "Sampler", "SamplerLike", "SolverTime",
+    "Explicit", "Guidance", "Improved", "Inverse", "Langevin", "Mixed", "Naive", "OutputCache", "Power", "PredictorCorrector", "ReMDM", "Remasking", "Sampler", "SamplerLike", "SolverTime",
     "Step", "StepRule", "Uniform", "dpm_solver_2m", "reverse_loop",
 ]

@@ -58,6 +58,29 @@ class Uniform:
     continuous = False
 
 
+class Power:
+    """`steps` integer times t_i = round(start * (i / steps)^power), i = steps .. 1: power = 1 is the uniform grid,
+    power < 1 spends more steps at the start and jumps further on the last, power > 1 the reverse (a cold process
+    with a geometric schedule, blur's std = std_min (std_max / std_min)^(t/T), is uniform in log std at power = 1).
+    The grid at N steps is its grid at k N taken every k-th time, so progressive distillation's rounds nest on it.
+    Where rounding would repeat a time (power far from 1, many steps), the later one moves down to stay distinct."""
+
+    continuous = False
+
+    def __init__(self, power: float = 1.0):
+        if not (isinstance(power, (int, float)) and math.isfinite(power) and power > 0):
+            raise UdmError(f"the power grid's exponent must be a number > 0, got {power!r}")
+        self.power = float(power)
+
+    def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[int]:
+        start = check_start(process.T, start)
+        steps = check_steps(steps, start, process.T)
+        ts = [round(start * (i / steps) ** self.power) for i in range(steps, 0, -1)]
+        for i in range(1, steps):  # distinct and decreasing, leaving room for the steps still to come
+            ts[i] = max(min(ts[i], ts[i - 1] - 1), steps - i)
+        return ts
+
+
 class SolverTime:
     """`steps` times evenly spaced in the process's solver time lambda(t) (log-SNR for Gaussian processes,
     as DPM-Solver recommends), rounded to distinct integers; every time when steps is None."""
@@ -193,21 +216,29 @@ class Loop:
         return ts[: on + 1] + [ts[on]] * self.loop_steps + ts[on + 1:]
 
 
-GRIDS = ("uniform", "solver_time", "karras", "logsnr")
+GRIDS = ("uniform", "power", "solver_time", "karras", "logsnr")
 
 
-def grid_named(name, rho: float = 7.0):
-    """A grid by its config name: uniform (trailing, integer), solver_time (log-SNR, rounded to the integer grid),
-    karras (EDM's rho grid in sigma, real-valued), logsnr (log-SNR, real-valued); a grid object (e.g. Explicit([...]),
-    Karras(rho, sigma_min, sigma_max)) is used as given."""
+def grid_named(name, rho: float = 7.0, power: float = 1.0):
+    """A grid by its config name: uniform (trailing, integer), power (t_i = T (i/n)^power, integer), solver_time
+    (log-SNR, rounded to the integer grid), karras (EDM's rho grid in sigma, real-valued), logsnr (log-SNR,
+    real-valued); a grid object (e.g. Explicit([...]), Karras(rho, sigma_min, sigma_max)) is used as given.
+    rho shapes the Karras grid only and power the power grid only; either given to another grid is refused."""
     if not isinstance(name, str):
         if not callable(name):
             raise UdmError(f"grid must be one of {list(GRIDS)} or a grid object such as Explicit([...]), got {name!r}")
-        if rho != 7.0:
-            raise UdmError(f"rho shapes the named Karras grid only; give it to the grid object (Karras(rho={rho}))")
+        if rho != 7.0 or power != 1.0:
+            raise UdmError(f"rho and power shape the named karras and power grids only; give them to the grid object "
+                           f"(Karras(rho={rho}), Power(power={power}))")
         return name
     if name not in GRIDS:
         raise UdmError(f"grid={name!r} is not one of {list(GRIDS)}")
     if name != "karras" and rho != 7.0:
         raise UdmError(f"rho shapes the Karras grid only; grid={name!r} does not use it")
-    return {"uniform": Uniform, "solver_time": SolverTime, "logsnr": LogSNR}[name]() if name != "karras" else Karras(rho)
+    if name != "power" and power != 1.0:
+        raise UdmError(f"power shapes the power grid only; grid={name!r} does not use it (use grid=power)")
+    if name == "karras":
+        return Karras(rho)
+    if name == "power":
+        return Power(power)
+    return {"uniform": Uniform, "solver_time": SolverTime, "logsnr": LogSNR}[name]()

@@ -37,11 +37,11 @@ class DPMSolver(Sampler):
     every invertible real-valued process; logsnr: real-valued, for affine Gaussian processes) or any other grid."""
 
     def __init__(self, steps: int | None = 20, order: int = 2, grid="solver_time", rho: float = 7.0,
-                 guidance: Guidance | None = None):
+                 power: float = 1.0, guidance: Guidance | None = None):
         if order not in (2, 3):
             raise UdmError(f"DPM-Solver++'s multistep order is 2 or 3, got {order!r}")
         transform = DPMSolver2M() if order == 2 else DPMSolver3M()
-        super().__init__(Inverse(), steps, grid=grid_named(grid, rho), transform=transform, guidance=guidance)
+        super().__init__(Inverse(), steps, grid=grid_named(grid, rho, power), transform=transform, guidance=guidance)
 
 
 class Euler(Sampler):
@@ -49,27 +49,30 @@ class Euler(Sampler):
     exactly the inverse step (DDIM at eta = 0); on the flow schedule it is the flow ODE's Euler step x_s = x_t + (s - t) v.
     The grid is any of udm's by name (uniform by default; karras for EDM) or a grid object (e.g. Explicit([...]))."""
 
-    def __init__(self, steps: int | None = 50, grid="uniform", rho: float = 7.0, guidance: Guidance | None = None):
-        super().__init__(Inverse(), steps, grid=grid_named(grid, rho), guidance=guidance)
+    def __init__(self, steps: int | None = 50, grid="uniform", rho: float = 7.0, power: float = 1.0,
+                 guidance: Guidance | None = None):
+        super().__init__(Inverse(), steps, grid=grid_named(grid, rho, power), guidance=guidance)
 
 
 class Heun(Sampler):
     """EDM's Heun sampler (Karras et al. 2022, algorithm 2): 2 network evaluations per step (1 on the last), the
     Karras grid by default; churn > 0 is its stochastic variant (S_churn, S_tmin, S_tmax, S_noise)."""
 
-    def __init__(self, steps: int | None = 18, grid="karras", rho: float = 7.0, churn: float = 0.0,
+    def __init__(self, steps: int | None = 18, grid="karras", rho: float = 7.0, power: float = 1.0, churn: float = 0.0,
                  churn_min: float = 0.0, churn_max: float = float("inf"), churn_noise: float = 1.0,
                  guidance: Guidance | None = None):
-        super().__init__(HeunStep(churn, churn_min, churn_max, churn_noise), steps, grid=grid_named(grid, rho),
+        super().__init__(HeunStep(churn, churn_min, churn_max, churn_noise), steps, grid=grid_named(grid, rho, power),
                          guidance=guidance)
 
 
 class Improved(Sampler):
     """The inverse step x_s = F_s(x0_hat, F_t^{-1}(x0_hat, x_t)): cold diffusion's improved sampler
-    (Bansal et al. 2022), the seed's token sampler (one token per step when steps = T)."""
+    (Bansal et al. 2022), the seed's token sampler (one token per step when steps = T). The grid is any of udm's by
+    name (uniform by default; power, e.g. grid=power power=0.6, for fewer steps) or a grid object."""
 
-    def __init__(self, steps: int | None = None, guidance: Guidance | None = None):
-        super().__init__(Inverse(), steps, guidance=guidance)
+    def __init__(self, steps: int | None = None, grid="uniform", rho: float = 7.0, power: float = 1.0,
+                 guidance: Guidance | None = None):
+        super().__init__(Inverse(), steps, grid=grid_named(grid, rho, power), guidance=guidance)
 
 
 class ReMDM(Sampler):
@@ -98,10 +101,12 @@ class ReMDM(Sampler):
 
 
 class Naive(Sampler):
-    """The baseline step x_s = F_s(x0_hat, fresh noise): cold diffusion's naive sampler; works for every process."""
+    """The baseline step x_s = F_s(x0_hat, fresh noise): cold diffusion's naive sampler; works for every process.
+    The grid is any of udm's by name (uniform by default) or a grid object."""
 
-    def __init__(self, steps: int | None = None, guidance: Guidance | None = None):
-        super().__init__(Baseline(), steps, guidance=guidance)
+    def __init__(self, steps: int | None = None, grid="uniform", rho: float = 7.0, power: float = 1.0,
+                 guidance: Guidance | None = None):
+        super().__init__(Baseline(), steps, grid=grid_named(grid, rho, power), guidance=guidance)
 
 
 class PredictorCorrector(Sampler):
