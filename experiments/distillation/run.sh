@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Few-step generation by distillation on MNIST: two teachers (flow matching, 3,000 steps; cold blur, 1,200 steps, the
 # budget of experiment=mnist_blur), their students by progressive distillation (flow: 16 -> 8 -> 4 -> 2 Euler steps,
-# then one more round to 1; blur: 16 -> 8 -> 4 improved steps) and by consistency distillation (flow, over the
-# teacher's 16-step Euler grid), each distillation timed; then FID (n = N) of the teachers at 1000 / 50 / 20 steps and
+# then one more round to 1; blur: 16 -> 8 -> 4 improved steps) and by consistency distillation (over the teacher's
+# 16-step Euler or improved grid), each distillation timed; then FID (n = N) of the teachers at 1000 / 50 / 20 steps and
 # below, of every student at its steps, and the sample grids side by side. PARTS selects stages:
 # "teachers distill eval table" (default: all). Run the distillations on a quiet machine: their wall time is reported.
 set -euo pipefail
@@ -60,6 +60,12 @@ if [[ " $PARTS " == *" distill "* ]]; then
   # 16 -> 4 in one round (distill.factor=4) taught by the teacher, the student starting from round 1's 8-step student
   timed "$RUNS/progressive_blur_from8" udm-train experiment=distill_mnist_blur teacher="$RUNS/teacher_blur" \
     student="$RUNS/progressive_blur/checkpoints/student-8steps.ckpt" distill.factor=4 distill.steps_per_round=1600
+  timed "$RUNS/consistency_blur" udm-train experiment=distill_mnist_blur_consistency teacher="$RUNS/teacher_blur"
+  # the recipe on the power grid t_i = round(50 (i/n)^p): more steps near T, a longer last step
+  for p in 05 06; do
+    timed "$RUNS/progressive_blur_power$p" udm-train experiment=distill_mnist_blur teacher="$RUNS/teacher_blur" \
+      distill.sampler.grid=power distill.sampler.power=${p:0:1}.${p:1}
+  done
 fi
 if [[ " $PARTS " == *" eval "* ]]; then
   for steps in 1000 50 20 8 4 2 1; do evaluate "$RUNS/teacher_flow" sampler=euler sampler.steps=$steps; done
@@ -72,13 +78,22 @@ if [[ " $PARTS " == *" eval "* ]]; then
   evaluate "$RUNS/progressive_blur_states2/checkpoints/student-8steps.ckpt"   # round 1 on the teacher's states
   evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" sampler.steps=2
   evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" sampler.steps=1
+  for steps in 16 8 4; do evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=$steps sampler.grid=power sampler.power=0.5; done
+  for p in 0.3 0.4 0.6 0.8 1.25 1.5 2.0; do for steps in 16 4; do  # the power grid's exponent, seed 0 (README's sweep)
+    evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=$steps sampler.grid=power sampler.power=$p \
+      out_dir="$RUNS/grid_sweep/power$p"
+  done; done
+  for p in 05 06; do evaluate "$RUNS/progressive_blur_power$p/checkpoints/student-8steps.ckpt"; done
+  for steps in 8 4 2 1; do evaluate "$RUNS/consistency_blur" sampler.steps=$steps; done
   for seed in 0 1 2; do  # the blur bar (4-step student against the teacher at 50) on three draws of 500 samples
     evaluate "$RUNS/progressive_blur_long" seed=$seed
     evaluate "$RUNS/progressive_blur_step" seed=$seed
-    for run in cosine factor4 states states2 l1 from8; do evaluate "$RUNS/progressive_blur_$run" seed=$seed; done
+    for run in cosine factor4 states states2 l1 from8 power05 power06; do evaluate "$RUNS/progressive_blur_$run" seed=$seed; done
     [ "$seed" = 0 ] && continue
     evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" seed=$seed
     evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=50 seed=$seed
+    evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=4 sampler.grid=power sampler.power=0.5 seed=$seed
+    evaluate "$RUNS/consistency_blur" sampler.steps=4 seed=$seed
   done
 fi
 if [[ " $PARTS " == *" table "* ]]; then

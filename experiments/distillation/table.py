@@ -2,7 +2,7 @@
 
     python experiments/distillation/table.py RUNS OUT
 
-RUNS holds teacher_flow, teacher_blur, progressive_flow(_1), consistency_flow and progressive_blur (run.sh); OUT
+RUNS holds the teachers (teacher_flow, teacher_blur) and the students of run.sh (progressive_*, consistency_*); OUT
 gets table.md and the grids (udm-sample n=64, seed 0, drawn here when missing).
 """
 
@@ -22,7 +22,8 @@ FAMILIES = {  # family: (teacher run, [(method, student run)])
                               ("progressive", "progressive_blur_step"), ("progressive", "progressive_blur_cosine"),
                               ("progressive", "progressive_blur_factor4"), ("progressive", "progressive_blur_states"),
                               ("progressive", "progressive_blur_states2"), ("progressive", "progressive_blur_l1"),
-                              ("progressive", "progressive_blur_from8")]),
+                              ("progressive", "progressive_blur_from8"), ("progressive", "progressive_blur_power05"),
+                              ("progressive", "progressive_blur_power06"), ("consistency", "consistency_blur")]),
 }
 
 
@@ -100,11 +101,13 @@ def main(runs: Path, out: Path) -> None:
     side_by_side(flow, out / "samples_flow.png")
     blur = {"teacher, improved 50": grid(runs, "teacher_blur", "sampler=improved", "sampler.steps=50"),
             "teacher, improved 4": grid(runs, "teacher_blur", "sampler=improved", "sampler.steps=4"),
+            "teacher, improved 4 (power 0.5)": grid(runs, "teacher_blur", "sampler=improved", "sampler.steps=4",
+                                                    "sampler.grid=power", "sampler.power=0.5"),
             "progressive, 4": grid(runs, "progressive_blur/checkpoints/student-4steps.ckpt"),
-            "progressive, 4 (round 2, step weight)": grid(runs, "progressive_blur_step"),
             "progressive, 4 (teacher states)": grid(runs, "progressive_blur_states2"),
             "progressive, 4 (16 -> 4 in one round)": grid(runs, "progressive_blur_factor4"),
-            "progressive, 4 (16 -> 4 from the 8-step student)": grid(runs, "progressive_blur_from8")}
+            "progressive, 4 (power 0.5)": grid(runs, "progressive_blur_power05"),
+            "consistency, 4": grid(runs, "consistency_blur", "sampler.steps=4")}
     side_by_side(blur, out / "samples_blur.png")
 
 
