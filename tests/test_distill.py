@@ -389,7 +389,7 @@ def test_a_resume_continues_the_same_rounds_only():
     check_same_distillation(Path("run"), written, halving)
     old = {k: v for k, v in written.items() if k not in ("factor", "states", "norm")}  # written before these keys
     check_same_distillation(Path("run"), old, halving)
-    with pytest.raises(UdmError, match="factor=2, states=forward, norm=l2; this command asks for .*factor=4, states=forward, norm=l2: resume it"):
+    with pytest.raises(UdmError, match="run holds factor=2; this command asks for factor=4: resume it"):
         check_same_distillation(Path("run"), written, quartering)
     for key, value in (("states", "teacher"), ("norm", "l1")):
         changed = Progressive({"_target_": "udm.samplers.Euler"}, teacher_steps=16, student_steps=4, **{key: value})
@@ -401,6 +401,20 @@ def test_a_resume_continues_the_same_rounds_only():
         check_same_distillation(Path("run"), {k: v for k, v in entry(consistency, 0).items() if k != "norm"}, consistency)
     with pytest.raises(UdmError, match="a model's training \\(no teacher\\)"):
         check_same_distillation(Path("run"), None, halving)
+    # held where the checkpoint records them: the loss's space and weight, the EMA target's decay, the teacher's grid
+    assert written["space"] == "x_s" and written["teacher_sampler"] == {"_target_": "udm.samplers.Euler"}
+    changes = {"space=x_s.*space=x0": Progressive({"_target_": "udm.samplers.Euler"}, 16, 4, space="x0"),
+               "weight=none.*weight=step": Progressive({"_target_": "udm.samplers.Euler"}, 16, 4, weight="step"),
+               "teacher_sampler=.*'grid': 'power', 'power': 0.5": Progressive(
+                   {"_target_": "udm.samplers.Euler", "grid": "power", "power": 0.5}, 16, 4)}
+    older = {k: v for k, v in written.items() if k not in ("space", "weight", "teacher_sampler")}
+    for message, changed in changes.items():
+        with pytest.raises(UdmError, match=message):
+            check_same_distillation(Path("run"), written, changed)
+        check_same_distillation(Path("run"), older, changed)  # an older checkpoint recorded none of them
+    slower = Consistency({"_target_": "udm.samplers.Euler"}, teacher_steps=16, norm="l1", target_decay=0.99)
+    with pytest.raises(UdmError, match="target_decay=0.95; this command asks for .*target_decay=0.99"):
+        check_same_distillation(Path("run"), entry(consistency, 0), slower)
 
 
 def test_teacher_states_are_the_states_the_teachers_sampler_visits_from_the_prior():

@@ -57,6 +57,7 @@ class Consistency:
     rounds = 1
     factor = None  # one round: no division of the teacher's steps
     needs_target = True  # the EMA of the student, theta-
+    recorded = ("target_decay",)  # held on resume, with the teacher's sampler (udm.distill.progressive.held)
 
     def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, target_decay: float = 0.95,
                  steps_per_round: int = 2400, states: str = "forward",

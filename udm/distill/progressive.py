@@ -223,7 +223,14 @@ def entry(objective, round: int) -> dict:
     """What a student checkpoint records of its distillation (the recipe's `distilled`)."""
     return {"method": objective.method, "steps": objective.steps(round), "teacher_steps": objective.teacher_steps,
             "steps_per_round": objective.steps_per_round, "factor": objective.factor, "states": objective.states,
-            "norm": objective.norm, "sampler": objective.student_sampler(round)}
+            "norm": objective.norm, "sampler": objective.student_sampler(round), **held(objective)}
+
+
+def held(objective) -> dict:
+    """The settings a resume must keep that checkpoints record since the power grid came (older ones lack them): the
+    objective's own (`recorded`: progressive's space and weight, consistency's target_decay) and the teacher's sampler
+    config, whose grid the rounds run on."""
+    return {**{k: getattr(objective, k) for k in objective.recorded}, "teacher_sampler": dict(objective.sampler_config)}
 
 
 class Progressive:
@@ -234,6 +241,7 @@ class Progressive:
 
     method = "progressive"
     needs_target = False  # no EMA target: each round's teacher is the last round's student
+    recorded = ("space", "weight")  # held on resume, with the teacher's sampler (udm.distill.progressive.held)
 
     def __init__(self, sampler: Mapping, teacher_steps: int = 16, student_steps: int = 2, space: str = "x_s",
                  steps_per_round: int = 800, weight: str = "none", factor: int = 2, states: str = "forward",

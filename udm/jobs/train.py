@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from udm.callbacks import PREVIOUS_CONFIG, SaveOnSignal
 from udm.checkpoint import CHECKPOINT_KEY, build_from_checkpoint, check_compatible, find_checkpoint, load_checkpoint
 from udm.distill.module import DistillationModule
+from udm.distill.progressive import held
 from udm.distill.recipe import check_taught_grid
 from udm.errors import UdmError
 from udm.jobs.outputs import check_output_folder
@@ -146,9 +147,15 @@ def check_same_distillation(path: Path, distilled: dict | None, objective) -> No
     if was["method"]:  # written before states and norm existed: the forward process's states, the squared error
         was["states"], was["norm"] = was["states"] or "forward", was["norm"] or "l2"
     now = {k: getattr(objective, k, None) for k in keys}
+    if objective is not None and was["method"]:  # the settings checkpoints record since the power grid, where recorded
+        later = {k: v for k, v in held(objective).items() if k in distilled}
+        was.update({k: distilled[k] for k in later})
+        now.update(later)
     if was != now:
-        def say(d):
-            return ", ".join(f"{k}={v}" for k, v in d.items()) if d["method"] else "a model's training (no teacher)"
+        def say(d):  # the settings that differ
+            if not d["method"]:
+                return "a model's training (no teacher)"
+            return ", ".join(f"{k}={v}" for k, v in d.items() if was.get(k) != now.get(k))
         raise UdmError(f"{path} holds {say(was)}; this command asks for {say(now)}: resume it with the command that "
                        f"started it")
 
