@@ -23,7 +23,8 @@ FAMILIES = {  # family: (teacher run, [(method, student run)])
                               ("progressive", "progressive_blur_factor4"), ("progressive", "progressive_blur_states"),
                               ("progressive", "progressive_blur_states2"), ("progressive", "progressive_blur_l1"),
                               ("progressive", "progressive_blur_from8"), ("progressive", "progressive_blur_power05"),
-                              ("progressive", "progressive_blur_power06"), ("consistency", "consistency_blur")]),
+                              ("progressive", "progressive_blur_power06"), ("progressive", "progressive_blur_power05_8to4"),
+                              ("progressive", "progressive_blur_power05_8to4_states"), ("consistency", "consistency_blur")]),
 }
 
 
