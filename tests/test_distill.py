@@ -307,6 +307,10 @@ def test_the_rounds_halve_the_steps_on_nested_grids_only():
         on_power.check(blur)
         teacher, student = on_power.times(blur, on_power.rounds - 1)
         assert student == teacher[::factor] == [50, 43, 35, 25]  # round(50 (i/4)^0.5)
+    # where rounding makes times collide, the fix-up moves them and the grids no longer nest: refused, with a way out
+    crowded = Progressive({"_target_": "udm.samplers.Improved", "grid": "power", "power": 0.5}, 32, 16)
+    with pytest.raises(UdmError, match="every other time.*fewer teacher_steps or a power nearer 1"):
+        crowded.check(blur)
 
 
 PROGRESSIVE = {"distilled": {"method": "progressive", "steps": 2, "teacher": "TEACHER",
@@ -338,7 +342,7 @@ def test_a_progressive_student_takes_the_inverse_step_on_its_grid_and_no_more_st
     check_student(on_power, Improved(steps=4, grid="power", power=0.5), blur)
     check_student(on_power, Improved(steps=2, grid="power", power=0.5), blur)  # fewer steps on the same grid
     with pytest.raises(UdmError, match="learned its steps on the times \\[50, 43, 35, 25\\]; this sampler visits "
-                                       "\\[50, 38, 25, 12\\]: leave sampler.grid as the student's"):
+                                       "\\[50, 38, 25, 12\\]: sample it on the student's grid \\(grid=power, power=0.5\\)"):
         check_student(on_power, Improved(steps=4), blur)
 
 
@@ -405,7 +409,7 @@ def test_a_resume_continues_the_same_rounds_only():
     assert written["space"] == "x_s" and written["teacher_sampler"] == {"_target_": "udm.samplers.Euler"}
     changes = {"space=x_s.*space=x0": Progressive({"_target_": "udm.samplers.Euler"}, 16, 4, space="x0"),
                "weight=none.*weight=step": Progressive({"_target_": "udm.samplers.Euler"}, 16, 4, weight="step"),
-               "teacher_sampler=.*'grid': 'power', 'power': 0.5": Progressive(
+               "distill.sampler=.*'grid': 'power', 'power': 0.5": Progressive(
                    {"_target_": "udm.samplers.Euler", "grid": "power", "power": 0.5}, 16, 4)}
     older = {k: v for k, v in written.items() if k not in ("space", "weight", "teacher_sampler")}
     for message, changed in changes.items():

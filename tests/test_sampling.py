@@ -85,6 +85,8 @@ def test_the_power_grid_is_t_i_equal_start_times_i_over_n_to_the_power():
     p50, p1000 = Gaussian(T=50), Gaussian(T=1000)
     for steps in (1, 4, 7, 16, 50):  # power 1 is the uniform grid
         assert Power(1.0)(p50, steps) == Uniform()(p50, steps)
+    for T, steps in ((100, 40), (1000, 400), (1000, 800)):  # where 100 * (23 / 40) would round to 57, not 58
+        assert Power(1.0)(Gaussian(T=T), steps) == Uniform()(Gaussian(T=T), steps)
     assert Power(0.6)(p50, 4) == [50, 42, 33, 22]  # round(50 (i/4)^0.6)
     assert Power(2.0)(p1000, 4) == [1000, 562, 250, 62]  # round(1000 (i/4)^2), 562.5 -> 562 (half to even)
     assert Power(0.5)(p1000, 2, 400) == [400, 283]  # from a lower start
@@ -99,6 +101,7 @@ def test_the_power_grid_is_t_i_equal_start_times_i_over_n_to_the_power():
     assert Improved(steps=4, grid="power", power=0.6).timesteps(p50) == [50, 42, 33, 22]
     assert Naive(steps=4, grid="power", power=0.6).timesteps(p50) == [50, 42, 33, 22]
     assert Euler(steps=4, grid="power", power=2.0).timesteps(p1000) == [1000, 562, 250, 62]
+    assert DDIM(steps=4, grid="power", power=2.0).timesteps(p1000) == [1000, 562, 250, 62]
 
 
 @pytest.mark.parametrize(
@@ -107,12 +110,13 @@ def test_the_power_grid_is_t_i_equal_start_times_i_over_n_to_the_power():
         (lambda: Power(0.0), "exponent must be a number > 0, got 0.0"),
         (lambda: Power(float("nan")), "exponent must be a number > 0"),
         (lambda: Power("half"), "exponent must be a number > 0, got 'half'"),
+        (lambda: Power(True), "exponent must be a number > 0, got True"),
         (lambda: grid_named("uniform", power=0.5), r"power shapes the power grid only; grid='uniform' does not use it"),
         (lambda: Improved(grid="karras", power=0.5), r"power shapes the power grid only; grid='karras'"),
         (lambda: grid_named("power", rho=5.0), "rho shapes the Karras grid only; grid='power'"),
         (lambda: grid_named(Uniform(), power=0.5), r"give them to the grid object"),
     ],
-    ids=["zero", "nan", "text", "power-on-uniform", "power-on-karras", "rho-on-power", "power-with-object"],
+    ids=["zero", "nan", "text", "bool", "power-on-uniform", "power-on-karras", "rho-on-power", "power-with-object"],
 )
 def test_a_power_the_grid_cannot_use_is_refused(make, message):
     with pytest.raises(UdmError, match=message):

@@ -71,6 +71,14 @@ if [[ " $PARTS " == *" distill "* ]]; then
     distill.teacher_steps=8 distill.sampler.grid=power distill.sampler.power=0.5
   timed "$RUNS/progressive_blur_power05_8to4_states" udm-train experiment=distill_mnist_blur teacher="$RUNS/teacher_blur" \
     distill.teacher_steps=8 distill.sampler.grid=power distill.sampler.power=0.5 distill.states=teacher
+  timed "$RUNS/progressive_blur_power05_8to4_states_long" udm-train experiment=distill_mnist_blur teacher="$RUNS/teacher_blur" \
+    distill.teacher_steps=8 distill.sampler.grid=power distill.sampler.power=0.5 distill.states=teacher \
+    distill.steps_per_round=1600
+  for steps in 800 1600; do  # the same with the absolute error
+    timed "$RUNS/progressive_blur_power05_8to4_states_l1$([ $steps = 1600 ] && echo _long)" udm-train \
+      experiment=distill_mnist_blur teacher="$RUNS/teacher_blur" distill.teacher_steps=8 distill.sampler.grid=power \
+      distill.sampler.power=0.5 distill.states=teacher distill.norm=l1 distill.steps_per_round=$steps
+  done
 fi
 if [[ " $PARTS " == *" eval "* ]]; then
   for steps in 1000 50 20 8 4 2 1; do evaluate "$RUNS/teacher_flow" sampler=euler sampler.steps=$steps; done
@@ -93,13 +101,20 @@ if [[ " $PARTS " == *" eval "* ]]; then
   for seed in 0 1 2; do  # the blur bar (4-step student against the teacher at 50) on three draws of 500 samples
     evaluate "$RUNS/progressive_blur_long" seed=$seed
     evaluate "$RUNS/progressive_blur_step" seed=$seed
-    for run in cosine factor4 states states2 l1 from8 power05 power06 power05_8to4 power05_8to4_states; do evaluate "$RUNS/progressive_blur_$run" seed=$seed; done
+    for run in cosine factor4 states states2 l1 from8 power05 power06 power05_8to4 \
+               power05_8to4_states power05_8to4_states_long power05_8to4_states_l1 power05_8to4_states_l1_long; do
+      evaluate "$RUNS/progressive_blur_$run" seed=$seed
+    done
     [ "$seed" = 0 ] && continue
     evaluate "$RUNS/progressive_blur/checkpoints/student-4steps.ckpt" seed=$seed
     evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=50 seed=$seed
     evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=4 sampler.grid=power sampler.power=0.5 seed=$seed
     evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=8 sampler.grid=power sampler.power=0.5 seed=$seed
     evaluate "$RUNS/consistency_blur" sampler.steps=4 seed=$seed
+  done
+  for seed in 3 4 5; do  # three more draws for the closest student and the bar
+    evaluate "$RUNS/progressive_blur_power05_8to4_states_l1" seed=$seed
+    evaluate "$RUNS/teacher_blur" sampler=improved sampler.steps=50 seed=$seed
   done
 fi
 if [[ " $PARTS " == *" table "* ]]; then

@@ -24,7 +24,11 @@ FAMILIES = {  # family: (teacher run, [(method, student run)])
                               ("progressive", "progressive_blur_states2"), ("progressive", "progressive_blur_l1"),
                               ("progressive", "progressive_blur_from8"), ("progressive", "progressive_blur_power05"),
                               ("progressive", "progressive_blur_power06"), ("progressive", "progressive_blur_power05_8to4"),
-                              ("progressive", "progressive_blur_power05_8to4_states"), ("consistency", "consistency_blur")]),
+                              ("progressive", "progressive_blur_power05_8to4_states"),
+                              ("progressive", "progressive_blur_power05_8to4_states_long"),
+                              ("progressive", "progressive_blur_power05_8to4_states_l1"),
+                              ("progressive", "progressive_blur_power05_8to4_states_l1_long"),
+                              ("consistency", "consistency_blur")]),
 }
 
 
@@ -107,7 +111,7 @@ def main(runs: Path, out: Path) -> None:
             "progressive, 4": grid(runs, "progressive_blur/checkpoints/student-4steps.ckpt"),
             "progressive, 4 (teacher states)": grid(runs, "progressive_blur_states2"),
             "progressive, 4 (16 -> 4 in one round)": grid(runs, "progressive_blur_factor4"),
-            "progressive, 4 (power 0.5)": grid(runs, "progressive_blur_power05"),
+            "progressive, 4 (power 0.5, 8 -> 4, teacher states, l1)": grid(runs, "progressive_blur_power05_8to4_states_l1"),
             "consistency, 4": grid(runs, "consistency_blur", "sampler.steps=4")}
     side_by_side(blur, out / "samples_blur.png")
 

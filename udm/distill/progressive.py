@@ -273,7 +273,8 @@ class Progressive:
             if teacher[::self.factor] != student:
                 raise UdmError(f"the {type(self.sampler.grid).__name__} grid at {len(student)} steps is not its grid at "
                                f"{len(teacher)} steps taken every {ordinal(self.factor)} time, so one student step "
-                               f"cannot stand for {self.factor} of the teacher's; use grid=uniform")
+                               f"cannot stand for {self.factor} of the teacher's; use grid=uniform (or, on the power "
+                               f"grid, fewer teacher_steps or a power nearer 1, so that no rounded times collide)")
 
     def steps(self, round: int) -> int:
         """The student's steps in round `round` (0-based)."""

@@ -87,7 +87,7 @@ def check_student(recipe: dict[str, Any], sampler, process) -> None:
         learned = instantiate({**own, "steps": len(taken)}).timesteps(process)
         if list(taken) != list(learned):
             raise UdmError(f"this student learned its steps on the times {learned}; this sampler visits {list(taken)}: "
-                           f"leave sampler.grid as the student's ({grid_of(own)})")
+                           f"sample it on the student's grid ({grid_of(own)})")
     elif method == "consistency" and (step.uses_inverse or step.second_order):
         raise UdmError(f"this student is a consistency model: it samples by the baseline step (redrawing x_s from "
                        f"its x0_hat), not by {type(sampler).__name__}'s deterministic step; sample it with {default}")

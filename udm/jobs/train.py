@@ -155,7 +155,8 @@ def check_same_distillation(path: Path, distilled: dict | None, objective) -> No
         def say(d):  # the settings that differ
             if not d["method"]:
                 return "a model's training (no teacher)"
-            return ", ".join(f"{k}={v}" for k, v in d.items() if was.get(k) != now.get(k))
+            named = {"teacher_sampler": "distill.sampler"}
+            return ", ".join(f"{named.get(k, k)}={v}" for k, v in d.items() if was.get(k) != now.get(k))
         raise UdmError(f"{path} holds {say(was)}; this command asks for {say(now)}: resume it with the command that "
                        f"started it")
 

@@ -62,19 +62,22 @@ class Power:
     """`steps` integer times t_i = round(start * (i / steps)^power), i = steps .. 1: power = 1 is the uniform grid,
     power < 1 spends more steps at the start and jumps further on the last, power > 1 the reverse (a cold process
     with a geometric schedule, blur's std = std_min (std_max / std_min)^(t/T), is uniform in log std at power = 1).
-    The grid at N steps is its grid at k N taken every k-th time, so progressive distillation's rounds nest on it.
-    Where rounding would repeat a time (power far from 1, many steps), the later one moves down to stay distinct."""
+    Where rounding would repeat a time (power far from 1, many steps), the later one moves down to stay distinct.
+    Otherwise the grid at N steps is its grid at k N taken every k-th time, so progressive distillation's rounds
+    nest on it (a teacher grid whose times were moved is refused by the rounds' check)."""
 
     continuous = False
 
     def __init__(self, power: float = 1.0):
-        if not (isinstance(power, (int, float)) and math.isfinite(power) and power > 0):
+        if isinstance(power, bool) or not (isinstance(power, (int, float)) and math.isfinite(power) and power > 0):
             raise UdmError(f"the power grid's exponent must be a number > 0, got {power!r}")
         self.power = float(power)
 
     def __call__(self, process, steps: int | None = None, start: int | None = None) -> list[int]:
         start = check_start(process.T, start)
         steps = check_steps(steps, start, process.T)
+        if self.power == 1:  # exactly the uniform grid (start * i / steps: no rounding of i / steps first)
+            return Uniform()(process, steps, start)
         ts = [round(start * (i / steps) ** self.power) for i in range(steps, 0, -1)]
         for i in range(1, steps):  # distinct and decreasing, leaving room for the steps still to come
             ts[i] = max(min(ts[i], ts[i - 1] - 1), steps - i)

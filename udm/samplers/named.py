@@ -25,10 +25,12 @@ class DDPM(Sampler):
 
 class DDIM(Sampler):
     """DDIM (Song et al. 2021, eq. 16): the mixed step with sigma_t = eta * sqrt(posterior variance of the jump);
-    eta = 0 is deterministic (the inverse step, which every invertible process takes)."""
+    eta = 0 is deterministic (the inverse step, which every invertible process takes). The grid is any of udm's by
+    name (uniform by default: diffusers' "trailing" spacing) or a grid object."""
 
-    def __init__(self, steps: int | None = 50, eta: float = 0.0, guidance: Guidance | None = None):
-        super().__init__(Mixed(eta=eta), steps, guidance=guidance)
+    def __init__(self, steps: int | None = 50, eta: float = 0.0, grid="uniform", rho: float = 7.0, power: float = 1.0,
+                 guidance: Guidance | None = None):
+        super().__init__(Mixed(eta=eta), steps, grid=grid_named(grid, rho, power), guidance=guidance)
 
 
 class DPMSolver(Sampler):
