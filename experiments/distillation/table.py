@@ -111,7 +111,7 @@ def main(runs: Path, out: Path) -> None:
             "progressive, 4": grid(runs, "progressive_blur/checkpoints/student-4steps.ckpt"),
             "progressive, 4 (teacher states)": grid(runs, "progressive_blur_states2"),
             "progressive, 4 (16 -> 4 in one round)": grid(runs, "progressive_blur_factor4"),
-            "progressive, 4 (power 0.5, 8 -> 4, teacher states, l1)": grid(runs, "progressive_blur_power05_8to4_states_l1"),
+            "progressive, 4 (distill_mnist_blur_power)": grid(runs, "progressive_blur_power05_8to4_states_l1_long"),
             "consistency, 4": grid(runs, "consistency_blur", "sampler.steps=4")}
     side_by_side(blur, out / "samples_blur.png")
 
