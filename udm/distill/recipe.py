@@ -50,6 +50,11 @@ def grid_of(sampler: dict[str, Any]) -> str:
     return ", ".join(keys) or f"{sampler['_target_']}'s default grid"
 
 
+def learned_times(own: dict[str, Any], steps: int, process) -> list:
+    """The times a distilled model's own sampler config (`own`, recorded in its checkpoint) visits at `steps`."""
+    return list(instantiate({**own, "steps": steps}).timesteps(process))
+
+
 def check_taught_grid(recipe: dict[str, Any], sampler, process, teacher: str) -> None:
     """A distilled teacher teaches on the times it learned: the distillation's sampler (at the teacher's steps) must
     visit the times of the teacher's own sampler at those steps. Nothing to check for a teacher that was not distilled."""
@@ -58,7 +63,7 @@ def check_taught_grid(recipe: dict[str, Any], sampler, process, teacher: str) ->
         return
     own = distilled["sampler"]
     taught = list(sampler.timesteps(process))
-    learned = list(instantiate({**own, "steps": len(taught)}).timesteps(process))
+    learned = learned_times(own, len(taught), process)
     if taught != learned:
         raise UdmError(f"the teacher {teacher} was distilled on the times {learned}; distill.sampler visits {taught} at "
                        f"{len(taught)} steps: give distill.sampler the teacher's grid ({grid_of(own)})")
@@ -84,8 +89,8 @@ def check_student(recipe: dict[str, Any], sampler, process) -> None:
             raise UdmError(f"this student was distilled for {steps} steps and this sampler needs {len(taken)} network "
                            f"evaluations; a progressive student learns no step finer than its last round's: use "
                            f"sampler.steps={steps} or fewer (or sample its teacher, {distilled.get('teacher')}, for more)")
-        learned = instantiate({**own, "steps": len(taken)}).timesteps(process)
-        if list(taken) != list(learned):
+        learned = learned_times(own, len(taken), process)
+        if list(taken) != learned:
             raise UdmError(f"this student learned its steps on the times {learned}; this sampler visits {list(taken)}: "
                            f"sample it on the student's grid ({grid_of(own)})")
     elif method == "consistency" and (step.uses_inverse or step.second_order):
